@@ -1,0 +1,12 @@
+// p2prc: turn a program into a node of a peer-to-peer network of servers.
+//
+// The umbrella header: includes every part in dependency order. The parts live in
+// p2prc/; single_include/p2prc.hpp is the same library as one file to copy.
+// SPDX-License-Identifier: MIT
+#pragma once
+
+#include "p2prc/version.hpp"
+#include "p2prc/error.hpp"
+#include "p2prc/address.hpp"
+#include "p2prc/peer.hpp"
+#include "p2prc/iptable.hpp"
