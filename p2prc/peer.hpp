@@ -53,7 +53,9 @@ struct Peer {
     std::string public_key;
     std::string custom_information;
 
-    nlohmann::json extra = nlohmann::json::object();  // keys this version does not know
+    // Keys this version does not know, kept for the round trip (null when there are none,
+    // which costs no allocation).
+    nlohmann::json extra;
 
     // The endpoints under which this server is reachable: IPv4 first, then IPv6.
     std::vector<Endpoint> endpoints() const {
@@ -67,6 +69,12 @@ struct Peer {
         if (ipv4) return Endpoint{*ipv4, server_port};
         if (ipv6) return Endpoint{*ipv6, server_port};
         return std::nullopt;
+    }
+    // Calls fn(endpoint) for each endpoint without allocating (hot in dedupe).
+    template <class Fn>
+    void for_each_endpoint(Fn&& fn) const {
+        if (ipv4) fn(Endpoint{*ipv4, server_port});
+        if (ipv6) fn(Endpoint{*ipv6, server_port});
     }
     bool measured() const noexcept { return latency_ms.has_value(); }
 

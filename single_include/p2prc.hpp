@@ -353,7 +353,9 @@ struct Peer {
     std::string public_key;
     std::string custom_information;
 
-    nlohmann::json extra = nlohmann::json::object();  // keys this version does not know
+    // Keys this version does not know, kept for the round trip (null when there are none,
+    // which costs no allocation).
+    nlohmann::json extra;
 
     // The endpoints under which this server is reachable: IPv4 first, then IPv6.
     std::vector<Endpoint> endpoints() const {
@@ -367,6 +369,12 @@ struct Peer {
         if (ipv4) return Endpoint{*ipv4, server_port};
         if (ipv6) return Endpoint{*ipv6, server_port};
         return std::nullopt;
+    }
+    // Calls fn(endpoint) for each endpoint without allocating (hot in dedupe).
+    template <class Fn>
+    void for_each_endpoint(Fn&& fn) const {
+        if (ipv4) fn(Endpoint{*ipv4, server_port});
+        if (ipv6) fn(Endpoint{*ipv6, server_port});
     }
     bool measured() const noexcept { return latency_ms.has_value(); }
 
@@ -982,10 +990,12 @@ public:
 
     // Adds every server of `other`; entries for one server become one. O(n + m).
     void merge(const IpTable& other) {
+        peers_.reserve(peers_.size() + other.size());
         peers_.insert(peers_.end(), other.peers_.begin(), other.peers_.end());
         dedupe();
     }
     void merge(IpTable&& other) {
+        peers_.reserve(peers_.size() + other.size());
         peers_.insert(peers_.end(), std::make_move_iterator(other.peers_.begin()),
                       std::make_move_iterator(other.peers_.end()));
         dedupe();
@@ -997,41 +1007,48 @@ public:
     // O(n) with a hash index on the normalised endpoints. Returns how many went away.
     std::size_t dedupe() {
         const std::size_t before = peers_.size();
-        std::vector<Peer> out;
-        out.reserve(before);
-        std::vector<bool> dead;
+        // In place: entry i either registers its endpoints or folds into an earlier entry
+        // and dies; one compaction at the end. No second copy of the table.
+        std::vector<bool> dead(before, false);
         std::unordered_map<Endpoint, std::size_t> index;
-        index.reserve(before * 2);
-        for (auto& p : peers_) {
-            if (p.nat && p.escape_implementation == "None") continue;
+        index.reserve(before + before / 2);
+        for (std::size_t i = 0; i < before; ++i) {
+            Peer& p = peers_[i];
+            if (p.nat && p.escape_implementation == "None") {
+                dead[i] = true;
+                continue;
+            }
             std::optional<std::size_t> at;
-            for (const auto& e : p.endpoints()) {
+            p.for_each_endpoint([&](const Endpoint& e) {
                 auto it = index.find(e);
-                if (it == index.end()) continue;
+                if (it == index.end()) return;
                 std::size_t j = it->second;
                 if (!at) {
                     at = j;
                 } else if (*at != j) {
-                    // p joins two entries: fold the later one into the earlier one.
+                    // p joins two earlier entries: fold the later one into the earlier one.
                     std::size_t keep = std::min(*at, j), drop = std::max(*at, j);
-                    for (const auto& e2 : out[drop].endpoints()) index[e2] = keep;
-                    detail::merge_peer(out[keep], std::move(out[drop]));
+                    peers_[drop].for_each_endpoint([&](const Endpoint& e2) { index[e2] = keep; });
+                    detail::merge_peer(peers_[keep], std::move(peers_[drop]));
                     dead[drop] = true;
                     at = keep;
                 }
-            }
-            if (!at) {
-                at = out.size();
-                out.push_back(std::move(p));
-                dead.push_back(false);
+            });
+            if (at) {
+                detail::merge_peer(peers_[*at], std::move(p));
+                dead[i] = true;
             } else {
-                detail::merge_peer(out[*at], std::move(p));
+                at = i;
             }
-            for (const auto& e : out[*at].endpoints()) index[e] = *at;
+            peers_[*at].for_each_endpoint([&](const Endpoint& e) { index.emplace(e, *at); });
         }
-        peers_.clear();
-        for (std::size_t i = 0; i < out.size(); ++i)
-            if (!dead[i]) peers_.push_back(std::move(out[i]));
+        std::size_t kept = 0;
+        for (std::size_t i = 0; i < before; ++i)
+            if (!dead[i]) {
+                if (kept != i) peers_[kept] = std::move(peers_[i]);
+                ++kept;
+            }
+        peers_.resize(kept);
         return before - peers_.size();
     }
 
