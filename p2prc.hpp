@@ -11,3 +11,4 @@
 #include "p2prc/peer.hpp"
 #include "p2prc/iptable.hpp"
 #include "p2prc/config.hpp"
+#include "p2prc/discovery.hpp"
