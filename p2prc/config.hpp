@@ -86,24 +86,24 @@ struct AdvertisedAddress {
 
 // The relay (GET /FRPPort): bounded so that it cannot be used to exhaust the node.
 struct RelaySettings {
-    std::size_t cap = 32;                  // live relays at most; 0 turns relaying off
-    std::uint32_t idle_timeout_s = 300;    // a relay with no traffic this long is reclaimed
-    std::uint32_t login_timeout_s = 60;    // an allocated port nobody logs into is reclaimed
+    std::size_t cap = 32;                // live relays at most; 0 turns relaying off
+    std::uint32_t idle_timeout_s = 300;  // a relay with no traffic this long is reclaimed
+    std::uint32_t login_timeout_s = 60;  // an allocated port nobody logs into is reclaimed
 };
 
 // Bounds on what the node accepts and spends. Everything from the network is bounded.
 struct NodeLimits {
-    std::size_t max_body_bytes = 16u << 20;     // a POST /IpTable body
-    std::size_t max_upload_bytes = 64u << 20;   // a speed-test upload
-    std::size_t max_entries = 10000;            // entries in a table from a peer
-    std::uint32_t request_timeout_ms = 5000;    // one HTTP exchange, either side
-    std::uint32_t probe_timeout_ms = 3000;      // one latency probe
-    std::size_t probe_concurrency = 32;         // probes in flight at once
-    std::uint32_t liveness_budget_ms = 3000;    // POST /IpTable: time to check new entries
-    std::size_t discovery_hops = 3;             // rounds of gossip
-    std::uint32_t discovery_budget_s = 60;      // a whole discover() run
-    std::size_t discovery_concurrency = 8;      // peers contacted at once while discovering
-    std::size_t server_threads = 8;             // HTTP worker threads
+    std::size_t max_body_bytes = 16u << 20;    // a POST /IpTable body
+    std::size_t max_upload_bytes = 64u << 20;  // a speed-test upload
+    std::size_t max_entries = 10000;           // entries in a table from a peer
+    std::uint32_t request_timeout_ms = 5000;   // one HTTP exchange, either side
+    std::uint32_t probe_timeout_ms = 3000;     // one latency probe
+    std::size_t probe_concurrency = 32;        // probes in flight at once
+    std::uint32_t liveness_budget_ms = 3000;   // POST /IpTable: time to check new entries
+    std::size_t discovery_hops = 3;            // rounds of gossip
+    std::uint32_t discovery_budget_s = 60;     // a whole discover() run
+    std::size_t discovery_concurrency = 8;     // peers contacted at once while discovering
+    std::size_t server_threads = 8;            // HTTP worker threads
 };
 
 // Looks up one environment variable. A parameter, so tests inject their own environment
@@ -141,12 +141,12 @@ inline std::string default_node_name() {
 
 class Config {
 public:
-    std::string name = detail::default_node_name();  // the node's name in tables
-    std::string iptable = "p2prc-iptable.json";      // path of the table file
-    TableFormat table_format = TableFormat::seed;    // format the table file is written in
-    std::string bind = "0.0.0.0";                    // numeric address the server binds to
-    std::uint16_t port = 8078;                       // server port; 0 picks a free one
-    std::vector<AdvertisedAddress> public_addresses; // addresses advertised as the node's own
+    std::string name = detail::default_node_name();   // the node's name in tables
+    std::string iptable = "p2prc-iptable.json";       // path of the table file
+    TableFormat table_format = TableFormat::seed;     // format the table file is written in
+    std::string bind = "0.0.0.0";                     // numeric address the server binds to
+    std::uint16_t port = 8078;                        // server port; 0 picks a free one
+    std::vector<AdvertisedAddress> public_addresses;  // addresses advertised as the node's own
     BehindNat behind_nat = BehindNat::automatic;
     RelaySettings relay;
     std::string token;              // network secret for /FRPPort and frp login; "" = none
@@ -208,9 +208,9 @@ namespace detail {
 
 // One configuration key, described once; see the file comment.
 struct ConfigKey {
-    std::string key;       // "port", "relay.cap", "limits.max_entries"
-    std::string flag;      // "--port"
-    std::string metavar;   // "" for a boolean
+    std::string key;      // "port", "relay.cap", "limits.max_entries"
+    std::string flag;     // "--port"
+    std::string metavar;  // "" for a boolean
     std::string help;
     std::string expected;  // "an integer 0-65535": completes "expected ..."
     bool repeatable = false;
@@ -314,8 +314,9 @@ ConfigKey string_key(const char* key, const char* flag, const char* metavar, con
     k.flag = flag;
     k.metavar = metavar;
     k.help = help;
-    k.expected = std::string(allow_empty ? "a string of at most " : "a non-empty string of at most ") +
-                 std::to_string(max) + " bytes without control characters";
+    k.expected =
+        std::string(allow_empty ? "a string of at most " : "a non-empty string of at most ") +
+        std::to_string(max) + " bytes without control characters";
     auto set = [max, allow_empty, access](Config& c, std::string_view s) {
         if ((s.empty() && !allow_empty) || s.size() > max || has_control_char(s)) return false;
         access(c) = std::string(s);
@@ -333,10 +334,12 @@ ConfigKey string_key(const char* key, const char* flag, const char* metavar, con
 inline const std::vector<ConfigKey>& config_keys() {
     static const std::vector<ConfigKey> keys = [] {
         std::vector<ConfigKey> v;
-        v.push_back(string_key("name", "--name", "NAME", "name of this node in tables", 255,
-                               false, [](auto& c) -> auto& { return c.name; }));
-        v.push_back(string_key("iptable", "--table", "PATH", "path of the IP table file", 4096,
-                               false, [](auto& c) -> auto& { return c.iptable; }));
+        v.push_back(string_key(
+            "name", "--name", "NAME", "name of this node in tables", 255, false,
+            [](auto& c) -> auto& { return c.name; }));
+        v.push_back(string_key(
+            "iptable", "--table", "PATH", "path of the IP table file", 4096, false,
+            [](auto& c) -> auto& { return c.iptable; }));
         {
             ConfigKey k;
             k.key = "table_format";
@@ -345,9 +348,12 @@ inline const std::vector<ConfigKey>& config_keys() {
             k.help = "format the table file is written in";
             k.expected = "\"seed\" or \"p2prc\"";
             k.from_text = [](Config& c, std::string_view s) {
-                if (s == "seed") c.table_format = TableFormat::seed;
-                else if (s == "p2prc") c.table_format = TableFormat::p2prc;
-                else return false;
+                if (s == "seed")
+                    c.table_format = TableFormat::seed;
+                else if (s == "p2prc")
+                    c.table_format = TableFormat::p2prc;
+                else
+                    return false;
                 return true;
             };
             k.from_json = [f = k.from_text](Config& c, const nlohmann::json& j) {
@@ -361,7 +367,9 @@ inline const std::vector<ConfigKey>& config_keys() {
             k.key = "bind";
             k.flag = "--bind";
             k.metavar = "ADDR";
-            k.help = "address the server listens on (0.0.0.0: every IPv4 interface, ::: every one)";
+            k.help =
+                "numeric address the server listens on; 0.0.0.0 is every IPv4 "
+                "interface, :: every interface";
             k.expected = "a numeric IPv4 or IPv6 address";
             k.from_text = [](Config& c, std::string_view s) {
                 auto a = IpAddress::parse(s);
@@ -375,8 +383,9 @@ inline const std::vector<ConfigKey>& config_keys() {
             k.to_json = [](const Config& c) { return nlohmann::json(c.bind); };
             v.push_back(std::move(k));
         }
-        v.push_back(integer_key("port", "--port", "N", "server port (0: any free port)", 0, 65535,
-                                [](auto& c) -> auto& { return c.port; }));
+        v.push_back(integer_key(
+            "port", "--port", "N", "server port (0: any free port)", 0, 65535,
+            [](auto& c) -> auto& { return c.port; }));
         {
             ConfigKey k;
             k.key = "public_addresses";
@@ -445,54 +454,65 @@ inline const std::vector<ConfigKey>& config_keys() {
             };
             v.push_back(std::move(k));
         }
-        v.push_back(integer_key("relay.cap", "--relay-cap", "N",
-                                "live relays served at most (0: serve none)", 0, 65535,
-                                [](auto& c) -> auto& { return c.relay.cap; }));
-        v.push_back(integer_key("relay.idle_timeout_s", "--relay-idle-timeout", "SECONDS",
-                                "a relay idle this long is reclaimed", 1, 86400,
-                                [](auto& c) -> auto& { return c.relay.idle_timeout_s; }));
-        v.push_back(integer_key("relay.login_timeout_s", "--relay-login-timeout", "SECONDS",
-                                "an allocated relay port nobody logs into is reclaimed", 1, 3600,
-                                [](auto& c) -> auto& { return c.relay.login_timeout_s; }));
-        v.push_back(string_key("token", "--token", "SECRET",
-                               "network secret required by /FRPPort and frp login (empty: none)",
-                               1024, true, [](auto& c) -> auto& { return c.token; }));
-        v.push_back(bool_key("allow_link_local", "--allow-link-local",
-                             "accept link-local addresses learned from peers",
-                             [](auto& c) -> auto& { return c.allow_link_local; }));
-        v.push_back(integer_key("limits.max_body_bytes", "--max-body-bytes", "BYTES",
-                                "largest POST /IpTable body accepted", 1024, 1ull << 30,
-                                [](auto& c) -> auto& { return c.limits.max_body_bytes; }));
-        v.push_back(integer_key("limits.max_upload_bytes", "--max-upload-bytes", "BYTES",
-                                "largest speed-test upload accepted", 1024, 1ull << 32,
-                                [](auto& c) -> auto& { return c.limits.max_upload_bytes; }));
-        v.push_back(integer_key("limits.max_entries", "--max-entries", "N",
-                                "most entries accepted in a table from a peer", 1, 1000000,
-                                [](auto& c) -> auto& { return c.limits.max_entries; }));
-        v.push_back(integer_key("limits.request_timeout_ms", "--request-timeout-ms", "MS",
-                                "timeout of one HTTP exchange", 1, 600000,
-                                [](auto& c) -> auto& { return c.limits.request_timeout_ms; }));
-        v.push_back(integer_key("limits.probe_timeout_ms", "--probe-timeout-ms", "MS",
-                                "timeout of one latency probe", 1, 600000,
-                                [](auto& c) -> auto& { return c.limits.probe_timeout_ms; }));
-        v.push_back(integer_key("limits.probe_concurrency", "--probe-concurrency", "N",
-                                "probes in flight at once", 1, 1024,
-                                [](auto& c) -> auto& { return c.limits.probe_concurrency; }));
-        v.push_back(integer_key("limits.liveness_budget_ms", "--liveness-budget-ms", "MS",
-                                "time POST /IpTable spends checking new entries", 1, 600000,
-                                [](auto& c) -> auto& { return c.limits.liveness_budget_ms; }));
-        v.push_back(integer_key("limits.discovery_hops", "--discovery-hops", "N",
-                                "rounds of gossip in discover", 1, 16,
-                                [](auto& c) -> auto& { return c.limits.discovery_hops; }));
-        v.push_back(integer_key("limits.discovery_budget_s", "--discovery-budget", "SECONDS",
-                                "time budget of a whole discover run", 1, 3600,
-                                [](auto& c) -> auto& { return c.limits.discovery_budget_s; }));
-        v.push_back(integer_key("limits.discovery_concurrency", "--discovery-concurrency", "N",
-                                "peers contacted at once while discovering", 1, 256,
-                                [](auto& c) -> auto& { return c.limits.discovery_concurrency; }));
-        v.push_back(integer_key("limits.server_threads", "--server-threads", "N",
-                                "HTTP worker threads of the server", 1, 256,
-                                [](auto& c) -> auto& { return c.limits.server_threads; }));
+        v.push_back(integer_key(
+            "relay.cap", "--relay-cap", "N", "live relays served at most (0: serve none)", 0, 65535,
+            [](auto& c) -> auto& { return c.relay.cap; }));
+        v.push_back(integer_key(
+            "relay.idle_timeout_s", "--relay-idle-timeout", "SECONDS",
+            "a relay idle this long is reclaimed", 1, 86400,
+            [](auto& c) -> auto& { return c.relay.idle_timeout_s; }));
+        v.push_back(integer_key(
+            "relay.login_timeout_s", "--relay-login-timeout", "SECONDS",
+            "an allocated relay port nobody logs into is reclaimed", 1, 3600,
+            [](auto& c) -> auto& { return c.relay.login_timeout_s; }));
+        v.push_back(string_key(
+            "token", "--token", "SECRET",
+            "network secret required by /FRPPort and frp login (empty: none)", 1024, true,
+            [](auto& c) -> auto& { return c.token; }));
+        v.push_back(bool_key(
+            "allow_link_local", "--allow-link-local",
+            "accept link-local addresses learned from peers",
+            [](auto& c) -> auto& { return c.allow_link_local; }));
+        v.push_back(integer_key(
+            "limits.max_body_bytes", "--max-body-bytes", "BYTES",
+            "largest POST /IpTable body accepted", 1024, 1ull << 30,
+            [](auto& c) -> auto& { return c.limits.max_body_bytes; }));
+        v.push_back(integer_key(
+            "limits.max_upload_bytes", "--max-upload-bytes", "BYTES",
+            "largest speed-test upload accepted", 1024, 1ull << 32,
+            [](auto& c) -> auto& { return c.limits.max_upload_bytes; }));
+        v.push_back(integer_key(
+            "limits.max_entries", "--max-entries", "N",
+            "most entries accepted in a table from a peer", 1, 1000000,
+            [](auto& c) -> auto& { return c.limits.max_entries; }));
+        v.push_back(integer_key(
+            "limits.request_timeout_ms", "--request-timeout-ms", "MS",
+            "timeout of one HTTP exchange", 1, 600000,
+            [](auto& c) -> auto& { return c.limits.request_timeout_ms; }));
+        v.push_back(integer_key(
+            "limits.probe_timeout_ms", "--probe-timeout-ms", "MS", "timeout of one latency probe",
+            1, 600000, [](auto& c) -> auto& { return c.limits.probe_timeout_ms; }));
+        v.push_back(integer_key(
+            "limits.probe_concurrency", "--probe-concurrency", "N", "probes in flight at once", 1,
+            1024, [](auto& c) -> auto& { return c.limits.probe_concurrency; }));
+        v.push_back(integer_key(
+            "limits.liveness_budget_ms", "--liveness-budget-ms", "MS",
+            "time POST /IpTable spends checking new entries", 1, 600000,
+            [](auto& c) -> auto& { return c.limits.liveness_budget_ms; }));
+        v.push_back(integer_key(
+            "limits.discovery_hops", "--discovery-hops", "N", "rounds of gossip in discover", 1, 16,
+            [](auto& c) -> auto& { return c.limits.discovery_hops; }));
+        v.push_back(integer_key(
+            "limits.discovery_budget_s", "--discovery-budget", "SECONDS",
+            "time budget of a whole discover run", 1, 3600,
+            [](auto& c) -> auto& { return c.limits.discovery_budget_s; }));
+        v.push_back(integer_key(
+            "limits.discovery_concurrency", "--discovery-concurrency", "N",
+            "peers contacted at once while discovering", 1, 256,
+            [](auto& c) -> auto& { return c.limits.discovery_concurrency; }));
+        v.push_back(integer_key(
+            "limits.server_threads", "--server-threads", "N", "HTTP worker threads of the server",
+            1, 256, [](auto& c) -> auto& { return c.limits.server_threads; }));
         return v;
     }();
     return keys;
@@ -513,9 +533,9 @@ inline void apply_config_object(Config& c, const nlohmann::json& obj, const std:
         const std::string key = prefix + it.key();
         if (prefix.empty() && (it.key() == "relay" || it.key() == "limits")) {
             if (!it.value().is_object())
-                throw error(errc::invalid_argument,
-                            origin + ": key \"" + key + "\": expected an object, found " +
-                                describe_json(it.value()));
+                throw error(errc::invalid_argument, origin + ": key \"" + key +
+                                                        "\": expected an object, found " +
+                                                        describe_json(it.value()));
             apply_config_object(c, it.value(), key + ".", origin);
             continue;
         }
@@ -552,8 +572,9 @@ inline Config Config::parse(std::string_view text, const std::string& origin) {
                                            ": expected a JSON object of configuration keys");
     }
     if (!doc.is_object())
-        throw error(errc::parse_error, origin + ": expected a JSON object of configuration keys, found " +
-                                           detail::json_type_name(doc));
+        throw error(errc::parse_error,
+                    origin + ": expected a JSON object of configuration keys, found " +
+                        detail::json_type_name(doc));
     Config c;
     c.source = origin;
     detail::apply_config_object(c, doc, "", origin);
@@ -586,8 +607,10 @@ inline nlohmann::json Config::to_json(bool redacted) const {
         auto v = k.to_json(*this);
         if (redacted && k.key == "token" && !token.empty()) v = "<redacted>";
         auto dot = k.key.find('.');
-        if (dot == std::string::npos) j[k.key] = std::move(v);
-        else j[k.key.substr(0, dot)][k.key.substr(dot + 1)] = std::move(v);
+        if (dot == std::string::npos)
+            j[k.key] = std::move(v);
+        else
+            j[k.key.substr(0, dot)][k.key.substr(dot + 1)] = std::move(v);
     }
     return j;
 }
@@ -636,9 +659,12 @@ inline const std::vector<ConfigFlag>& Config::flags() {
             f.help = k.help;
             f.repeatable = k.repeatable;
             auto v = k.to_json(defaults);
-            if (v.is_string()) f.default_value = v.get<std::string>();
-            else if (v.is_array()) f.default_value = v.empty() ? "" : v.dump();
-            else f.default_value = v.dump();
+            if (v.is_string())
+                f.default_value = v.get<std::string>();
+            else if (v.is_array())
+                f.default_value = v.empty() ? "" : v.dump();
+            else
+                f.default_value = v.dump();
             out.push_back(std::move(f));
         }
         return out;

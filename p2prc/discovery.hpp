@@ -77,12 +77,12 @@ inline bool scope_allows(const IpAddress& sender, const IpAddress& learned,
 // ---- Filtering a table received from a peer -------------------------------------------
 
 struct LearnReport {
-    std::size_t received = 0;           // entries in the table as received
-    std::size_t accepted = 0;           // entries left in it
-    std::size_t dropped_scope = 0;      // entries with no acceptable address
-    std::size_t addresses_removed = 0;  // refused addresses, incl. those of kept entries
-    std::size_t dropped_over_limit = 0; // acceptable entries beyond the entry bound
-    std::vector<std::string> reasons;   // the first few refusals, for logs
+    std::size_t received = 0;            // entries in the table as received
+    std::size_t accepted = 0;            // entries left in it
+    std::size_t dropped_scope = 0;       // entries with no acceptable address
+    std::size_t addresses_removed = 0;   // refused addresses, incl. those of kept entries
+    std::size_t dropped_over_limit = 0;  // acceptable entries beyond the entry bound
+    std::vector<std::string> reasons;    // the first few refusals, for logs
 
     static constexpr std::size_t max_reasons = 16;
     std::size_t dropped() const { return dropped_scope + dropped_over_limit; }
@@ -179,8 +179,9 @@ inline std::vector<IpAddress> local_interface_addresses() {
 inline std::vector<Endpoint> own_endpoints(const Config& config, std::uint16_t bound_port,
                                            const std::vector<IpAddress>& interfaces) {
     if (bound_port == 0)
-        throw error(errc::invalid_argument, "own_endpoints: expected the port the server is "
-                                            "bound to, found 0");
+        throw error(errc::invalid_argument,
+                    "own_endpoints: expected the port the server is "
+                    "bound to, found 0");
     std::vector<Endpoint> out;
     std::unordered_set<Endpoint> seen;
     auto add = [&](const Endpoint& e) {
@@ -230,8 +231,9 @@ public:
             }
         }
         if (votes_.size() >= max_reporters_) {
-            auto oldest = std::min_element(votes_.begin(), votes_.end(),
-                                           [](const Vote& a, const Vote& b) { return a.at < b.at; });
+            auto oldest =
+                std::min_element(votes_.begin(), votes_.end(),
+                                 [](const Vote& a, const Vote& b) { return a.at < b.at; });
             votes_.erase(oldest);
         }
         votes_.push_back({reporter, observed, clock_});

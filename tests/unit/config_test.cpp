@@ -77,11 +77,13 @@ TEST_CASE("config: parse reads every kind of key and keeps defaults for the rest
     auto c = Config::parse(R"({
         "name": "alpha", "iptable": "/tmp/t.json", "table_format": "p2prc",
         "bind": "::", "port": 9000,
-        "public_addresses": ["203.0.113.7", "198.51.100.1:9100", "[2001:DB8::1]:9200", "2001:db8::2"],
+        "public_addresses": ["203.0.113.7", "198.51.100.1:9100", "[2001:DB8::1]:9200",
+                             "2001:db8::2"],
         "behind_nat": true, "token": "s3cret", "allow_link_local": true,
         "relay": {"cap": 4, "idle_timeout_s": 10},
         "limits": {"max_entries": 500, "probe_concurrency": 2}
-    })", "test.json");
+    })",
+                           "test.json");
     CHECK(c.name == "alpha");
     CHECK(c.iptable == "/tmp/t.json");
     CHECK(c.table_format == TableFormat::p2prc);
@@ -138,7 +140,8 @@ TEST_CASE("config: a key of the wrong type or out of range names the key and wha
         {R"({"limits": []})", "\"limits\"", "an object"},
         {R"({"limits": {"max_entries": 0}})", "\"limits.max_entries\"", "an integer 1-1000000"},
         {R"({"limits": {"probe_concurrency": 5000}})", "\"limits.probe_concurrency\"", "1-1024"},
-        {R"({"limits": {"request_timeout_ms": null}})", "\"limits.request_timeout_ms\"", "an integer"},
+        {R"({"limits": {"request_timeout_ms": null}})", "\"limits.request_timeout_ms\"",
+         "an integer"},
         {R"({"token": 12})", "\"token\"", "a string"},
     };
     for (const auto& c : cases) {
@@ -155,21 +158,23 @@ TEST_CASE("config: not a JSON object is a parse error naming the origin") {
                    "c.json: expected a JSON object"));
     CHECK(contains(error_of([] { Config::parse("{\"port\": ", "c.json"); }, errc::parse_error),
                    "c.json: invalid JSON at line 1"));
-    CHECK(contains(error_of([] { Config::parse(std::string(2000, '['), "c.json"); },
-                            errc::parse_error),
-                   "nested deeper"));
+    CHECK(contains(
+        error_of([] { Config::parse(std::string(2000, '['), "c.json"); }, errc::parse_error),
+        "nested deeper"));
     CHECK_THROWS_AS(Config::parse(std::string(Config::max_file_bytes + 1, ' ')), p2prc::error);
 }
 
 TEST_CASE("config: an unknown key is a warning, not an error") {
-    auto c = Config::parse(R"({"port": 9001, "colour": "blue", "limits": {"max_fun": 1}})", "w.json");
+    auto c =
+        Config::parse(R"({"port": 9001, "colour": "blue", "limits": {"max_fun": 1}})", "w.json");
     CHECK(c.port == 9001);
     REQUIRE(c.warnings.size() == 2);
     CHECK(contains(c.warnings[0], "w.json: unknown key \"colour\""));
     CHECK(contains(c.warnings[1], "unknown key \"limits.max_fun\""));
 
     std::string many = "{";
-    for (int i = 0; i < 100; ++i) many += (i ? "," : "") + std::string("\"k") + std::to_string(i) + "\":1";
+    for (int i = 0; i < 100; ++i)
+        many += (i ? "," : "") + std::string("\"k") + std::to_string(i) + "\":1";
     CHECK(Config::parse(many + "}").warnings.size() <= 32);  // bounded
 }
 
@@ -310,7 +315,8 @@ TEST_CASE("config: every key has exactly one flag with help text and a default")
     const auto& flags = Config::flags();
     auto j = Config().to_json();
     std::size_t leaves = 0;
-    for (auto it = j.begin(); it != j.end(); ++it) leaves += it.value().is_object() ? it.value().size() : 1;
+    for (auto it = j.begin(); it != j.end(); ++it)
+        leaves += it.value().is_object() ? it.value().size() : 1;
     CHECK(flags.size() == leaves);
     for (const auto& f : flags) {
         CAPTURE(f.flag);

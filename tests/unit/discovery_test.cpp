@@ -16,7 +16,9 @@ using p2prc::ScopePolicy;
 
 namespace {
 
-IpAddress ip(const char* s) { return IpAddress::from_string(s); }
+IpAddress ip(const char* s) {
+    return IpAddress::from_string(s);
+}
 
 bool allows(const char* sender, const char* learned, bool link_local = false) {
     ScopePolicy p;
@@ -92,7 +94,8 @@ TEST_CASE("scope rule: a loopback sender teaches anything that can be a server")
 
 TEST_CASE("scope rule: unspecified and reserved are always refused, from any sender") {
     for (const char* sender : {"203.0.113.5", "10.0.0.5", "127.0.0.1", "::1", "fe80::5"})
-        for (const char* learned : {"0.0.0.0", "0.1.2.3", "::", "239.1.1.1", "240.0.0.1", "ff05::2"}) {
+        for (const char* learned :
+             {"0.0.0.0", "0.1.2.3", "::", "239.1.1.1", "240.0.0.1", "ff05::2"}) {
             CAPTURE(sender);
             CAPTURE(learned);
             CHECK_FALSE(allows(sender, learned, true));
@@ -189,8 +192,8 @@ TEST_CASE("own_endpoints: configured public addresses, interfaces, loopback and 
     c.apply_flag("--public-address", "[2001:db8::9]:9999");
     c.apply_flag("--bind", "127.0.0.1");
     auto own = p2prc::own_endpoints(c, 8123, {ip("192.168.5.5"), ip("fe80::1234")});
-    CHECK(has(own, "203.0.113.7:8123"));     // no port given: the server's
-    CHECK(has(own, "[2001:db8::9]:9999"));   // its own port
+    CHECK(has(own, "203.0.113.7:8123"));    // no port given: the server's
+    CHECK(has(own, "[2001:db8::9]:9999"));  // its own port
     CHECK(has(own, "192.168.5.5:8123"));
     CHECK(has(own, "[fe80::1234]:8123"));
     CHECK(has(own, "127.0.0.1:8123"));
