@@ -10,3 +10,5 @@
 #include "p2prc/address.hpp"
 #include "p2prc/peer.hpp"
 #include "p2prc/iptable.hpp"
+#include "p2prc/config.hpp"
+#include "p2prc/discovery.hpp"

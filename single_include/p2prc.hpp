@@ -1133,3 +1133,996 @@ private:
 };
 
 }  // namespace p2prc
+
+// ---- p2prc/config.hpp ----
+// The node's configuration: a JSON file, defaults for every key, and CLI flags on top.
+//
+// Where the values come from is decided by the caller, explicitly: Config::from_sources
+// takes the --config path and an environment lookup (P2PRC_CONFIG) as parameters, and
+// nothing in the library reads a configuration behind the caller's back.
+//
+// One table (detail::config_keys) describes every key once: its place in the file, its
+// flag, its help text, what a valid value is, and how it is read and written. The file
+// reader, the flag parser, to_json and the --help text all walk that table, so a key
+// cannot exist in one and be forgotten in another.
+//
+// A key of the wrong type or out of range is a p2prc::error naming the key (or the flag)
+// and what was expected; an unknown key is only a warning (Config::warnings), so a file
+// written for a newer version still loads.
+
+
+#include <nlohmann/json.hpp>
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <climits>
+#include <cstdint>
+#include <cstdlib>
+#include <functional>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+namespace p2prc {
+
+// "behind_nat": true, false, or "auto" (learn it from what peers observe).
+enum class BehindNat { no, yes, automatic };
+
+inline const char* to_string(BehindNat b) noexcept {
+    return b == BehindNat::no ? "false" : b == BehindNat::yes ? "true" : "auto";
+}
+
+// An address the node advertises as its own: "ADDR" (the server's port) or "ADDR:PORT".
+struct AdvertisedAddress {
+    IpAddress address;
+    std::uint16_t port = 0;  // 0: the server's port
+
+    // Accepts "1.2.3.4", "1.2.3.4:9000", "2001:db8::1", "[2001:db8::1]", "[2001:db8::1]:9000".
+    // Unspecified and reserved addresses are refused: nobody can reach a node there.
+    static std::optional<AdvertisedAddress> parse(std::string_view text) noexcept {
+        AdvertisedAddress out;
+        if (auto a = IpAddress::parse(text)) {
+            out.address = *a;
+        } else if (auto e = Endpoint::parse(text)) {
+            out.address = e->address;
+            out.port = e->port;
+        } else {
+            return std::nullopt;
+        }
+        auto s = out.address.scope();
+        if (s == Scope::unspecified || s == Scope::reserved) return std::nullopt;
+        return out;
+    }
+
+    std::string to_string() const {
+        if (port == 0) return address.to_string();
+        return Endpoint{address, port}.to_string();
+    }
+
+    // The endpoint it stands for, given the port the server is bound to.
+    Endpoint endpoint(std::uint16_t server_port) const {
+        return Endpoint{address, port ? port : server_port};
+    }
+
+    friend bool operator==(const AdvertisedAddress& x, const AdvertisedAddress& y) noexcept {
+        return x.address == y.address && x.port == y.port;
+    }
+    friend bool operator!=(const AdvertisedAddress& x, const AdvertisedAddress& y) noexcept {
+        return !(x == y);
+    }
+};
+
+// The relay (GET /FRPPort): bounded so that it cannot be used to exhaust the node.
+struct RelaySettings {
+    std::size_t cap = 32;                // live relays at most; 0 turns relaying off
+    std::uint32_t idle_timeout_s = 300;  // a relay with no traffic this long is reclaimed
+    std::uint32_t login_timeout_s = 60;  // an allocated port nobody logs into is reclaimed
+};
+
+// Bounds on what the node accepts and spends. Everything from the network is bounded.
+struct NodeLimits {
+    std::size_t max_body_bytes = 16u << 20;    // a POST /IpTable body
+    std::size_t max_upload_bytes = 64u << 20;  // a speed-test upload
+    std::size_t max_entries = 10000;           // entries in a table from a peer
+    std::uint32_t request_timeout_ms = 5000;   // one HTTP exchange, either side
+    std::uint32_t probe_timeout_ms = 3000;     // one latency probe
+    std::size_t probe_concurrency = 32;        // probes in flight at once
+    std::uint32_t liveness_budget_ms = 3000;   // POST /IpTable: time to check new entries
+    std::size_t discovery_hops = 3;            // rounds of gossip
+    std::uint32_t discovery_budget_s = 60;     // a whole discover() run
+    std::size_t discovery_concurrency = 8;     // peers contacted at once while discovering
+    std::size_t server_threads = 8;            // HTTP worker threads
+};
+
+// Looks up one environment variable. A parameter, so tests inject their own environment
+// and the library never reads the process environment unless told to.
+using EnvLookup = std::function<std::optional<std::string>(std::string_view name)>;
+
+// The process environment, for callers that want it (pass it to Config::from_sources).
+inline std::optional<std::string> process_environment(std::string_view name) {
+    const char* v = std::getenv(std::string(name).c_str());
+    if (!v) return std::nullopt;
+    return std::string(v);
+}
+
+// One command-line flag of the configuration, for --help.
+struct ConfigFlag {
+    std::string flag;           // "--port"
+    std::string metavar;        // "N"; empty for a boolean flag (its value is optional)
+    std::string key;            // "port", "relay.cap": the key it overrides
+    std::string help;           // one line, without the default
+    std::string default_value;  // as a user would write it; "" when empty
+    bool repeatable = false;    // --public-address may be given several times
+    bool boolean() const { return metavar.empty(); }
+};
+
+namespace detail {
+
+// The machine's host name: the default node name.
+inline std::string default_node_name() {
+    char buf[HOST_NAME_MAX + 1] = {};
+    if (::gethostname(buf, sizeof buf - 1) != 0 || buf[0] == '\0') return "p2prc-node";
+    return buf;
+}
+
+}  // namespace detail
+
+class Config {
+public:
+    std::string name = detail::default_node_name();   // the node's name in tables
+    std::string iptable = "p2prc-iptable.json";       // path of the table file
+    TableFormat table_format = TableFormat::seed;     // format the table file is written in
+    std::string bind = "0.0.0.0";                     // numeric address the server binds to
+    std::uint16_t port = 8078;                        // server port; 0 picks a free one
+    std::vector<AdvertisedAddress> public_addresses;  // addresses advertised as the node's own
+    BehindNat behind_nat = BehindNat::automatic;
+    RelaySettings relay;
+    std::string token;              // network secret for /FRPPort and frp login; "" = none
+    bool allow_link_local = false;  // accept link-local addresses from peers
+    NodeLimits limits;
+
+    // Not configuration: where the values came from ("defaults" or the file's path), and
+    // what the reader wants the user to know (unknown keys).
+    std::string source = "defaults";
+    std::vector<std::string> warnings;
+
+    static constexpr std::size_t max_file_bytes = 1u << 20;
+    static constexpr std::size_t max_public_addresses = 64;
+    static constexpr const char* env_var = "P2PRC_CONFIG";
+
+    // Reads a configuration from JSON text; keys not given keep their defaults. `origin`
+    // names the text in errors and warnings.
+    static Config parse(std::string_view text, const std::string& origin = "config");
+
+    // Reads a configuration file. The path was given explicitly, so a missing file is an
+    // error (io_error), not a silent fall-back to defaults.
+    static Config load(const std::string& path);
+
+    // The path from --config when given, else env P2PRC_CONFIG when set and non-empty,
+    // else the defaults. `env` is the environment to consult, e.g. p2prc::process_environment.
+    static Config from_sources(const std::optional<std::string>& cli_config_path,
+                               const EnvLookup& env);
+
+    // Every key, in the file's layout. With `redacted`, a set token reads "<redacted>".
+    nlohmann::json to_json(bool redacted = false) const;
+    std::string dump(bool redacted = false, int indent = 2) const {
+        return to_json(redacted).dump(indent) + "\n";
+    }
+
+    // Sets one key from a command-line flag ("--port", "8079"); the leading "--" is
+    // optional. A boolean flag with an empty value means true. A repeatable flag
+    // (--public-address) appends. Throws p2prc::error naming the flag on an unknown flag
+    // or an invalid value.
+    void apply_flag(std::string_view flag, std::string_view value);
+
+    // Applies flags in order, with the override rule of the CLI: a repeatable flag given
+    // on the command line replaces the file's list rather than adding to it.
+    void apply_flags(const std::vector<std::pair<std::string, std::string>>& flags);
+
+    // The flags, in --help order; find_flag accepts "--port" or "port", nullptr if unknown.
+    static const std::vector<ConfigFlag>& flags();
+    static const ConfigFlag* find_flag(std::string_view flag);
+
+    // Bounds for a table received from a peer.
+    TableLimits peer_table_limits() const {
+        TableLimits t;
+        t.max_bytes = limits.max_body_bytes;
+        t.max_entries = limits.max_entries;
+        return t;
+    }
+};
+
+namespace detail {
+
+// One configuration key, described once; see the file comment.
+struct ConfigKey {
+    std::string key;      // "port", "relay.cap", "limits.max_entries"
+    std::string flag;     // "--port"
+    std::string metavar;  // "" for a boolean
+    std::string help;
+    std::string expected;  // "an integer 0-65535": completes "expected ..."
+    bool repeatable = false;
+    std::function<bool(Config&, const nlohmann::json&)> from_json;  // false: invalid
+    std::function<bool(Config&, std::string_view)> from_text;       // false: invalid
+    std::function<nlohmann::json(const Config&)> to_json;
+};
+
+inline std::optional<std::uint64_t> json_uint(const nlohmann::json& v) {
+    if (v.is_number_unsigned()) return v.get<std::uint64_t>();
+    if (v.is_number_integer()) {
+        auto n = v.get<std::int64_t>();
+        if (n >= 0) return static_cast<std::uint64_t>(n);
+    }
+    return std::nullopt;
+}
+
+inline std::optional<std::uint64_t> text_uint(std::string_view s) {
+    if (s.empty() || s.size() > 19) return std::nullopt;
+    std::uint64_t v = 0;
+    for (char c : s) {
+        if (c < '0' || c > '9') return std::nullopt;
+        v = v * 10 + std::uint64_t(c - '0');
+    }
+    return v;
+}
+
+inline std::optional<bool> text_bool(std::string_view s) {
+    auto l = ascii_lower(s);
+    if (l.empty() || l == "true" || l == "1" || l == "yes" || l == "on") return true;
+    if (l == "false" || l == "0" || l == "no" || l == "off") return false;
+    return std::nullopt;
+}
+
+inline bool has_control_char(std::string_view s) {
+    for (char c : s)
+        if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) return true;
+    return false;
+}
+
+// What was found, for an error message; never long, never the raw bytes of a control char.
+inline std::string describe_json(const nlohmann::json& v) {
+    if (v.is_string()) return quote_for_error(v.get_ref<const std::string&>());
+    if (v.is_object()) return "an object";
+    std::string d = v.dump();
+    if (d.size() > 60) d = d.substr(0, 60) + "...";
+    return d;
+}
+
+// Access is a generic lambda returning a reference to the field, for Config& and const
+// Config& alike.
+template <class Access>
+ConfigKey integer_key(const char* key, const char* flag, const char* metavar, const char* help,
+                      std::uint64_t lo, std::uint64_t hi, Access access) {
+    ConfigKey k;
+    k.key = key;
+    k.flag = flag;
+    k.metavar = metavar;
+    k.help = help;
+    k.expected = "an integer " + std::to_string(lo) + "-" + std::to_string(hi);
+    auto set = [lo, hi, access](Config& c, std::optional<std::uint64_t> n) {
+        if (!n || *n < lo || *n > hi) return false;
+        using T = std::remove_reference_t<decltype(access(c))>;
+        access(c) = static_cast<T>(*n);
+        return true;
+    };
+    k.from_json = [set](Config& c, const nlohmann::json& v) { return set(c, json_uint(v)); };
+    k.from_text = [set](Config& c, std::string_view s) { return set(c, text_uint(s)); };
+    k.to_json = [access](const Config& c) { return nlohmann::json(access(c)); };
+    return k;
+}
+
+template <class Access>
+ConfigKey bool_key(const char* key, const char* flag, const char* help, Access access) {
+    ConfigKey k;
+    k.key = key;
+    k.flag = flag;
+    k.help = help;
+    k.expected = "true or false";
+    k.from_json = [access](Config& c, const nlohmann::json& v) {
+        if (!v.is_boolean()) return false;
+        access(c) = v.get<bool>();
+        return true;
+    };
+    k.from_text = [access](Config& c, std::string_view s) {
+        auto b = text_bool(s);
+        if (!b) return false;
+        access(c) = *b;
+        return true;
+    };
+    k.to_json = [access](const Config& c) { return nlohmann::json(access(c)); };
+    return k;
+}
+
+// A string of 1..max bytes (0..max when `allow_empty`) without control characters.
+template <class Access>
+ConfigKey string_key(const char* key, const char* flag, const char* metavar, const char* help,
+                     std::size_t max, bool allow_empty, Access access) {
+    ConfigKey k;
+    k.key = key;
+    k.flag = flag;
+    k.metavar = metavar;
+    k.help = help;
+    k.expected =
+        std::string(allow_empty ? "a string of at most " : "a non-empty string of at most ") +
+        std::to_string(max) + " bytes without control characters";
+    auto set = [max, allow_empty, access](Config& c, std::string_view s) {
+        if ((s.empty() && !allow_empty) || s.size() > max || has_control_char(s)) return false;
+        access(c) = std::string(s);
+        return true;
+    };
+    k.from_json = [set](Config& c, const nlohmann::json& v) {
+        return v.is_string() && set(c, v.get_ref<const std::string&>());
+    };
+    k.from_text = set;
+    k.to_json = [access](const Config& c) { return nlohmann::json(access(c)); };
+    return k;
+}
+
+// The table of every key, in the file's order (also the order of --help).
+inline const std::vector<ConfigKey>& config_keys() {
+    static const std::vector<ConfigKey> keys = [] {
+        std::vector<ConfigKey> v;
+        v.push_back(string_key(
+            "name", "--name", "NAME", "name of this node in tables", 255, false,
+            [](auto& c) -> auto& { return c.name; }));
+        v.push_back(string_key(
+            "iptable", "--table", "PATH", "path of the IP table file", 4096, false,
+            [](auto& c) -> auto& { return c.iptable; }));
+        {
+            ConfigKey k;
+            k.key = "table_format";
+            k.flag = "--table-format";
+            k.metavar = "seed|p2prc";
+            k.help = "format the table file is written in";
+            k.expected = "\"seed\" or \"p2prc\"";
+            k.from_text = [](Config& c, std::string_view s) {
+                if (s == "seed")
+                    c.table_format = TableFormat::seed;
+                else if (s == "p2prc")
+                    c.table_format = TableFormat::p2prc;
+                else
+                    return false;
+                return true;
+            };
+            k.from_json = [f = k.from_text](Config& c, const nlohmann::json& j) {
+                return j.is_string() && f(c, j.get_ref<const std::string&>());
+            };
+            k.to_json = [](const Config& c) { return nlohmann::json(to_string(c.table_format)); };
+            v.push_back(std::move(k));
+        }
+        {
+            ConfigKey k;
+            k.key = "bind";
+            k.flag = "--bind";
+            k.metavar = "ADDR";
+            k.help =
+                "numeric address the server listens on; 0.0.0.0 is every IPv4 "
+                "interface, :: every interface";
+            k.expected = "a numeric IPv4 or IPv6 address";
+            k.from_text = [](Config& c, std::string_view s) {
+                auto a = IpAddress::parse(s);
+                if (!a) return false;
+                c.bind = a->to_string();
+                return true;
+            };
+            k.from_json = [f = k.from_text](Config& c, const nlohmann::json& j) {
+                return j.is_string() && f(c, j.get_ref<const std::string&>());
+            };
+            k.to_json = [](const Config& c) { return nlohmann::json(c.bind); };
+            v.push_back(std::move(k));
+        }
+        v.push_back(integer_key(
+            "port", "--port", "N", "server port (0: any free port)", 0, 65535,
+            [](auto& c) -> auto& { return c.port; }));
+        {
+            ConfigKey k;
+            k.key = "public_addresses";
+            k.flag = "--public-address";
+            k.metavar = "ADDR[:PORT]";
+            k.help = "address advertised as this node's own (repeatable)";
+            k.expected = "a list of at most " + std::to_string(Config::max_public_addresses) +
+                         " addresses as \"ADDR\" or \"ADDR:PORT\" ([ADDR]:PORT for IPv6)";
+            k.repeatable = true;
+            k.from_text = [](Config& c, std::string_view s) {
+                auto a = AdvertisedAddress::parse(s);
+                if (!a || c.public_addresses.size() >= Config::max_public_addresses) return false;
+                c.public_addresses.push_back(*a);
+                return true;
+            };
+            k.from_json = [](Config& c, const nlohmann::json& j) {
+                if (!j.is_array() || j.size() > Config::max_public_addresses) return false;
+                std::vector<AdvertisedAddress> list;
+                for (const auto& e : j) {
+                    if (!e.is_string()) return false;
+                    auto a = AdvertisedAddress::parse(e.get_ref<const std::string&>());
+                    if (!a) return false;
+                    list.push_back(*a);
+                }
+                c.public_addresses = std::move(list);
+                return true;
+            };
+            k.to_json = [](const Config& c) {
+                auto arr = nlohmann::json::array();
+                for (const auto& a : c.public_addresses) arr.push_back(a.to_string());
+                return arr;
+            };
+            v.push_back(std::move(k));
+        }
+        {
+            ConfigKey k;
+            k.key = "behind_nat";
+            k.flag = "--behind-nat";
+            k.metavar = "true|false|auto";
+            k.help = "whether the node is behind a NAT; auto: learn it from peers";
+            k.expected = "true, false or \"auto\"";
+            k.from_text = [](Config& c, std::string_view s) {
+                if (ascii_lower(s) == "auto") {
+                    c.behind_nat = BehindNat::automatic;
+                    return true;
+                }
+                auto b = s.empty() ? std::nullopt : text_bool(s);
+                if (!b) return false;
+                c.behind_nat = *b ? BehindNat::yes : BehindNat::no;
+                return true;
+            };
+            k.from_json = [](Config& c, const nlohmann::json& j) {
+                if (j.is_boolean()) {
+                    c.behind_nat = j.get<bool>() ? BehindNat::yes : BehindNat::no;
+                    return true;
+                }
+                if (j.is_string() && j.get_ref<const std::string&>() == "auto") {
+                    c.behind_nat = BehindNat::automatic;
+                    return true;
+                }
+                return false;
+            };
+            k.to_json = [](const Config& c) {
+                if (c.behind_nat == BehindNat::automatic) return nlohmann::json("auto");
+                return nlohmann::json(c.behind_nat == BehindNat::yes);
+            };
+            v.push_back(std::move(k));
+        }
+        v.push_back(integer_key(
+            "relay.cap", "--relay-cap", "N", "live relays served at most (0: serve none)", 0, 65535,
+            [](auto& c) -> auto& { return c.relay.cap; }));
+        v.push_back(integer_key(
+            "relay.idle_timeout_s", "--relay-idle-timeout", "SECONDS",
+            "a relay idle this long is reclaimed", 1, 86400,
+            [](auto& c) -> auto& { return c.relay.idle_timeout_s; }));
+        v.push_back(integer_key(
+            "relay.login_timeout_s", "--relay-login-timeout", "SECONDS",
+            "an allocated relay port nobody logs into is reclaimed", 1, 3600,
+            [](auto& c) -> auto& { return c.relay.login_timeout_s; }));
+        v.push_back(string_key(
+            "token", "--token", "SECRET",
+            "network secret required by /FRPPort and frp login (empty: none)", 1024, true,
+            [](auto& c) -> auto& { return c.token; }));
+        v.push_back(bool_key(
+            "allow_link_local", "--allow-link-local",
+            "accept link-local addresses learned from peers",
+            [](auto& c) -> auto& { return c.allow_link_local; }));
+        v.push_back(integer_key(
+            "limits.max_body_bytes", "--max-body-bytes", "BYTES",
+            "largest POST /IpTable body accepted", 1024, 1ull << 30,
+            [](auto& c) -> auto& { return c.limits.max_body_bytes; }));
+        v.push_back(integer_key(
+            "limits.max_upload_bytes", "--max-upload-bytes", "BYTES",
+            "largest speed-test upload accepted", 1024, 1ull << 32,
+            [](auto& c) -> auto& { return c.limits.max_upload_bytes; }));
+        v.push_back(integer_key(
+            "limits.max_entries", "--max-entries", "N",
+            "most entries accepted in a table from a peer", 1, 1000000,
+            [](auto& c) -> auto& { return c.limits.max_entries; }));
+        v.push_back(integer_key(
+            "limits.request_timeout_ms", "--request-timeout-ms", "MS",
+            "timeout of one HTTP exchange", 1, 600000,
+            [](auto& c) -> auto& { return c.limits.request_timeout_ms; }));
+        v.push_back(integer_key(
+            "limits.probe_timeout_ms", "--probe-timeout-ms", "MS", "timeout of one latency probe",
+            1, 600000, [](auto& c) -> auto& { return c.limits.probe_timeout_ms; }));
+        v.push_back(integer_key(
+            "limits.probe_concurrency", "--probe-concurrency", "N", "probes in flight at once", 1,
+            1024, [](auto& c) -> auto& { return c.limits.probe_concurrency; }));
+        v.push_back(integer_key(
+            "limits.liveness_budget_ms", "--liveness-budget-ms", "MS",
+            "time POST /IpTable spends checking new entries", 1, 600000,
+            [](auto& c) -> auto& { return c.limits.liveness_budget_ms; }));
+        v.push_back(integer_key(
+            "limits.discovery_hops", "--discovery-hops", "N", "rounds of gossip in discover", 1, 16,
+            [](auto& c) -> auto& { return c.limits.discovery_hops; }));
+        v.push_back(integer_key(
+            "limits.discovery_budget_s", "--discovery-budget", "SECONDS",
+            "time budget of a whole discover run", 1, 3600,
+            [](auto& c) -> auto& { return c.limits.discovery_budget_s; }));
+        v.push_back(integer_key(
+            "limits.discovery_concurrency", "--discovery-concurrency", "N",
+            "peers contacted at once while discovering", 1, 256,
+            [](auto& c) -> auto& { return c.limits.discovery_concurrency; }));
+        v.push_back(integer_key(
+            "limits.server_threads", "--server-threads", "N", "HTTP worker threads of the server",
+            1, 256, [](auto& c) -> auto& { return c.limits.server_threads; }));
+        return v;
+    }();
+    return keys;
+}
+
+inline const ConfigKey* find_config_key_by_flag(std::string_view flag) {
+    if (flag.substr(0, 2) == "--") flag.remove_prefix(2);
+    for (const auto& k : config_keys())
+        if (std::string_view(k.flag).substr(2) == flag) return &k;
+    return nullptr;
+}
+
+// Applies one JSON object level ("" for the top, "relay.", "limits."), collecting
+// unknown keys as warnings.
+inline void apply_config_object(Config& c, const nlohmann::json& obj, const std::string& prefix,
+                                const std::string& origin) {
+    for (auto it = obj.begin(); it != obj.end(); ++it) {
+        const std::string key = prefix + it.key();
+        if (prefix.empty() && (it.key() == "relay" || it.key() == "limits")) {
+            if (!it.value().is_object())
+                throw error(errc::invalid_argument, origin + ": key \"" + key +
+                                                        "\": expected an object, found " +
+                                                        describe_json(it.value()));
+            apply_config_object(c, it.value(), key + ".", origin);
+            continue;
+        }
+        const ConfigKey* k = nullptr;
+        for (const auto& candidate : config_keys())
+            if (candidate.key == key) k = &candidate;
+        if (!k) {
+            // Bounded: a file full of junk keys does not make a list without end.
+            if (c.warnings.size() < 32)
+                c.warnings.push_back(origin + ": unknown key " + quote_for_error(key) + " ignored");
+            continue;
+        }
+        if (!k->from_json(c, it.value()))
+            throw error(errc::invalid_argument, origin + ": key \"" + key + "\": expected " +
+                                                    k->expected + ", found " +
+                                                    describe_json(it.value()));
+    }
+}
+
+}  // namespace detail
+
+inline Config Config::parse(std::string_view text, const std::string& origin) {
+    if (text.size() > max_file_bytes)
+        throw error(errc::limit_exceeded, origin + ": " + std::to_string(text.size()) +
+                                              " bytes, larger than the limit of " +
+                                              std::to_string(max_file_bytes));
+    detail::check_json_depth(text, 16, origin);
+    nlohmann::json doc;
+    try {
+        doc = nlohmann::json::parse(text.begin(), text.end());
+    } catch (const nlohmann::json::parse_error& e) {
+        throw error(errc::parse_error, origin + ": invalid JSON at " +
+                                           detail::line_column(text, e.byte ? e.byte - 1 : 0) +
+                                           ": expected a JSON object of configuration keys");
+    }
+    if (!doc.is_object())
+        throw error(errc::parse_error,
+                    origin + ": expected a JSON object of configuration keys, found " +
+                        detail::json_type_name(doc));
+    Config c;
+    c.source = origin;
+    detail::apply_config_object(c, doc, "", origin);
+    return c;
+}
+
+inline Config Config::load(const std::string& path) {
+    auto text = detail::read_file(path, max_file_bytes);
+    if (!text) throw error(errc::io_error, "config file " + path + ": not found");
+    return parse(*text, path);
+}
+
+inline Config Config::from_sources(const std::optional<std::string>& cli_config_path,
+                                   const EnvLookup& env) {
+    if (cli_config_path) {
+        if (cli_config_path->empty())
+            throw error(errc::invalid_argument, "--config: expected a file path, found \"\"");
+        return load(*cli_config_path);
+    }
+    if (env) {
+        auto from_env = env(env_var);
+        if (from_env && !from_env->empty()) return load(*from_env);
+    }
+    return Config();
+}
+
+inline nlohmann::json Config::to_json(bool redacted) const {
+    nlohmann::json j = nlohmann::json::object();
+    for (const auto& k : detail::config_keys()) {
+        auto v = k.to_json(*this);
+        if (redacted && k.key == "token" && !token.empty()) v = "<redacted>";
+        auto dot = k.key.find('.');
+        if (dot == std::string::npos)
+            j[k.key] = std::move(v);
+        else
+            j[k.key.substr(0, dot)][k.key.substr(dot + 1)] = std::move(v);
+    }
+    return j;
+}
+
+inline void Config::apply_flag(std::string_view flag, std::string_view value) {
+    const auto* k = detail::find_config_key_by_flag(flag);
+    if (!k)
+        throw error(errc::invalid_argument,
+                    "unknown option " + detail::quote_for_error(flag) + ": see --help");
+    // An empty value is true for a boolean flag, and "no token" for --token; every other
+    // key refuses it in its own reader.
+    if (!k->from_text(*this, value)) {
+        std::string what = k->flag + " " + detail::quote_for_error(value) + ": expected ";
+        if (k->repeatable) {
+            what += "\"ADDR\" or \"ADDR:PORT\" ([ADDR]:PORT for IPv6), at most " +
+                    std::to_string(max_public_addresses) + " times";
+        } else {
+            what += k->expected;
+        }
+        throw error(errc::invalid_argument, what);
+    }
+}
+
+inline void Config::apply_flags(const std::vector<std::pair<std::string, std::string>>& flags) {
+    std::vector<const detail::ConfigKey*> cleared;
+    for (const auto& [flag, value] : flags) {
+        const auto* k = detail::find_config_key_by_flag(flag);
+        if (k && k->repeatable && std::find(cleared.begin(), cleared.end(), k) == cleared.end()) {
+            // The command line overrides the file: its list replaces the file's.
+            k->from_json(*this, nlohmann::json::array());
+            cleared.push_back(k);
+        }
+        apply_flag(flag, value);
+    }
+}
+
+inline const std::vector<ConfigFlag>& Config::flags() {
+    static const std::vector<ConfigFlag> list = [] {
+        std::vector<ConfigFlag> out;
+        Config defaults;
+        for (const auto& k : detail::config_keys()) {
+            ConfigFlag f;
+            f.flag = k.flag;
+            f.metavar = k.metavar;
+            f.key = k.key;
+            f.help = k.help;
+            f.repeatable = k.repeatable;
+            auto v = k.to_json(defaults);
+            if (v.is_string())
+                f.default_value = v.get<std::string>();
+            else if (v.is_array())
+                f.default_value = v.empty() ? "" : v.dump();
+            else
+                f.default_value = v.dump();
+            out.push_back(std::move(f));
+        }
+        return out;
+    }();
+    return list;
+}
+
+inline const ConfigFlag* Config::find_flag(std::string_view flag) {
+    const auto* k = detail::find_config_key_by_flag(flag);
+    if (!k) return nullptr;
+    for (const auto& f : flags())
+        if (f.key == k->key) return &f;
+    return nullptr;
+}
+
+}  // namespace p2prc
+
+// ---- p2prc/discovery.hpp ----
+// Discovery: how a node learns servers from its peers, and learns about itself.
+//
+// Part 1 (pure, no network): the scope rule for addresses learned from a peer, the filter
+// a received table goes through before it may touch the node's table, the node's own
+// endpoints (so it never lists itself), and the vote that turns what peers observe into
+// the node's public address.
+// Part 2 (network): gossip over POST /IpTable.
+
+
+#include <ifaddrs.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdint>
+#include <cstring>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <unordered_set>
+#include <vector>
+
+namespace p2prc {
+
+// ==== Part 1: pure building blocks =========================================================
+
+// ---- The scope rule -------------------------------------------------------------------
+//
+// Gossip must not turn a node into a scanner of its own network: a peer on the internet
+// that could make us probe 10.0.0.0/8, 127.0.0.1 or fe80::/10 would use us to map (or
+// attack) what only we can reach. So an address learned from a peer is accepted only if
+// it is no more internal than the peer itself, in the order of p2prc::Scope:
+// public < private < link-local < loopback. Unspecified and reserved addresses are never
+// a server. Link-local addresses are refused unless configured: they name a different
+// host on every link. A loopback sender is the node's own machine (tests, several nodes
+// on one host) and may teach any address that can be a server.
+
+struct ScopePolicy {
+    bool allow_link_local = false;
+};
+
+inline ScopePolicy scope_policy(const Config& config) {
+    ScopePolicy p;
+    p.allow_link_local = config.allow_link_local;
+    return p;
+}
+
+// Why `learned`, received from `sender`, is refused; nullopt when it is accepted.
+inline std::optional<std::string> scope_refusal(const IpAddress& sender, const IpAddress& learned,
+                                                const ScopePolicy& policy) {
+    const Scope ls = learned.scope(), ss = sender.scope();
+    if (ls == Scope::unspecified || ls == Scope::reserved)
+        return std::string(to_string(ls)) + " address is never a server";
+    if (ls == Scope::link_local && !policy.allow_link_local)
+        return std::string("link-local addresses are not accepted (allow_link_local is off)");
+    if (ss == Scope::loopback) return std::nullopt;
+    if (ss == Scope::unspecified || ss == Scope::reserved)
+        return "sender " + sender.to_string() + " has a " + to_string(ss) + " address";
+    if (static_cast<int>(ls) > static_cast<int>(ss))
+        return std::string(to_string(ls)) + " address from a " + to_string(ss) + " sender " +
+               sender.to_string();
+    return std::nullopt;
+}
+
+inline bool scope_allows(const IpAddress& sender, const IpAddress& learned,
+                         const ScopePolicy& policy) {
+    return !scope_refusal(sender, learned, policy).has_value();
+}
+
+// ---- Filtering a table received from a peer -------------------------------------------
+
+struct LearnReport {
+    std::size_t received = 0;            // entries in the table as received
+    std::size_t accepted = 0;            // entries left in it
+    std::size_t dropped_scope = 0;       // entries with no acceptable address
+    std::size_t addresses_removed = 0;   // refused addresses, incl. those of kept entries
+    std::size_t dropped_over_limit = 0;  // acceptable entries beyond the entry bound
+    std::vector<std::string> reasons;    // the first few refusals, for logs
+
+    static constexpr std::size_t max_reasons = 16;
+    std::size_t dropped() const { return dropped_scope + dropped_over_limit; }
+};
+
+// Makes a table received from `sender` fit to be merged into the node's table:
+// - every address the scope rule refuses is removed; an entry left with no address goes
+//   (an entry whose IPv4 is fine but whose IPv6 is not keeps its IPv4);
+// - the measurements are cleared: latency and throughput are relative to the node that
+//   measured them, so a peer's figures say nothing about us (and a liar could make itself
+//   "fastest" to become everybody's relay);
+// - at most `max_entries` entries are kept.
+// O(n). The entries kept are in their received order.
+inline LearnReport filter_learned(IpTable& incoming, const IpAddress& sender,
+                                  const ScopePolicy& policy, std::size_t max_entries = 10000) {
+    LearnReport report;
+    std::vector<Peer> peers = std::move(incoming).peers();
+    report.received = peers.size();
+    std::vector<Peer> kept;
+    kept.reserve(std::min(peers.size(), max_entries));
+    std::size_t index = 0;
+    auto note = [&](const Peer& p, const IpAddress& a, const std::string& why) {
+        if (report.reasons.size() >= LearnReport::max_reasons) return;
+        report.reasons.push_back("entry " + std::to_string(index) + " (" +
+                                 Endpoint{a, p.server_port}.to_string() + "): " + why);
+    };
+    for (auto& p : peers) {
+        for (auto* slot : {&p.ipv4, &p.ipv6}) {
+            if (!*slot) continue;
+            if (auto why = scope_refusal(sender, **slot, policy)) {
+                note(p, **slot, *why);
+                slot->reset();
+                ++report.addresses_removed;
+            }
+        }
+        if (!p.ipv4 && !p.ipv6) {
+            ++report.dropped_scope;
+        } else if (kept.size() >= max_entries) {
+            ++report.dropped_over_limit;
+        } else {
+            p.latency_ms.reset();
+            p.download_mbps.reset();
+            p.upload_mbps.reset();
+            p.measured_at.reset();
+            kept.push_back(std::move(p));
+        }
+        ++index;
+    }
+    report.accepted = kept.size();
+    incoming = IpTable(std::move(kept));
+    return report;
+}
+
+// ---- The node's own addresses ----------------------------------------------------------
+
+// Every address of this machine's interfaces (IPv4 and IPv6, normalised, no duplicates,
+// in the order the system lists them). Throws p2prc::error(io_error) when the system
+// cannot list them.
+inline std::vector<IpAddress> local_interface_addresses() {
+    struct ifaddrs* list = nullptr;
+    if (::getifaddrs(&list) != 0)
+        throw error(errc::io_error, std::string("cannot list the network interfaces: ") +
+                                        detail::errno_text(errno));
+    std::vector<IpAddress> out;
+    std::unordered_set<IpAddress> seen;
+    for (auto* i = list; i; i = i->ifa_next) {
+        if (!i->ifa_addr) continue;
+        std::optional<IpAddress> a;
+        if (i->ifa_addr->sa_family == AF_INET) {
+            const auto* sin = reinterpret_cast<const sockaddr_in*>(i->ifa_addr);
+            std::uint8_t b[4];
+            std::memcpy(b, &sin->sin_addr, 4);
+            a = IpAddress::from_v4(b);
+        } else if (i->ifa_addr->sa_family == AF_INET6) {
+            const auto* sin6 = reinterpret_cast<const sockaddr_in6*>(i->ifa_addr);
+            std::uint8_t b[16];
+            std::memcpy(b, &sin6->sin6_addr, 16);
+            // Through parse, so that an IPv4-mapped address becomes the IPv4 host.
+            a = IpAddress::parse(IpAddress::from_v6(b).to_string());
+        }
+        if (a && seen.insert(*a).second) out.push_back(*a);
+    }
+    ::freeifaddrs(list);
+    return out;
+}
+
+// The endpoints under which the node may appear in a table: the configured public
+// addresses (with their own port, or the server's), the bind address, and, every
+// interface address and loopback with the server's port. The unspecified addresses
+// (0.0.0.0, ::) are included too, so that a table naming them never lists the node.
+// Interface addresses are included even when the server binds one specific address:
+// listing ourselves is the worse mistake than missing another server on our own host
+// with our own port. `interfaces` is local_interface_addresses() in the overload below.
+inline std::vector<Endpoint> own_endpoints(const Config& config, std::uint16_t bound_port,
+                                           const std::vector<IpAddress>& interfaces) {
+    if (bound_port == 0)
+        throw error(errc::invalid_argument,
+                    "own_endpoints: expected the port the server is "
+                    "bound to, found 0");
+    std::vector<Endpoint> out;
+    std::unordered_set<Endpoint> seen;
+    auto add = [&](const Endpoint& e) {
+        if (seen.insert(e).second) out.push_back(e);
+    };
+    for (const auto& a : config.public_addresses) add(a.endpoint(bound_port));
+    if (auto b = IpAddress::parse(config.bind)) add({*b, bound_port});
+    for (const auto& a : interfaces) add({a, bound_port});
+    for (const char* a : {"127.0.0.1", "::1", "0.0.0.0", "::"})
+        add({IpAddress::from_string(a), bound_port});
+    return out;
+}
+
+inline std::vector<Endpoint> own_endpoints(const Config& config, std::uint16_t bound_port) {
+    return own_endpoints(config, bound_port, local_interface_addresses());
+}
+
+// ---- The node's address as its peers see it --------------------------------------------
+//
+// A node learns its public address from its peers (GET /whoami, the POST /IpTable answer),
+// not from a third-party service. One peer cannot set it: an address is trusted once
+// `quorum` (2) distinct reporters, by address, agree. A reporter's newer report replaces
+// its older one, so repeating a claim counts once. Memory is bounded: past `max_reporters`
+// the reporter heard from least recently is forgotten.
+//
+// Peers on different networks see different addresses (a LAN peer sees 192.168.1.5, an
+// internet peer 203.0.113.5); among the addresses with a quorum the most public one wins,
+// then the one with most reporters, then the most recently reported.
+class ObservedAddress {
+public:
+    explicit ObservedAddress(std::size_t max_reporters = 64, std::size_t quorum = 2)
+        : max_reporters_(std::max<std::size_t>(max_reporters, 1)),
+          quorum_(std::max<std::size_t>(quorum, 1)) {}
+
+    // Records that `reporter` saw us come from `observed`. Unspecified and reserved
+    // observations are ignored (they are nobody's address).
+    void report(const IpAddress& reporter, const IpAddress& observed) {
+        const Scope s = observed.scope();
+        if (s == Scope::unspecified || s == Scope::reserved) return;
+        std::lock_guard<std::mutex> lock(mutex_);
+        ++clock_;
+        for (auto& v : votes_) {
+            if (v.reporter == reporter) {
+                v.observed = observed;
+                v.at = clock_;
+                return;
+            }
+        }
+        if (votes_.size() >= max_reporters_) {
+            auto oldest =
+                std::min_element(votes_.begin(), votes_.end(),
+                                 [](const Vote& a, const Vote& b) { return a.at < b.at; });
+            votes_.erase(oldest);
+        }
+        votes_.push_back({reporter, observed, clock_});
+    }
+
+    // The address a quorum of distinct reporters agrees on, if any.
+    std::optional<IpAddress> trusted() const {
+        std::lock_guard<std::mutex> lock(mutex_);
+        struct Tally {
+            IpAddress address;
+            std::size_t count = 0;
+            std::uint64_t latest = 0;
+        };
+        std::vector<Tally> tallies;  // at most max_reporters_ entries: linear is fine
+        for (const auto& v : votes_) {
+            auto it = std::find_if(tallies.begin(), tallies.end(),
+                                   [&](const Tally& t) { return t.address == v.observed; });
+            if (it == tallies.end()) {
+                tallies.push_back({v.observed, 1, v.at});
+            } else {
+                ++it->count;
+                it->latest = std::max(it->latest, v.at);
+            }
+        }
+        const Tally* best = nullptr;
+        for (const auto& t : tallies) {
+            if (t.count < quorum_) continue;
+            if (!best || better(t.address.scope(), t.count, t.latest, best->address.scope(),
+                                best->count, best->latest))
+                best = &t;
+        }
+        if (!best) return std::nullopt;
+        return best->address;
+    }
+
+    // True when a trusted observed address exists and is none of `own` (the interface
+    // and configured addresses): something between us and our peers rewrites our address.
+    // False when nothing is trusted yet.
+    bool behind_nat(const std::vector<IpAddress>& own) const {
+        auto t = trusted();
+        if (!t) return false;
+        return std::find(own.begin(), own.end(), *t) == own.end();
+    }
+
+    std::size_t reporters() const {
+        std::lock_guard<std::mutex> lock(mutex_);
+        return votes_.size();
+    }
+
+    void clear() {
+        std::lock_guard<std::mutex> lock(mutex_);
+        votes_.clear();
+    }
+
+private:
+    struct Vote {
+        IpAddress reporter;
+        IpAddress observed;
+        std::uint64_t at;  // logical time of the report
+    };
+
+    static bool better(Scope s1, std::size_t n1, std::uint64_t t1, Scope s2, std::size_t n2,
+                       std::uint64_t t2) {
+        if (s1 != s2) return static_cast<int>(s1) < static_cast<int>(s2);
+        if (n1 != n2) return n1 > n2;
+        return t1 > t2;
+    }
+
+    std::size_t max_reporters_;
+    std::size_t quorum_;
+    mutable std::mutex mutex_;
+    std::vector<Vote> votes_;
+    std::uint64_t clock_ = 0;
+};
+
+// ==== Part 2: gossip over the network ======================================================
+//
+// discover(), the POST /IpTable client and the handler's use of filter_learned live here;
+// they build on server.hpp and probe.hpp.
+
+}  // namespace p2prc
