@@ -10,3 +10,5 @@
 #include "p2prc/address.hpp"
 #include "p2prc/peer.hpp"
 #include "p2prc/iptable.hpp"
+#include "p2prc/sysinfo.hpp"
+#include "p2prc/server.hpp"
