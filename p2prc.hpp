@@ -12,3 +12,4 @@
 #include "p2prc/iptable.hpp"
 #include "p2prc/sysinfo.hpp"
 #include "p2prc/server.hpp"
+#include "p2prc/probe.hpp"
