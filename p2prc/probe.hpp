@@ -30,6 +30,7 @@
 #include <cstdint>
 #include <ctime>
 #include <functional>
+#include <memory>
 #include <mutex>
 #include <optional>
 #include <string>
@@ -250,6 +251,335 @@ inline LatencyResult probe_latency(const Peer& peer, const LatencyOptions& optio
         if (last.reachable) return last;
     }
     return last;
+}
+
+namespace detail {
+
+struct StreamFigures {
+    bool ok = false;
+    std::uint64_t bytes = 0;  // counted bytes
+    double seconds = 0;       // counted time
+    ProbeFailure failure = ProbeFailure::none;
+    std::string reason;
+    double mbps() const { return seconds > 0 ? double(bytes) * 8.0 / 1e6 / seconds : 0.0; }
+};
+
+inline std::string speed_pattern() {
+    std::string p(64 * 1024, '\0');
+    std::uint32_t x = 0x2545f491u;
+    for (auto& c : p) {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        c = static_cast<char>(x & 0xff);
+    }
+    return p;
+}
+
+inline void fail_stream(StreamFigures& f, const httplib::Result& res, ProbeClock::time_point t0,
+                        const ThroughputOptions& o) {
+    auto [kind, text] = classify(res.error(), ms_between(t0, ProbeClock::now()), o.connect_timeout, o.read_timeout);
+    f.failure = kind;
+    f.reason = text;
+}
+
+// One download stream: GET /speedtest/download until the time (or budget) is used up,
+// counting bytes as they arrive; the first `warmup` after the first byte is not counted.
+inline StreamFigures download_stream(const Endpoint& e, const ThroughputOptions& o) {
+    StreamFigures f;
+    auto client = probe_client(e, o.connect_timeout, o.read_timeout);
+    auto headers = probe_headers(e);
+    bool started = false, done = false;
+    ProbeClock::time_point first{}, warm_end{}, stop_at{}, last{};
+    std::uint64_t total = 0, counted = 0;
+    for (int request = 0; !done && request < 10000; ++request) {
+        const std::uint64_t want = o.byte_budget ? o.byte_budget - total : (1ull << 40);  // the server caps it
+        int status = 0;
+        const auto t0 = ProbeClock::now();
+        auto res = client->Get(
+            ("/speedtest/download?bytes=" + std::to_string(want)).c_str(), headers,
+            [&](const httplib::Response& r) {
+                status = r.status;
+                return r.status == 200;
+            },
+            [&](const char*, size_t n) {
+                const auto now = ProbeClock::now();
+                if (!started) {
+                    started = true;
+                    first = now;
+                    warm_end = first + o.warmup;
+                    stop_at = warm_end + o.duration;
+                }
+                total += n;
+                if (now >= warm_end) {
+                    counted += n;
+                    last = now;
+                }
+                if ((o.byte_budget && total >= o.byte_budget) || now >= stop_at) {
+                    done = true;
+                    return false;  // enough: cancel the rest of the body
+                }
+                return true;
+            });
+        if (done) break;
+        if (status != 0 && status != 200) {
+            f.failure = ProbeFailure::http_status;
+            f.reason = "download: HTTP status " + std::to_string(status);
+            return f;
+        }
+        if (!res) {
+            fail_stream(f, res, t0, o);
+            f.reason = "download: " + f.reason;
+            return f;
+        }
+        if (total == 0) {
+            f.failure = ProbeFailure::error;
+            f.reason = "download: the peer sent no bytes";
+            return f;
+        }
+        // The body ended before the time was up (the server caps one download): go on.
+    }
+    f.ok = true;
+    if (counted > 0 && last > warm_end) {
+        f.bytes = counted;
+        f.seconds = std::chrono::duration<double>(last - warm_end).count();
+    } else {  // too few bytes to get past the warm-up: count them all
+        f.bytes = total;
+        f.seconds = std::chrono::duration<double>((last > first ? last : ProbeClock::now()) - first).count();
+    }
+    return f;
+}
+
+// One upload stream: POST /speedtest/upload with a chunked body until the time (or the
+// budget, or the server's body limit) is used up. The server counts what arrives and
+// leaves the warm-up out.
+inline StreamFigures upload_stream(const Endpoint& e, const ThroughputOptions& o, std::uint64_t limit) {
+    StreamFigures f;
+    auto client = probe_client(e, o.connect_timeout, o.read_timeout);
+    auto headers = probe_headers(e);
+    static const std::string chunk = speed_pattern();
+    std::uint64_t sent = 0;
+    const auto t0 = ProbeClock::now();
+    const auto stop_at = t0 + o.warmup + o.duration;
+    auto res = client->Post(
+        ("/speedtest/upload?warmup_ms=" + std::to_string(o.warmup.count())).c_str(), headers,
+        [&](size_t, httplib::DataSink& sink) {
+            if (sent >= limit || ProbeClock::now() >= stop_at) {
+                sink.done();
+                return true;
+            }
+            const std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(chunk.size(), limit - sent));
+            if (!sink.write(chunk.data(), n)) return false;
+            sent += n;
+            return true;
+        },
+        "application/octet-stream");
+    if (!res) {
+        fail_stream(f, res, t0, o);
+        f.reason = "upload: " + f.reason;
+        return f;
+    }
+    if (res->status != 200) {
+        f.failure = ProbeFailure::http_status;
+        f.reason = "upload: HTTP status " + std::to_string(res->status);
+        return f;
+    }
+    auto j = nlohmann::json::parse(res->body, nullptr, false);
+    if (j.is_discarded() || !j.is_object() || !j.contains("measured_bytes") || !j.contains("measured_seconds") ||
+        !j["measured_bytes"].is_number() || !j["measured_seconds"].is_number()) {
+        f.failure = ProbeFailure::not_json;
+        f.reason = "upload: the answer is not the expected JSON";
+        return f;
+    }
+    f.ok = true;
+    f.bytes = j["measured_bytes"].get<std::uint64_t>();
+    f.seconds = j["measured_seconds"].get<double>();
+    if (f.seconds <= 0 && j.value("seconds", 0.0) > 0) {
+        f.bytes = j.value("bytes", std::uint64_t(0));
+        f.seconds = j["seconds"].get<double>();
+    }
+    return f;
+}
+
+// Runs `streams` copies of fn in parallel and sums their rates.
+template <class Fn>
+inline StreamFigures parallel_streams(unsigned streams, Fn fn) {
+    std::vector<StreamFigures> figures(streams);
+    std::vector<std::thread> threads;
+    for (unsigned i = 1; i < streams; ++i) threads.emplace_back([&, i] { figures[i] = fn(); });
+    figures[0] = fn();
+    for (auto& t : threads) t.join();
+    StreamFigures sum;
+    sum.ok = true;
+    double mbps = 0;
+    for (const auto& f : figures) {
+        if (!f.ok) return f;
+        sum.bytes += f.bytes;
+        mbps += f.mbps();
+    }
+    // Express the summed rate as bytes over the mean window.
+    sum.seconds = mbps > 0 ? double(sum.bytes) * 8.0 / 1e6 / mbps : 0.0;
+    return sum;
+}
+
+}  // namespace detail
+
+// Measures download then upload speed against the peer's speed-test routes. Never throws
+// for network outcomes.
+inline ThroughputResult probe_throughput(const Endpoint& endpoint, const ThroughputOptions& options = {}) {
+    if (options.streams < 1 || options.streams > 64)
+        throw error(errc::invalid_argument, "ThroughputOptions::streams is " + std::to_string(options.streams) +
+                                                ": expected 1-64");
+    if (options.duration.count() <= 0 && options.byte_budget == 0)
+        throw error(errc::invalid_argument, "ThroughputOptions: a duration or a byte budget is needed");
+    ThroughputResult r;
+    r.endpoint = endpoint;
+    if (options.download) {
+        auto f = detail::parallel_streams(options.streams, [&] { return detail::download_stream(endpoint, options); });
+        if (!f.ok) {
+            r.failure = f.failure;
+            r.reason = f.reason;
+            return r;
+        }
+        r.download_mbps = f.mbps();
+        r.download_bytes = f.bytes;
+    }
+    if (options.upload) {
+        // Stay within the peer's body limit when it says what it is.
+        std::uint64_t limit = options.max_upload_request_bytes;
+        if (options.byte_budget) limit = std::min(limit, options.byte_budget);
+        {
+            auto client = detail::probe_client(endpoint, options.connect_timeout, options.read_timeout);
+            auto res = client->Get("/server_info", detail::probe_headers(endpoint));
+            if (res && res->status == 200) {
+                auto j = nlohmann::json::parse(res->body, nullptr, false);
+                if (j.is_object() && j.contains("MaxBodyBytes") && j["MaxBodyBytes"].is_number_unsigned())
+                    limit = std::min(limit, j["MaxBodyBytes"].get<std::uint64_t>());
+            }
+        }
+        auto f = detail::parallel_streams(options.streams,
+                                          [&] { return detail::upload_stream(endpoint, options, limit); });
+        if (!f.ok) {
+            r.failure = f.failure;
+            r.reason = f.reason;
+            return r;
+        }
+        r.upload_mbps = f.mbps();
+        r.upload_bytes = f.bytes;
+    }
+    r.ok = true;
+    return r;
+}
+
+inline ThroughputResult probe_throughput(const Peer& peer, const ThroughputOptions& options = {}) {
+    auto e = peer.endpoint();
+    if (!e) throw error(errc::invalid_argument, "peer " + peer.label() + " has no address to probe");
+    return probe_throughput(*e, options);
+}
+
+struct RefreshOptions {
+    LatencyOptions latency;
+    bool measure_throughput = false;
+    ThroughputOptions throughput;
+    std::size_t concurrency = 32;  // probes in flight at most (threads)
+    bool retry = true;             // probe a failed peer once more
+    std::chrono::milliseconds retry_delay{200};
+    bool prune = true;  // remove the peers that stay unreachable
+    // Called after each peer, from the probing threads (one call at a time).
+    std::function<void(std::size_t done, std::size_t total)> progress;
+};
+
+struct RefreshEntry {
+    Peer peer;  // as it is in the table afterwards (or as it was, when pruned)
+    LatencyResult latency;
+    std::optional<ThroughputResult> throughput;
+    int attempts = 0;
+};
+
+struct RefreshReport {
+    std::vector<RefreshEntry> kept;
+    std::vector<RefreshEntry> pruned;  // each with latency.failure/reason saying why
+    double seconds = 0;
+};
+
+// Probes every peer of `table` concurrently (at most options.concurrency at once),
+// records latency (the minimum sample) and, when asked, throughput plus measured_at,
+// and removes the peers that stay unreachable after the retry. The table is only
+// touched on the calling thread, after the probes.
+inline RefreshReport refresh(IpTable& table, const RefreshOptions& options = {}) {
+    if (options.concurrency < 1 || options.concurrency > 4096)
+        throw error(errc::invalid_argument, "RefreshOptions::concurrency is " +
+                                                std::to_string(options.concurrency) + ": expected 1-4096");
+    const auto t0 = detail::ProbeClock::now();
+    const std::vector<Peer> peers = table.peers();
+    const std::size_t total = peers.size();
+    std::vector<RefreshEntry> results(total);
+    std::atomic<std::size_t> next{0};
+    std::size_t done = 0;
+    std::mutex progress_mutex;
+
+    auto work = [&] {
+        for (;;) {
+            const std::size_t i = next.fetch_add(1);
+            if (i >= total) return;
+            RefreshEntry& e = results[i];
+            e.peer = peers[i];
+            const int max_attempts = options.retry ? 2 : 1;
+            for (int a = 0; a < max_attempts; ++a) {
+                if (a > 0) std::this_thread::sleep_for(options.retry_delay);
+                ++e.attempts;
+                e.latency = probe_latency(e.peer, options.latency);
+                if (e.latency.reachable) break;
+            }
+            if (e.latency.reachable && options.measure_throughput)
+                e.throughput = probe_throughput(e.latency.endpoint, options.throughput);
+            std::lock_guard<std::mutex> lock(progress_mutex);
+            ++done;
+            if (options.progress) options.progress(done, total);
+        }
+    };
+    const std::size_t n = std::min(options.concurrency, total);
+    std::vector<std::thread> threads;
+    threads.reserve(n);
+    try {
+        for (std::size_t i = 0; i + 1 < n; ++i) threads.emplace_back(work);
+    } catch (...) {
+        // Could not start more threads: the ones that run (and this one) do all the work.
+    }
+    work();
+    for (auto& t : threads) t.join();
+
+    RefreshReport report;
+    const auto now = static_cast<std::int64_t>(std::time(nullptr));
+    std::vector<std::string> to_remove;
+    for (auto& e : results) {
+        if (!e.latency.reachable) {
+            if (options.prune) {
+                to_remove.push_back(e.peer.endpoints().front().to_string());
+                report.pruned.push_back(std::move(e));
+            } else {
+                report.kept.push_back(std::move(e));
+            }
+            continue;
+        }
+        // Record on the entry (and its duplicates, if the table has any).
+        for (const auto& ep : e.peer.endpoints()) {
+            if (Peer* p = table.find(ep.to_string())) {
+                p->latency_ms = e.latency.min_ms;
+                p->measured_at = now;
+                if (e.throughput && e.throughput->ok) {
+                    p->download_mbps = e.throughput->download_mbps;
+                    p->upload_mbps = e.throughput->upload_mbps;
+                }
+                e.peer = *p;
+                break;
+            }
+        }
+        report.kept.push_back(std::move(e));
+    }
+    for (const auto& key : to_remove) table.remove(key);
+    report.seconds = std::chrono::duration<double>(detail::ProbeClock::now() - t0).count();
+    return report;
 }
 
 }  // namespace p2prc

@@ -8,7 +8,7 @@
 //            2*D longer than without the proxy.
 //   rate R:  (bytes/s, 0 = unlimited) a token bucket; the bytes written in any interval
 //            of length T are at most R*T + burst, burst = max(16 KiB, 5 ms of R).
-// At most 256 KiB wait in the proxy per direction; beyond that it stops reading, so the
+// Each connection has its own pair of buckets. At most 256 KiB wait in the proxy per direction; beyond that it stops reading, so the
 // sender feels the limit (TCP backpressure) as it would on a real slow link.
 //
 // One thread serves every route and connection (poll-driven), so a benchmark can put
