@@ -29,10 +29,12 @@
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <poll.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -69,11 +71,15 @@ struct ServerOptions {
     std::chrono::milliseconds header_timeout{10000};
     // One request, body and answer included, from its headers on; 0: no bound.
     std::chrono::milliseconds request_timeout{120000};
-    std::size_t worker_threads = 16;           // connections served at once
-    std::size_t max_queued_connections = 1024;  // accepted and waiting for a worker
+    std::size_t worker_threads = 16;            // connections served at once
+    std::size_t max_queued_connections = 1024;  // open beyond those (more are closed at once)
+    // While connections wait for a worker, a worker waiting this long on an idle
+    // connection (kept alive, or with stalled headers) lets it go.
+    std::chrono::milliseconds overload_idle_timeout{500};
     std::size_t max_body_bytes = 64u << 20;    // every route; 413 beyond
     std::uint64_t max_download_bytes = 256u << 20;  // one speed-test download
     std::size_t keep_alive_max_requests = 100;
+    int listen_backlog = 512;
     std::chrono::milliseconds keep_alive_timeout{5000};
 };
 
@@ -137,6 +143,7 @@ struct ServerStats {
     std::uint64_t header_timeouts = 0;   // cut for not sending their headers in time
     std::uint64_t request_timeouts = 0;  // cut for exceeding request_timeout
     std::uint64_t refused_queue_full = 0;
+    std::uint64_t overload_cuts = 0;  // idle connections let go because others waited
 };
 
 namespace detail {
@@ -245,20 +252,36 @@ public:
             conns_[found] = c;
             by_peer_[key] = found;
             ++stats_.connections;
-            ++pending_;
             if (closed_) {
                 ::shutdown(own, SHUT_RDWR);
-            } else if (max_pending_ && pending_ > max_pending_) {
-                ::shutdown(own, SHUT_RDWR);  // the worker will find it closed at once
+            } else if (max_pending_ && conns_.size() > max_pending_ + max_active_) {
+                ::shutdown(own, SHUT_RDWR);  // too many: the worker will find it closed at once
                 ++stats_.refused_queue_full;
             }
         }
         return found;
     }
 
+    // The connection's own descriptor (valid until release), or -1.
+    int fd_of(std::uint64_t id) const {
+        std::lock_guard<std::mutex> lock(mutex_);
+        auto it = conns_.find(id);
+        return it == conns_.end() ? -1 : it->second.fd;
+    }
+
+    // Handed to the worker queue (its first bytes are in).
+    void dispatched(std::uint64_t id) {
+        std::lock_guard<std::mutex> lock(mutex_);
+        if (conns_.count(id)) ++pending_;
+    }
+    // A worker took it.
     void started(std::uint64_t id) {
         std::lock_guard<std::mutex> lock(mutex_);
-        if (id && pending_) --pending_;
+        auto it = conns_.find(id);
+        if (it == conns_.end()) return;
+        if (pending_) --pending_;
+        it->second.started = true;
+        it->second.started_at = Clock::now();
     }
 
     // The worker is done with the connection (cpp-httplib has shut and closed it).
@@ -294,13 +317,22 @@ public:
     }
 
     // Cuts connections over their time. Called periodically by the server's watchdog.
+    // Under load (connections wait for a worker), a worker that waits on a connection for
+    // longer than `overload_idle` (an idle keep-alive, or headers that stall) lets it go.
     void enforce(std::chrono::milliseconds header_timeout, std::chrono::milliseconds keep_alive,
-                 std::chrono::milliseconds request_timeout) {
+                 std::chrono::milliseconds request_timeout, std::chrono::milliseconds overload_idle) {
         std::lock_guard<std::mutex> lock(mutex_);
         const auto now = Clock::now();
+        const bool overloaded = pending_ > 0;
         for (auto& [id, c] : conns_) {
             if (c.cut) continue;
             auto age = now - c.since;
+            if (overloaded && c.started && !c.active && now - std::max(c.since, c.started_at) > overload_idle) {
+                ::shutdown(c.fd, SHUT_RDWR);
+                c.cut = true;
+                ++stats_.overload_cuts;
+                continue;
+            }
             if (!c.active) {
                 auto limit = header_timeout + (c.served ? keep_alive : std::chrono::milliseconds(0));
                 if (age > limit) {
@@ -323,9 +355,10 @@ public:
         for (auto& [id, c] : conns_) ::shutdown(c.fd, SHUT_RDWR);
     }
 
-    void set_max_pending(std::size_t n) {
+    void set_limits(std::size_t max_pending, std::size_t max_active) {
         std::lock_guard<std::mutex> lock(mutex_);
-        max_pending_ = n;
+        max_pending_ = max_pending;
+        max_active_ = max_active;
     }
     ServerStats stats() const {
         std::lock_guard<std::mutex> lock(mutex_);
@@ -348,6 +381,8 @@ private:
         bool active = false;
         bool served = false;
         bool cut = false;
+        bool started = false;
+        Clock::time_point started_at{};
     };
 
     Conn* find(const std::string& key) {
@@ -362,35 +397,141 @@ private:
     bool closed_ = false;
     std::size_t pending_ = 0;
     std::size_t max_pending_ = 0;
+    std::size_t max_active_ = 0;
     std::unordered_map<std::uint64_t, Conn> conns_;
     std::unordered_map<std::string, std::uint64_t> by_peer_;
     std::unordered_set<std::uint64_t> ignored_;
     ServerStats stats_;
 };
 
-// cpp-httplib's thread pool, told of each connection as it is queued. TaskQueue::enqueue
+// cpp-httplib's thread pool, told of each connection as it is queued, with a gate in
+// front: a connection goes to a worker only once its first bytes are in (or it closed),
+// so connections that open and send nothing never hold a worker. TaskQueue::enqueue
 // returns void in older cpp-httplib and bool in newer; the override follows the base.
 class WatchedPool : public httplib::TaskQueue {
     using EnqueueResult = decltype(std::declval<httplib::TaskQueue&>().enqueue(std::function<void()>()));
 
 public:
-    WatchedPool(std::size_t threads, ConnectionRegistry& registry) : pool_(threads), registry_(registry) {}
+    WatchedPool(std::size_t threads, ConnectionRegistry& registry) : pool_(threads), registry_(registry) {
+        if (pipe2(wake_, O_CLOEXEC | O_NONBLOCK) != 0) wake_[0] = wake_[1] = -1;
+        if (wake_[0] >= 0) gate_ = std::thread([this] { gate_loop(); });
+    }
+    ~WatchedPool() override {
+        stop_gate();
+        if (wake_[0] >= 0) {
+            ::close(wake_[0]);
+            ::close(wake_[1]);
+        }
+    }
 
     EnqueueResult enqueue(std::function<void()> fn) override {
         std::uint64_t id = registry_.adopt();
+        int fd = id ? registry_.fd_of(id) : -1;
+        if (fd < 0 || !gate_.joinable()) {
+            dispatch(id, std::move(fn));
+        } else {
+            {
+                std::lock_guard<std::mutex> lock(mutex_);
+                gated_.push_back({id, fd, std::move(fn)});
+            }
+            char c = 1;
+            (void)!::write(wake_[1], &c, 1);
+        }
+        if constexpr (!std::is_void_v<EnqueueResult>) return EnqueueResult(true);
+    }
+    void shutdown() override {
+        stop_gate();
+        pool_.shutdown();
+    }
+
+private:
+    struct Gated {
+        std::uint64_t id;
+        int fd;
+        std::function<void()> fn;
+    };
+
+    void dispatch(std::uint64_t id, std::function<void()> fn) {
         ConnectionRegistry* reg = &registry_;
+        if (id) reg->dispatched(id);
         pool_.enqueue([fn = std::move(fn), id, reg]() {
             reg->started(id);
             fn();
             reg->release(id);
         });
-        if constexpr (!std::is_void_v<EnqueueResult>) return EnqueueResult(true);
     }
-    void shutdown() override { pool_.shutdown(); }
 
-private:
+    void gate_loop() {
+        std::vector<pollfd> fds;
+        std::vector<Gated> ready;
+        for (;;) {
+            fds.clear();
+            fds.push_back({wake_[0], POLLIN, 0});
+            {
+                std::lock_guard<std::mutex> lock(mutex_);
+                if (gate_stop_) break;
+                for (const auto& g : gated_) fds.push_back({g.fd, POLLIN, 0});
+            }
+            int n = ::poll(fds.data(), fds.size(), 100);
+            if (n < 0 && errno != EINTR) break;
+            if (fds[0].revents) {
+                char buf[256];
+                while (::read(wake_[0], buf, sizeof buf) > 0) {
+                }
+            }
+            std::unordered_set<int> readable;
+            for (std::size_t i = 1; i < fds.size(); ++i)
+                if (fds[i].revents) readable.insert(fds[i].fd);
+            {
+                std::lock_guard<std::mutex> lock(mutex_);
+                for (auto it = gated_.begin(); it != gated_.end();) {
+                    if (readable.count(it->fd)) {
+                        ready.push_back(std::move(*it));
+                        it = gated_.erase(it);
+                    } else {
+                        ++it;
+                    }
+                }
+            }
+            for (auto& g : ready) dispatch(g.id, std::move(g.fn));
+            ready.clear();
+        }
+        // Stopping: every connection still at the gate goes to the workers, which find
+        // it shut down (stop() shut every connection) and close it.
+        std::lock_guard<std::mutex> lock(mutex_);
+        for (auto& g : gated_) dispatch(g.id, std::move(g.fn));
+        gated_.clear();
+    }
+
+    void stop_gate() {
+        {
+            std::lock_guard<std::mutex> lock(mutex_);
+            gate_stop_ = true;
+        }
+        if (wake_[1] >= 0) {
+            char c = 1;
+            (void)!::write(wake_[1], &c, 1);
+        }
+        if (gate_.joinable()) gate_.join();
+    }
+
     httplib::ThreadPool pool_;
     ConnectionRegistry& registry_;
+    std::mutex mutex_;
+    std::vector<Gated> gated_;
+    bool gate_stop_ = false;
+    int wake_[2] = {-1, -1};
+    std::thread gate_;
+};
+
+// cpp-httplib's listening socket, to widen its accept queue: the compiled-in backlog can
+// be as small as 5, and a burst of connections beyond it waits for SYN retransmits.
+class HttpServer : public httplib::Server {
+public:
+    void set_backlog(int backlog) {
+        socket_t sock = svr_sock_;
+        if (sock != INVALID_SOCKET) ::listen(sock, backlog);
+    }
 };
 
 inline std::string regex_escape(const std::string& s) {
@@ -450,7 +591,7 @@ public:
     void start() {
         std::lock_guard<std::mutex> lock(control_);
         if (http_) throw error(errc::state_error, "server already started");
-        http_ = std::make_unique<httplib::Server>();
+        http_ = std::make_unique<detail::HttpServer>();
         configure(*http_);
         int port = 0;
         errno = 0;
@@ -467,9 +608,10 @@ public:
                                             (e ? std::string(": ") + std::strerror(e) : std::string()));
         }
         port_ = static_cast<std::uint16_t>(port);
+        http_->set_backlog(options_.listen_backlog);
         info_ = build_info(port_);
         registry_.reset(port_);
-        registry_.set_max_pending(options_.max_queued_connections);
+        registry_.set_limits(options_.max_queued_connections, options_.worker_threads);
         stopping_ = false;
         httplib::Server* h = http_.get();
         listener_ = std::thread([h] { h->listen_after_bind(); });
@@ -823,7 +965,8 @@ private:
         while (!watch_stop_) {
             watch_cv_.wait_for(lock, std::chrono::milliseconds(50));
             if (watch_stop_) break;
-            registry_.enforce(options_.header_timeout, options_.keep_alive_timeout, options_.request_timeout);
+            registry_.enforce(options_.header_timeout, options_.keep_alive_timeout, options_.request_timeout,
+                              options_.overload_idle_timeout);
         }
     }
 
@@ -850,7 +993,7 @@ private:
     std::uint16_t port_ = 0;
     std::atomic<bool> stopping_{false};
     detail::ConnectionRegistry registry_;
-    std::unique_ptr<httplib::Server> http_;
+    std::unique_ptr<detail::HttpServer> http_;
     std::thread listener_;
     std::thread watchdog_;
     std::mutex control_;
