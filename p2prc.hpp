@@ -11,4 +11,7 @@
 #include "p2prc/peer.hpp"
 #include "p2prc/iptable.hpp"
 #include "p2prc/config.hpp"
+#include "p2prc/sysinfo.hpp"
+#include "p2prc/server.hpp"
+#include "p2prc/probe.hpp"
 #include "p2prc/discovery.hpp"

@@ -1814,6 +1814,1869 @@ inline const ConfigFlag* Config::find_flag(std::string_view flag) {
 
 }  // namespace p2prc
 
+// ---- p2prc/sysinfo.hpp ----
+// Facts about this machine, as GET /server_info reports them.
+//
+// Read straight from /proc, /etc/os-release, uname and statvfs; no shell. GPUs come from
+// `nvidia-smi` when it is on PATH: it is run directly (posix_spawn, no shell) with its
+// output and its run time bounded, so a hung driver cannot hang the node.
+
+
+#include <nlohmann/json.hpp>
+
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <sys/utsname.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdint>
+#include <cstdlib>
+#include <fstream>
+#include <optional>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+extern char** environ;
+
+namespace p2prc {
+
+struct GpuInfo {
+    std::string name;
+    std::uint64_t memory_mib = 0;
+    std::string driver;
+};
+
+struct SystemInfo {
+    std::string hostname;
+    std::string platform;      // e.g. "Debian GNU/Linux 12 (bookworm)"
+    std::string cpu;           // model name of the first CPU
+    unsigned cores = 0;        // logical cores
+    std::uint64_t ram_mib = 0;   // total memory
+    std::uint64_t disk_mib = 0;  // total size of the filesystem holding the given folder
+    std::uint64_t disk_free_mib = 0;
+    std::optional<std::vector<GpuInfo>> gpus;  // nullopt: no nvidia-smi (GPU is null)
+
+    // P2PRC's keys (Hostname, Platform, CPU, RAM and Disk in MiB, GPU object or null) plus
+    // Cores and DiskFree.
+    nlohmann::json to_json() const {
+        nlohmann::json j;
+        j["Hostname"] = hostname;
+        j["Platform"] = platform;
+        j["CPU"] = cpu;
+        j["Cores"] = cores;
+        j["RAM"] = ram_mib;
+        j["Disk"] = disk_mib;
+        j["DiskFree"] = disk_free_mib;
+        if (gpus) {
+            nlohmann::json list = nlohmann::json::array();
+            for (const auto& g : *gpus)
+                list.push_back({{"Name", g.name}, {"MemoryMiB", g.memory_mib}, {"Driver", g.driver}});
+            j["GPU"] = {{"Count", gpus->size()}, {"Devices", std::move(list)}};
+        } else {
+            j["GPU"] = nullptr;
+        }
+        return j;
+    }
+};
+
+namespace detail {
+
+// Reads at most `limit` bytes of a small text file (the /proc files are tiny).
+inline std::optional<std::string> read_small_file(const std::string& path, std::size_t limit = 1 << 20) {
+    std::ifstream in(path, std::ios::binary);
+    if (!in) return std::nullopt;
+    std::string out(limit, '\0');
+    in.read(&out[0], static_cast<std::streamsize>(limit));
+    out.resize(static_cast<std::size_t>(in.gcount()));
+    return out;
+}
+
+inline std::string trim(std::string s) {
+    auto b = s.find_first_not_of(" \t\r\n");
+    if (b == std::string::npos) return {};
+    auto e = s.find_last_not_of(" \t\r\n");
+    return s.substr(b, e - b + 1);
+}
+
+// The value of `key` in a "key: value" (cpuinfo, meminfo) or KEY=value (os-release) file.
+inline std::optional<std::string> text_field(const std::string& text, const std::string& key, char sep) {
+    std::istringstream in(text);
+    std::string line;
+    while (std::getline(in, line)) {
+        auto pos = line.find(sep);
+        if (pos == std::string::npos) continue;
+        if (trim(line.substr(0, pos)) != key) continue;
+        return trim(line.substr(pos + 1));
+    }
+    return std::nullopt;
+}
+
+inline std::string os_release_name() {
+    for (const char* path : {"/etc/os-release", "/usr/lib/os-release"}) {
+        auto text = read_small_file(path, 64 * 1024);
+        if (!text) continue;
+        if (auto v = text_field(*text, "PRETTY_NAME", '=')) {
+            std::string s = *v;
+            if (s.size() >= 2 && (s.front() == '"' || s.front() == '\'') && s.back() == s.front())
+                s = s.substr(1, s.size() - 2);
+            if (!s.empty()) return s;
+        }
+    }
+    struct utsname u {};
+    if (uname(&u) == 0) return std::string(u.sysname) + " " + u.release;
+    return "unknown";
+}
+
+inline std::string cpu_model() {
+    auto text = read_small_file("/proc/cpuinfo", 1 << 20);
+    if (text) {
+        // x86 says "model name"; some ARM kernels only "Hardware" or "Processor".
+        for (const char* key : {"model name", "Hardware", "Processor", "cpu model"})
+            if (auto v = text_field(*text, key, ':'); v && !v->empty()) return *v;
+    }
+    struct utsname u {};
+    if (uname(&u) == 0) return u.machine;
+    return "unknown";
+}
+
+inline std::uint64_t meminfo_mib(const std::string& key) {
+    auto text = read_small_file("/proc/meminfo", 256 * 1024);
+    if (!text) return 0;
+    auto v = text_field(*text, key, ':');  // "16314672 kB"
+    if (!v) return 0;
+    return std::strtoull(v->c_str(), nullptr, 10) / 1024;
+}
+
+// Finds an executable on PATH without a shell; empty when it is not there.
+inline std::string find_on_path(const std::string& name) {
+    const char* path = std::getenv("PATH");
+    if (!path) return {};
+    std::istringstream in(path);
+    std::string dir;
+    while (std::getline(in, dir, ':')) {
+        if (dir.empty()) continue;
+        std::string full = dir + "/" + name;
+        struct stat st {};
+        if (stat(full.c_str(), &st) == 0 && S_ISREG(st.st_mode) && access(full.c_str(), X_OK) == 0)
+            return full;
+    }
+    return {};
+}
+
+// Runs `argv` (argv[0] a full path) with stdout captured, at most `max_output` bytes and
+// `timeout`; the child is killed when it runs over. Returns nullopt when it could not be
+// run, ran over its time, or exited non-zero.
+inline std::optional<std::string> run_bounded(const std::vector<std::string>& argv,
+                                              std::chrono::milliseconds timeout,
+                                              std::size_t max_output) {
+    int fds[2];
+    if (pipe2(fds, O_CLOEXEC) != 0) return std::nullopt;
+    posix_spawn_file_actions_t actions;
+    posix_spawn_file_actions_init(&actions);
+    posix_spawn_file_actions_adddup2(&actions, fds[1], 1);
+    posix_spawn_file_actions_addopen(&actions, 2, "/dev/null", O_WRONLY, 0);
+    posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0);
+    std::vector<char*> args;
+    for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+    args.push_back(nullptr);
+    pid_t pid = -1;
+    int rc = posix_spawn(&pid, argv[0].c_str(), &actions, nullptr, args.data(), environ);
+    posix_spawn_file_actions_destroy(&actions);
+    close(fds[1]);
+    if (rc != 0) {
+        close(fds[0]);
+        return std::nullopt;
+    }
+    std::string out;
+    bool overrun = false;
+    const auto deadline = std::chrono::steady_clock::now() + timeout;
+    for (;;) {
+        auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+            deadline - std::chrono::steady_clock::now());
+        if (left.count() <= 0) {
+            overrun = true;
+            break;
+        }
+        pollfd p{fds[0], POLLIN, 0};
+        int n = poll(&p, 1, static_cast<int>(left.count()));
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) {
+            overrun = n == 0;
+            if (n < 0) overrun = true;
+            break;
+        }
+        char buf[4096];
+        ssize_t r = read(fds[0], buf, sizeof buf);
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0) break;  // EOF: the child closed stdout
+        out.append(buf, static_cast<std::size_t>(r));
+        if (out.size() > max_output) {
+            overrun = true;
+            break;
+        }
+    }
+    close(fds[0]);
+    if (overrun) kill(pid, SIGKILL);
+    // The child has closed stdout or been killed: it exits soon. Bound the wait anyway.
+    int status = 0;
+    for (int i = 0; i < 200; ++i) {
+        pid_t w = waitpid(pid, &status, WNOHANG);
+        if (w == pid) {
+            if (overrun || !WIFEXITED(status) || WEXITSTATUS(status) != 0) return std::nullopt;
+            return out;
+        }
+        if (w < 0 && errno != EINTR) return std::nullopt;
+        if (i == 100) kill(pid, SIGKILL);
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    return std::nullopt;
+}
+
+inline std::optional<std::vector<GpuInfo>> nvidia_gpus() {
+    auto exe = find_on_path("nvidia-smi");
+    if (exe.empty()) return std::nullopt;
+    auto out = run_bounded({exe, "--query-gpu=name,memory.total,driver_version",
+                            "--format=csv,noheader,nounits"},
+                           std::chrono::seconds(3), 64 * 1024);
+    if (!out) return std::nullopt;
+    std::vector<GpuInfo> gpus;
+    std::istringstream in(*out);
+    std::string line;
+    while (std::getline(in, line) && gpus.size() < 64) {
+        std::vector<std::string> cols;
+        std::istringstream fields(line);
+        std::string f;
+        while (std::getline(fields, f, ',')) cols.push_back(trim(f));
+        if (cols.size() < 3 || cols[0].empty()) continue;
+        GpuInfo g;
+        g.name = cols[0].substr(0, 256);
+        g.memory_mib = std::strtoull(cols[1].c_str(), nullptr, 10);
+        g.driver = cols[2].substr(0, 64);
+        gpus.push_back(std::move(g));
+    }
+    return gpus;
+}
+
+}  // namespace detail
+
+// Collects the facts. `path_for_disk` names a folder on the filesystem to report (the one
+// holding the table); a path that does not exist reports a disk of 0.
+inline SystemInfo system_info(const std::string& path_for_disk = ".") {
+    SystemInfo s;
+    char host[256] = {};
+    if (gethostname(host, sizeof host - 1) == 0) s.hostname = host;
+    s.platform = detail::os_release_name();
+    s.cpu = detail::cpu_model();
+    unsigned n = std::thread::hardware_concurrency();
+    if (n == 0) {
+        long c = sysconf(_SC_NPROCESSORS_ONLN);
+        n = c > 0 ? static_cast<unsigned>(c) : 1;
+    }
+    s.cores = n;
+    s.ram_mib = detail::meminfo_mib("MemTotal");
+    struct statvfs v {};
+    if (statvfs(path_for_disk.c_str(), &v) == 0) {
+        s.disk_mib = static_cast<std::uint64_t>(v.f_blocks) * v.f_frsize / (1024 * 1024);
+        s.disk_free_mib = static_cast<std::uint64_t>(v.f_bavail) * v.f_frsize / (1024 * 1024);
+    }
+    s.gpus = detail::nvidia_gpus();
+    return s;
+}
+
+}  // namespace p2prc
+
+// ---- p2prc/server.hpp ----
+// The node's HTTP server, on cpp-httplib.
+//
+// Routes of its own: GET /server_info (machine facts), the speed test
+// (GET /speedtest/download?bytes=N, POST /speedtest/upload) and P2PRC's names for it
+// (GET /50, POST /upload). Higher layers add routes with get()/post() before start();
+// their handlers see a plain HttpRequest (body already read, within the limit) and fill
+// an HttpResponse. Every error answer is JSON: {"error": "..."}.
+//
+// cpp-httplib's read timeout is per receive, so a client that trickles a byte a second
+// never trips it and holds a worker for as long as it likes; and its stop() waits for
+// every connection to end by itself. It does not hand out the sockets it accepts, so the
+// server finds each accepted connection right after accept() (the task queue is ours: it
+// is told of every connection on the accepting thread) by looking for the one socket of
+// the process that has the server's port as local port and is not yet known. With its own
+// handle on the socket it can bound a request's total time (header_timeout,
+// request_timeout) and shut every connection down at stop().
+
+
+#include <httplib.h>
+#include <nlohmann/json.hpp>
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <regex>
+#include <string>
+#include <thread>
+#include <type_traits>
+#include <unordered_map>
+#include <unordered_set>
+#include <utility>
+#include <vector>
+
+namespace p2prc {
+
+struct ServerOptions {
+    std::string bind_address = "0.0.0.0";  // "::" for IPv6 (and IPv4 where the OS maps it)
+    std::uint16_t port = 0;                // 0: pick a free port; Server::port() tells which
+    std::string name;                      // reported in /server_info
+    std::vector<std::string> advertised_addresses;  // reported in /server_info
+    std::string disk_path = ".";                   // the filesystem /server_info reports
+
+    std::chrono::milliseconds read_timeout{5000};   // one receive
+    std::chrono::milliseconds write_timeout{5000};  // one send
+    // The request line and headers must be complete this long after the connection is
+    // accepted (or, on a kept-alive connection, after keep_alive_timeout plus this long
+    // after the previous answer). This is what stops a client trickling bytes.
+    std::chrono::milliseconds header_timeout{10000};
+    // One request, body and answer included, from its headers on; 0: no bound.
+    std::chrono::milliseconds request_timeout{120000};
+    std::size_t worker_threads = 16;            // connections served at once
+    std::size_t max_queued_connections = 1024;  // open beyond those (more are closed at once)
+    // While connections wait for a worker, a worker waiting this long on an idle
+    // connection (kept alive, or with stalled headers) lets it go.
+    std::chrono::milliseconds overload_idle_timeout{500};
+    std::size_t max_body_bytes = 64u << 20;    // every route; 413 beyond
+    std::uint64_t max_download_bytes = 256u << 20;  // one speed-test download
+    std::size_t keep_alive_max_requests = 100;
+    int listen_backlog = 512;
+    std::chrono::milliseconds keep_alive_timeout{5000};
+};
+
+// A request as a route handler sees it: the body is read already (bounded by
+// max_body_bytes); a multipart body is split into files.
+struct HttpRequest {
+    struct File {
+        std::string name;  // the form field
+        std::string filename;
+        std::string content_type;
+        std::string content;
+    };
+    std::string method;
+    std::string path;
+    std::multimap<std::string, std::string> params;  // query string
+    std::vector<std::pair<std::string, std::string>> headers;
+    std::string body;
+    std::vector<File> files;
+    std::string remote_address;  // as the socket reports it
+    int remote_port = -1;
+    std::optional<Endpoint> remote;  // the peer as an endpoint, when it parses
+
+    // The first value of a header (case-insensitive), or "".
+    std::string header(const std::string& name) const {
+        auto lower = [](std::string s) {
+            for (auto& c : s)
+                if (c >= 'A' && c <= 'Z') c = char(c - 'A' + 'a');
+            return s;
+        };
+        const std::string want = lower(name);
+        for (const auto& [k, v] : headers)
+            if (lower(k) == want) return v;
+        return {};
+    }
+    std::optional<std::string> param(const std::string& key) const {
+        auto it = params.find(key);
+        if (it == params.end()) return std::nullopt;
+        return it->second;
+    }
+};
+
+struct HttpResponse {
+    int status = 200;
+    std::string body;
+    std::string content_type = "application/json";
+    std::vector<std::pair<std::string, std::string>> headers;
+
+    void json(const nlohmann::json& value, int code = 200) {
+        status = code;
+        body = value.dump();
+        content_type = "application/json";
+    }
+    void error(int code, const std::string& message) { json({{"error", message}}, code); }
+};
+
+using RouteHandler = std::function<void(const HttpRequest&, HttpResponse&)>;
+
+// What the server saw; for tests and the CLI's status output.
+struct ServerStats {
+    std::uint64_t connections = 0;       // accepted connections the server tracked
+    std::uint64_t header_timeouts = 0;   // cut for not sending their headers in time
+    std::uint64_t request_timeouts = 0;  // cut for exceeding request_timeout
+    std::uint64_t refused_queue_full = 0;
+    std::uint64_t overload_cuts = 0;  // idle connections let go because others waited
+};
+
+namespace detail {
+
+inline std::string json_error_body(const std::string& message) {
+    return nlohmann::json{{"error", message}}.dump();
+}
+
+inline const char* status_text(int status) {
+    switch (status) {
+        case 400: return "bad request";
+        case 404: return "no such route";
+        case 405: return "method not allowed";
+        case 408: return "request timeout";
+        case 411: return "length required";
+        case 413: return "request body too large";
+        case 414: return "request URI too long";
+        case 416: return "range not satisfiable";
+        case 500: return "internal error";
+        case 503: return "service unavailable";
+        default: return status >= 500 ? "server error" : "client error";
+    }
+}
+
+// "ip:port" exactly as cpp-httplib spells Request::remote_addr/remote_port.
+inline std::string peer_key(const sockaddr_storage& sa, socklen_t len) {
+    char host[NI_MAXHOST], serv[NI_MAXSERV];
+    if (getnameinfo(reinterpret_cast<const sockaddr*>(&sa), len, host, sizeof host, serv, sizeof serv,
+                    NI_NUMERICHOST | NI_NUMERICSERV) != 0)
+        return {};
+    return std::string(host) + "|" + serv;
+}
+inline std::string peer_key(const std::string& addr, int port) {
+    return addr + "|" + std::to_string(port);
+}
+
+inline std::uint16_t sockaddr_port(const sockaddr_storage& sa) {
+    if (sa.ss_family == AF_INET) return ntohs(reinterpret_cast<const sockaddr_in&>(sa).sin_port);
+    if (sa.ss_family == AF_INET6) return ntohs(reinterpret_cast<const sockaddr_in6&>(sa).sin6_port);
+    return 0;
+}
+
+// The server's own handle on each accepted connection (see the file comment).
+class ConnectionRegistry {
+public:
+    using Clock = std::chrono::steady_clock;
+
+    void reset(std::uint16_t port) {
+        std::lock_guard<std::mutex> lock(mutex_);
+        port_ = port;
+        closed_ = false;
+        ignored_.clear();
+    }
+
+    // Called on the accepting thread right after accept(): finds the new connection.
+    // Returns its id (the socket's inode), or 0 when it could not be found (no /proc,
+    // or the peer already went away).
+    std::uint64_t adopt() {
+        DIR* dir = opendir("/proc/self/fd");
+        if (!dir) return 0;
+        std::uint64_t found = 0;
+        int found_fd = -1;
+        std::string key;
+        {
+            std::lock_guard<std::mutex> lock(mutex_);
+            while (dirent* e = readdir(dir)) {
+                if (e->d_name[0] < '0' || e->d_name[0] > '9') continue;
+                int fd = std::atoi(e->d_name);
+                if (fd == dirfd(dir)) continue;
+                struct stat st {};
+                if (fstat(fd, &st) != 0 || !S_ISSOCK(st.st_mode)) continue;
+                auto ino = static_cast<std::uint64_t>(st.st_ino);
+                if (conns_.count(ino) || ignored_.count(ino)) continue;
+                sockaddr_storage local{}, peer{};
+                socklen_t ll = sizeof local, pl = sizeof peer;
+                if (getsockname(fd, reinterpret_cast<sockaddr*>(&local), &ll) != 0 ||
+                    (local.ss_family != AF_INET && local.ss_family != AF_INET6) ||
+                    sockaddr_port(local) != port_)
+                    continue;
+                if (getpeername(fd, reinterpret_cast<sockaddr*>(&peer), &pl) != 0) {
+                    if (errno == ENOTCONN) {
+                        int listening = 0;
+                        socklen_t il = sizeof listening;
+                        if (getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &il) == 0 && listening)
+                            ignored_.insert(ino);  // the listening socket
+                    }
+                    continue;
+                }
+                found = ino;
+                found_fd = fd;
+                key = peer_key(peer, pl);
+                break;
+            }
+            closedir(dir);
+            if (!found) return 0;
+            // Our own descriptor for the socket: shutting it down can never hit a
+            // descriptor number that the server closed and the process reused.
+            int own = fcntl(found_fd, F_DUPFD_CLOEXEC, 0);
+            if (own < 0) return 0;
+            int one = 1;
+            setsockopt(own, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+            Conn c;
+            c.fd = own;
+            c.key = key;
+            c.since = Clock::now();
+            conns_[found] = c;
+            by_peer_[key] = found;
+            ++stats_.connections;
+            if (closed_) {
+                ::shutdown(own, SHUT_RDWR);
+            } else if (max_pending_ && conns_.size() > max_pending_ + max_active_) {
+                ::shutdown(own, SHUT_RDWR);  // too many: the worker will find it closed at once
+                ++stats_.refused_queue_full;
+            }
+        }
+        return found;
+    }
+
+    // The connection's own descriptor (valid until release), or -1.
+    int fd_of(std::uint64_t id) const {
+        std::lock_guard<std::mutex> lock(mutex_);
+        auto it = conns_.find(id);
+        return it == conns_.end() ? -1 : it->second.fd;
+    }
+
+    // Handed to the worker queue (its first bytes are in).
+    void dispatched(std::uint64_t id) {
+        std::lock_guard<std::mutex> lock(mutex_);
+        if (conns_.count(id)) ++pending_;
+    }
+    // A worker took it.
+    void started(std::uint64_t id) {
+        std::lock_guard<std::mutex> lock(mutex_);
+        auto it = conns_.find(id);
+        if (it == conns_.end()) return;
+        if (pending_) --pending_;
+        it->second.started = true;
+        it->second.started_at = Clock::now();
+    }
+
+    // The worker is done with the connection (cpp-httplib has shut and closed it).
+    void release(std::uint64_t id) {
+        std::lock_guard<std::mutex> lock(mutex_);
+        auto it = conns_.find(id);
+        if (it == conns_.end()) return;
+        ::close(it->second.fd);
+        auto p = by_peer_.find(it->second.key);
+        if (p != by_peer_.end() && p->second == id) by_peer_.erase(p);
+        conns_.erase(it);
+    }
+
+    // Headers of a request are in; its handler runs.
+    void request_started(const std::string& key) {
+        std::lock_guard<std::mutex> lock(mutex_);
+        if (Conn* c = find(key)) {
+            c->active = true;
+            c->since = Clock::now();
+        }
+    }
+    // Its answer is written; the connection waits for the next request.
+    void request_done(const std::string& key, bool close_after) {
+        std::lock_guard<std::mutex> lock(mutex_);
+        if (Conn* c = find(key)) {
+            c->active = false;
+            c->served = true;
+            c->since = Clock::now();
+            // An answer given without reading the body (413, 404): the unread bytes must
+            // not be parsed as the next request.
+            if (close_after) ::shutdown(c->fd, SHUT_RDWR);
+        }
+    }
+
+    // Cuts connections over their time. Called periodically by the server's watchdog.
+    // Under load (connections wait for a worker), a worker that waits on a connection for
+    // longer than `overload_idle` (an idle keep-alive, or headers that stall) lets it go.
+    void enforce(std::chrono::milliseconds header_timeout, std::chrono::milliseconds keep_alive,
+                 std::chrono::milliseconds request_timeout, std::chrono::milliseconds overload_idle) {
+        std::lock_guard<std::mutex> lock(mutex_);
+        const auto now = Clock::now();
+        const bool overloaded = pending_ > 0;
+        for (auto& [id, c] : conns_) {
+            if (c.cut) continue;
+            auto age = now - c.since;
+            if (overloaded && c.started && !c.active && now - std::max(c.since, c.started_at) > overload_idle) {
+                ::shutdown(c.fd, SHUT_RDWR);
+                c.cut = true;
+                ++stats_.overload_cuts;
+                continue;
+            }
+            if (!c.active) {
+                auto limit = header_timeout + (c.served ? keep_alive : std::chrono::milliseconds(0));
+                if (age > limit) {
+                    ::shutdown(c.fd, SHUT_RDWR);
+                    c.cut = true;
+                    ++stats_.header_timeouts;
+                }
+            } else if (request_timeout.count() > 0 && age > request_timeout) {
+                ::shutdown(c.fd, SHUT_RDWR);
+                c.cut = true;
+                ++stats_.request_timeouts;
+            }
+        }
+    }
+
+    // Shuts every connection down, now and from now on (stop()).
+    void close_all() {
+        std::lock_guard<std::mutex> lock(mutex_);
+        closed_ = true;
+        for (auto& [id, c] : conns_) ::shutdown(c.fd, SHUT_RDWR);
+    }
+
+    void set_limits(std::size_t max_pending, std::size_t max_active) {
+        std::lock_guard<std::mutex> lock(mutex_);
+        max_pending_ = max_pending;
+        max_active_ = max_active;
+    }
+    ServerStats stats() const {
+        std::lock_guard<std::mutex> lock(mutex_);
+        return stats_;
+    }
+    std::size_t open_connections() const {
+        std::lock_guard<std::mutex> lock(mutex_);
+        return conns_.size();
+    }
+
+    ~ConnectionRegistry() {
+        for (auto& [id, c] : conns_) ::close(c.fd);
+    }
+
+private:
+    struct Conn {
+        int fd = -1;
+        std::string key;
+        Clock::time_point since;
+        bool active = false;
+        bool served = false;
+        bool cut = false;
+        bool started = false;
+        Clock::time_point started_at{};
+    };
+
+    Conn* find(const std::string& key) {
+        auto p = by_peer_.find(key);
+        if (p == by_peer_.end()) return nullptr;
+        auto it = conns_.find(p->second);
+        return it == conns_.end() ? nullptr : &it->second;
+    }
+
+    mutable std::mutex mutex_;
+    std::uint16_t port_ = 0;
+    bool closed_ = false;
+    std::size_t pending_ = 0;
+    std::size_t max_pending_ = 0;
+    std::size_t max_active_ = 0;
+    std::unordered_map<std::uint64_t, Conn> conns_;
+    std::unordered_map<std::string, std::uint64_t> by_peer_;
+    std::unordered_set<std::uint64_t> ignored_;
+    ServerStats stats_;
+};
+
+// cpp-httplib's thread pool, told of each connection as it is queued, with a gate in
+// front: a connection goes to a worker only once its first bytes are in (or it closed),
+// so connections that open and send nothing never hold a worker. TaskQueue::enqueue
+// returns void in older cpp-httplib and bool in newer; the override follows the base.
+class WatchedPool : public httplib::TaskQueue {
+    using EnqueueResult = decltype(std::declval<httplib::TaskQueue&>().enqueue(std::function<void()>()));
+
+public:
+    WatchedPool(std::size_t threads, ConnectionRegistry& registry) : pool_(threads), registry_(registry) {
+        if (pipe2(wake_, O_CLOEXEC | O_NONBLOCK) != 0) wake_[0] = wake_[1] = -1;
+        if (wake_[0] >= 0) gate_ = std::thread([this] { gate_loop(); });
+    }
+    ~WatchedPool() override {
+        stop_gate();
+        if (wake_[0] >= 0) {
+            ::close(wake_[0]);
+            ::close(wake_[1]);
+        }
+    }
+
+    EnqueueResult enqueue(std::function<void()> fn) override {
+        std::uint64_t id = registry_.adopt();
+        int fd = id ? registry_.fd_of(id) : -1;
+        if (fd < 0 || !gate_.joinable()) {
+            dispatch(id, std::move(fn));
+        } else {
+            {
+                std::lock_guard<std::mutex> lock(mutex_);
+                gated_.push_back({id, fd, std::move(fn)});
+            }
+            char c = 1;
+            (void)!::write(wake_[1], &c, 1);
+        }
+        if constexpr (!std::is_void_v<EnqueueResult>) return EnqueueResult(true);
+    }
+    void shutdown() override {
+        stop_gate();
+        pool_.shutdown();
+    }
+
+private:
+    struct Gated {
+        std::uint64_t id;
+        int fd;
+        std::function<void()> fn;
+    };
+
+    void dispatch(std::uint64_t id, std::function<void()> fn) {
+        ConnectionRegistry* reg = &registry_;
+        if (id) reg->dispatched(id);
+        pool_.enqueue([fn = std::move(fn), id, reg]() {
+            reg->started(id);
+            fn();
+            reg->release(id);
+        });
+    }
+
+    void gate_loop() {
+        std::vector<pollfd> fds;
+        std::vector<Gated> ready;
+        for (;;) {
+            fds.clear();
+            fds.push_back({wake_[0], POLLIN, 0});
+            {
+                std::lock_guard<std::mutex> lock(mutex_);
+                if (gate_stop_) break;
+                for (const auto& g : gated_) fds.push_back({g.fd, POLLIN, 0});
+            }
+            int n = ::poll(fds.data(), fds.size(), 100);
+            if (n < 0 && errno != EINTR) break;
+            if (fds[0].revents) {
+                char buf[256];
+                while (::read(wake_[0], buf, sizeof buf) > 0) {
+                }
+            }
+            std::unordered_set<int> readable;
+            for (std::size_t i = 1; i < fds.size(); ++i)
+                if (fds[i].revents) readable.insert(fds[i].fd);
+            {
+                std::lock_guard<std::mutex> lock(mutex_);
+                for (auto it = gated_.begin(); it != gated_.end();) {
+                    if (readable.count(it->fd)) {
+                        ready.push_back(std::move(*it));
+                        it = gated_.erase(it);
+                    } else {
+                        ++it;
+                    }
+                }
+            }
+            for (auto& g : ready) dispatch(g.id, std::move(g.fn));
+            ready.clear();
+        }
+        // Stopping: every connection still at the gate goes to the workers, which find
+        // it shut down (stop() shut every connection) and close it.
+        std::lock_guard<std::mutex> lock(mutex_);
+        for (auto& g : gated_) dispatch(g.id, std::move(g.fn));
+        gated_.clear();
+    }
+
+    void stop_gate() {
+        {
+            std::lock_guard<std::mutex> lock(mutex_);
+            gate_stop_ = true;
+        }
+        if (wake_[1] >= 0) {
+            char c = 1;
+            (void)!::write(wake_[1], &c, 1);
+        }
+        if (gate_.joinable()) gate_.join();
+    }
+
+    httplib::ThreadPool pool_;
+    ConnectionRegistry& registry_;
+    std::mutex mutex_;
+    std::vector<Gated> gated_;
+    bool gate_stop_ = false;
+    int wake_[2] = {-1, -1};
+    std::thread gate_;
+};
+
+// cpp-httplib's listening socket, to widen its accept queue: the compiled-in backlog can
+// be as small as 5, and a burst of connections beyond it waits for SYN retransmits.
+class HttpServer : public httplib::Server {
+public:
+    void set_backlog(int backlog) {
+        socket_t sock = svr_sock_;
+        if (sock != INVALID_SOCKET) ::listen(sock, backlog);
+    }
+};
+
+inline std::string regex_escape(const std::string& s) {
+    std::string out;
+    for (char c : s) {
+        if (std::string_view("\\^$.|?*+()[]{}").find(c) != std::string_view::npos) out += '\\';
+        out += c;
+    }
+    return out;
+}
+
+// Parses a decimal byte count: digits only, at most 19 of them.
+inline std::optional<std::uint64_t> parse_byte_count(const std::string& s) {
+    if (s.empty() || s.size() > 19) return std::nullopt;
+    std::uint64_t v = 0;
+    for (char c : s) {
+        if (c < '0' || c > '9') return std::nullopt;
+        v = v * 10 + std::uint64_t(c - '0');
+    }
+    return v;
+}
+
+}  // namespace detail
+
+class Server {
+public:
+    // P2PRC's GET /50 serves a 50 MB file.
+    static constexpr std::uint64_t p2prc_download_bytes = 50ull * 1000 * 1000;
+
+    explicit Server(ServerOptions options = {}) : options_(std::move(options)) {
+        if (options_.worker_threads == 0)
+            throw error(errc::invalid_argument, "ServerOptions::worker_threads is 0: expected at least 1");
+        if (options_.max_body_bytes == 0)
+            throw error(errc::invalid_argument, "ServerOptions::max_body_bytes is 0: expected at least 1");
+        pattern_.resize(64 * 1024);
+        // Incompressible-looking bytes, so no layer on the way can shrink the test.
+        std::uint32_t x = 0x9e3779b9u;
+        for (auto& c : pattern_) {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            c = static_cast<char>(x & 0xff);
+        }
+        for (const char* path : {"/server_info", "/speedtest/download", "/50"}) routes_[path].builtin_get = true;
+        for (const char* path : {"/speedtest/upload", "/upload"}) routes_[path].builtin_post = true;
+    }
+    ~Server() { stop(); }
+    Server(const Server&) = delete;
+    Server& operator=(const Server&) = delete;
+
+    // Adds a route (an exact path). Only before start(); a path may have a GET and a POST.
+    Server& get(const std::string& path, RouteHandler handler) { return add("GET", path, std::move(handler)); }
+    Server& post(const std::string& path, RouteHandler handler) { return add("POST", path, std::move(handler)); }
+
+    // Binds and starts serving on an owned thread; returns once the socket is bound and
+    // the accept loop runs. Throws p2prc::error (io_error) when the address cannot be bound.
+    void start() {
+        std::lock_guard<std::mutex> lock(control_);
+        if (http_) throw error(errc::state_error, "server already started");
+        http_ = std::make_unique<detail::HttpServer>();
+        configure(*http_);
+        int port = 0;
+        errno = 0;
+        if (options_.port == 0) {
+            port = http_->bind_to_any_port(options_.bind_address);
+        } else {
+            port = http_->bind_to_port(options_.bind_address, options_.port) ? options_.port : -1;
+        }
+        if (port <= 0) {
+            int e = errno;
+            http_.reset();
+            throw error(errc::io_error, "cannot bind the HTTP server to " + options_.bind_address + " port " +
+                                            std::to_string(options_.port) +
+                                            (e ? std::string(": ") + std::strerror(e) : std::string()));
+        }
+        port_ = static_cast<std::uint16_t>(port);
+        http_->set_backlog(options_.listen_backlog);
+        info_ = build_info(port_);
+        registry_.reset(port_);
+        registry_.set_limits(options_.max_queued_connections, options_.worker_threads);
+        stopping_ = false;
+        httplib::Server* h = http_.get();
+        listener_ = std::thread([h] { h->listen_after_bind(); });
+        const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+        while (!h->is_running() && std::chrono::steady_clock::now() < deadline)
+            std::this_thread::sleep_for(std::chrono::milliseconds(1));
+        watchdog_ = std::thread([this] { watch(); });
+        if (!h->is_running()) {
+            stop_locked();
+            throw error(errc::io_error, "the HTTP server did not start listening within 10 s");
+        }
+    }
+
+    // Stops accepting, shuts every connection down and joins every thread. Prompt even
+    // with clients connected. Idempotent.
+    void stop() {
+        std::lock_guard<std::mutex> lock(control_);
+        stop_locked();
+    }
+
+    bool running() const { return http_ && http_->is_running(); }
+    // The bound port (after start()), 0 before.
+    std::uint16_t port() const { return port_; }
+    const ServerOptions& options() const { return options_; }
+    // The /server_info document.
+    nlohmann::json info() const { return nlohmann::json::parse(info_); }
+    ServerStats stats() const { return registry_.stats(); }
+    std::size_t open_connections() const { return registry_.open_connections(); }
+
+private:
+    struct Route {
+        RouteHandler get;
+        RouteHandler post;
+        bool builtin_get = false;
+        bool builtin_post = false;
+    };
+
+    Server& add(const std::string& method, const std::string& path, RouteHandler handler) {
+        std::lock_guard<std::mutex> lock(control_);
+        if (http_) throw error(errc::state_error, "routes must be added before start(): " + path);
+        if (path.empty() || path[0] != '/')
+            throw error(errc::invalid_argument, "route path \"" + path + "\": expected an absolute path");
+        if (!handler) throw error(errc::invalid_argument, "route " + path + ": empty handler");
+        auto& r = routes_[path];
+        if (method == "GET") {
+            if (r.builtin_get) throw error(errc::invalid_argument, "GET " + path + " is built in");
+            r.get = std::move(handler);
+        } else {
+            if (r.builtin_post) throw error(errc::invalid_argument, "POST " + path + " is built in");
+            r.post = std::move(handler);
+        }
+        return *this;
+    }
+
+    std::string build_info(std::uint16_t port) const {
+        auto j = system_info(options_.disk_path).to_json();
+        j["Name"] = options_.name;
+        j["Version"] = P2PRC_VERSION_STRING;
+        j["ServerPort"] = std::to_string(port);
+        j["Addresses"] = options_.advertised_addresses;
+        j["MaxBodyBytes"] = options_.max_body_bytes;
+        j["MaxDownloadBytes"] = options_.max_download_bytes;
+        return j.dump();
+    }
+
+    static long ms_part_sec(std::chrono::milliseconds d) { return static_cast<long>(d.count() / 1000); }
+    static long ms_part_usec(std::chrono::milliseconds d) { return static_cast<long>((d.count() % 1000) * 1000); }
+
+    void configure(httplib::Server& h) {
+        h.set_tcp_nodelay(true);
+        // cpp-httplib's default options add SO_REUSEPORT, which would let a second node
+        // bind the same port and silently take half its connections. Address reuse only.
+        h.set_socket_options([](socket_t sock) {
+            int one = 1;
+            setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+        });
+        h.set_read_timeout(ms_part_sec(options_.read_timeout), ms_part_usec(options_.read_timeout));
+        h.set_write_timeout(ms_part_sec(options_.write_timeout), ms_part_usec(options_.write_timeout));
+        h.set_keep_alive_max_count(options_.keep_alive_max_requests);
+        // cpp-httplib takes whole seconds here; round up so a short setting is not 0.
+        h.set_keep_alive_timeout(
+            static_cast<time_t>((options_.keep_alive_timeout.count() + 999) / 1000));
+        h.set_payload_max_length(options_.max_body_bytes);
+        const std::size_t threads = options_.worker_threads;
+        detail::ConnectionRegistry* reg = &registry_;
+        h.new_task_queue = [threads, reg] { return new detail::WatchedPool(threads, *reg); };
+
+        httplib::Server::HandlerWithResponse pre = [this](const httplib::Request& req, httplib::Response& res) {
+            return pre_route(req, res);
+        };
+        h.set_pre_routing_handler(pre);
+        httplib::Server::HandlerWithResponse on_error = [](const httplib::Request&, httplib::Response& res) {
+            if (!res.body.empty()) return httplib::Server::HandlerResponse::Unhandled;
+            res.set_content(detail::json_error_body(detail::status_text(res.status)), "application/json");
+            return httplib::Server::HandlerResponse::Handled;
+        };
+        h.set_error_handler(on_error);
+        h.set_exception_handler([](const httplib::Request&, httplib::Response& res, std::exception_ptr) {
+            res.status = 500;
+            res.set_content(detail::json_error_body("internal error"), "application/json");
+        });
+        h.set_logger([this](const httplib::Request& req, const httplib::Response& res) {
+            bool close_after = res.get_header_value("Connection") == "close";
+            registry_.request_done(detail::peer_key(req.remote_addr, req.remote_port), close_after);
+        });
+
+        // Built-in routes.
+        builtin_get("/server_info", [this](const httplib::Request&, httplib::Response& res) {
+            res.set_content(info_, "application/json");
+        });
+        builtin_get("/speedtest/download", [this](const httplib::Request& req, httplib::Response& res) {
+            if (!req.has_param("bytes")) {
+                res.status = 400;
+                res.set_content(detail::json_error_body("missing query parameter bytes=N"), "application/json");
+                return;
+            }
+            auto n = detail::parse_byte_count(req.get_param_value("bytes"));
+            if (!n) {
+                res.status = 400;
+                res.set_content(detail::json_error_body("bytes=" + req.get_param_value("bytes").substr(0, 40) +
+                                                        ": expected a decimal byte count"),
+                                "application/json");
+                return;
+            }
+            serve_bytes(res, *n);
+        });
+        builtin_get("/50", [this](const httplib::Request&, httplib::Response& res) {
+            serve_bytes(res, p2prc_download_bytes);
+        });
+        for (const char* path : {"/speedtest/upload", "/upload"}) {
+            builtin_post(path, [this](const httplib::Request& req, httplib::Response& res,
+                                      const httplib::ContentReader& reader) { upload(req, res, reader); });
+        }
+
+        // Routes of higher layers.
+        for (auto& [path, route] : routes_) {
+            const std::string pattern = detail::regex_escape(path);
+            if (route.get && !route.builtin_get) {
+                RouteHandler handler = route.get;
+                h.Get(pattern, [handler](const httplib::Request& req, httplib::Response& res) {
+                    HttpRequest r = convert(req);
+                    run_handler(handler, r, res);
+                });
+            }
+            if (route.post && !route.builtin_post) {
+                RouteHandler handler = route.post;
+                const std::size_t max = options_.max_body_bytes;
+                h.Post(pattern, [handler, max](const httplib::Request& req, httplib::Response& res,
+                                               const httplib::ContentReader& reader) {
+                    HttpRequest r = convert(req);
+                    std::size_t total = 0;
+                    bool over = false;
+                    bool ok;
+                    if (req.is_multipart_form_data()) {
+                        ok = reader(
+                            [&](const httplib::MultipartFormData& f) {
+                                if (r.files.size() >= 64) return false;
+                                r.files.push_back({f.name, f.filename, f.content_type, {}});
+                                return true;
+                            },
+                            [&](const char* data, std::size_t n) {
+                                total += n;
+                                if (total > max) return !(over = true);
+                                if (!r.files.empty()) r.files.back().content.append(data, n);
+                                return true;
+                            });
+                    } else {
+                        ok = reader([&](const char* data, std::size_t n) {
+                            total += n;
+                            if (total > max) return !(over = true);
+                            r.body.append(data, n);
+                            return true;
+                        });
+                    }
+                    if (over) return too_large(res, max);
+                    if (!ok) {
+                        res.status = 400;
+                        res.set_content(detail::json_error_body("could not read the request body"),
+                                        "application/json");
+                        return;
+                    }
+                    run_handler(handler, r, res);
+                });
+            }
+        }
+    }
+
+    void builtin_get(const std::string& path, httplib::Server::Handler h) {
+        http_->Get(detail::regex_escape(path), std::move(h));
+    }
+    void builtin_post(const std::string& path, httplib::Server::HandlerWithContentReader h) {
+        http_->Post(detail::regex_escape(path), std::move(h));
+    }
+
+    static void too_large(httplib::Response& res, std::size_t max) {
+        res.status = 413;
+        res.set_header("Connection", "close");
+        res.set_content(detail::json_error_body("request body larger than the limit of " +
+                                                std::to_string(max) + " bytes"),
+                        "application/json");
+    }
+
+    // Decides what cpp-httplib must not do itself: answer unknown routes and wrong
+    // methods as JSON, and refuse a declared body over the limit before reading it.
+    httplib::Server::HandlerResponse pre_route(const httplib::Request& req, httplib::Response& res) {
+        registry_.request_started(detail::peer_key(req.remote_addr, req.remote_port));
+        auto it = routes_.find(req.path);
+        const bool has_body = req.has_header("Content-Length") || req.has_header("Transfer-Encoding");
+        auto reject = [&](int status, const std::string& message) {
+            res.status = status;
+            if (has_body) res.set_header("Connection", "close");
+            res.set_content(detail::json_error_body(message), "application/json");
+            return httplib::Server::HandlerResponse::Handled;
+        };
+        if (it == routes_.end()) return reject(404, "no such route: " + req.path.substr(0, 200));
+        const Route& r = it->second;
+        const bool is_get = req.method == "GET" || req.method == "HEAD";
+        const bool is_post = req.method == "POST";
+        if (!((is_get && (r.get || r.builtin_get)) || (is_post && (r.post || r.builtin_post)))) {
+            std::string allow = (r.get || r.builtin_get) ? "GET" : "";
+            if (r.post || r.builtin_post) allow += allow.empty() ? "POST" : ", POST";
+            res.set_header("Allow", allow);
+            return reject(405, req.method.substr(0, 20) + " not allowed on " + req.path.substr(0, 200));
+        }
+        if (req.has_header("Content-Length")) {
+            auto n = detail::parse_byte_count(req.get_header_value("Content-Length"));
+            if (!n) return reject(400, "invalid Content-Length");
+            if (*n > options_.max_body_bytes) {
+                too_large(res, options_.max_body_bytes);
+                return httplib::Server::HandlerResponse::Handled;
+            }
+        }
+        return httplib::Server::HandlerResponse::Unhandled;
+    }
+
+    static HttpRequest convert(const httplib::Request& req) {
+        HttpRequest r;
+        r.method = req.method;
+        r.path = req.path;
+        for (const auto& [k, v] : req.params) r.params.emplace(k, v);
+        for (const auto& [k, v] : req.headers) {
+            if (k == "REMOTE_ADDR" || k == "REMOTE_PORT" || k == "LOCAL_ADDR" || k == "LOCAL_PORT") continue;
+            r.headers.emplace_back(k, v);
+        }
+        r.remote_address = req.remote_addr;
+        r.remote_port = req.remote_port;
+        auto a = IpAddress::parse(req.remote_addr);
+        if (a && req.remote_port > 0 && req.remote_port <= 65535)
+            r.remote = Endpoint{*a, static_cast<std::uint16_t>(req.remote_port)};
+        return r;
+    }
+
+    static void run_handler(const RouteHandler& handler, const HttpRequest& r, httplib::Response& res) {
+        HttpResponse out;
+        try {
+            handler(r, out);
+        } catch (const p2prc::error& e) {
+            int status = e.code() == errc::limit_exceeded ? 413
+                       : (e.code() == errc::parse_error || e.code() == errc::invalid_argument) ? 400
+                                                                                               : 500;
+            out.error(status, e.what());
+        } catch (const std::exception& e) {
+            out.error(500, std::string("internal error: ") + e.what());
+        }
+        res.status = out.status;
+        for (const auto& [k, v] : out.headers) res.set_header(k, v);
+        res.set_content(out.body, out.content_type);
+    }
+
+    // Streams n generated bytes (at most max_download_bytes), never from a file.
+    void serve_bytes(httplib::Response& res, std::uint64_t n) {
+        n = std::min<std::uint64_t>(n, options_.max_download_bytes);
+        res.set_header("Cache-Control", "no-store");
+        if (n == 0) {
+            res.set_content("", "application/octet-stream");
+            return;
+        }
+        res.set_content_provider(
+            static_cast<std::size_t>(n), "application/octet-stream",
+            [this](std::size_t offset, std::size_t length, httplib::DataSink& sink) {
+                if (stopping_) return false;
+                const std::size_t at = offset % pattern_.size();
+                const std::size_t len = std::min(length, pattern_.size() - at);
+                return sink.write(pattern_.data() + at, len);
+            });
+    }
+
+    // Reads and discards the body, counting bytes as they arrive. Answers
+    // {"bytes", "seconds"} (first to last byte) and, with ?warmup_ms=W, the same for the
+    // bytes that arrived W ms after the first one ("measured_bytes", "measured_seconds").
+    void upload(const httplib::Request& req, httplib::Response& res, const httplib::ContentReader& reader) {
+        using Clock = std::chrono::steady_clock;
+        std::uint64_t warmup_ms = 0;
+        if (req.has_param("warmup_ms")) {
+            auto w = detail::parse_byte_count(req.get_param_value("warmup_ms"));
+            if (!w || *w > 60000) {
+                res.status = 400;
+                res.set_content(detail::json_error_body("warmup_ms: expected 0-60000"), "application/json");
+                return;
+            }
+            warmup_ms = *w;
+        }
+        const std::size_t max = options_.max_body_bytes;
+        std::uint64_t total = 0, measured = 0;
+        bool over = false;
+        Clock::time_point first{}, last{}, warm{};
+        bool have_first = false, warmed = false;
+        auto count = [&](std::size_t n) {
+            if (stopping_) return false;
+            auto now = Clock::now();
+            if (!have_first) {
+                have_first = true;
+                first = now;
+                warm = first + std::chrono::milliseconds(warmup_ms);
+            }
+            total += n;
+            last = now;
+            if (!warmed && now >= warm) {
+                warmed = true;
+                warm = now;  // the window starts at the first chunk after the warm-up
+            } else if (warmed) {
+                measured += n;
+            }
+            if (total > max) return !(over = true);
+            return true;
+        };
+        bool ok;
+        if (req.is_multipart_form_data()) {
+            ok = reader([&](const httplib::MultipartFormData&) { return true; },
+                        [&](const char*, std::size_t n) { return count(n); });
+        } else {
+            ok = reader([&](const char*, std::size_t n) { return count(n); });
+        }
+        if (over) return too_large(res, max);
+        if (!ok) {
+            res.status = 400;
+            res.set_content(detail::json_error_body("could not read the request body"), "application/json");
+            return;
+        }
+        auto secs = [](Clock::duration d) { return std::chrono::duration<double>(d).count(); };
+        nlohmann::json j;
+        j["bytes"] = total;
+        j["seconds"] = have_first ? secs(last - first) : 0.0;
+        j["measured_bytes"] = warmed ? measured : total;
+        j["measured_seconds"] = warmed ? secs(last - warm) : (have_first ? secs(last - first) : 0.0);
+        res.set_content(j.dump(), "application/json");
+    }
+
+    void watch() {
+        std::unique_lock<std::mutex> lock(watch_mutex_);
+        while (!watch_stop_) {
+            watch_cv_.wait_for(lock, std::chrono::milliseconds(50));
+            if (watch_stop_) break;
+            registry_.enforce(options_.header_timeout, options_.keep_alive_timeout, options_.request_timeout,
+                              options_.overload_idle_timeout);
+        }
+    }
+
+    void stop_locked() {
+        if (!http_) return;
+        stopping_ = true;
+        http_->stop();          // closes the listening socket: the accept loop ends
+        registry_.close_all();  // every connection sees EOF: every worker ends
+        if (listener_.joinable()) listener_.join();  // joins the workers too
+        {
+            std::lock_guard<std::mutex> lock(watch_mutex_);
+            watch_stop_ = true;
+        }
+        watch_cv_.notify_all();
+        if (watchdog_.joinable()) watchdog_.join();
+        watch_stop_ = false;
+        http_.reset();
+    }
+
+    ServerOptions options_;
+    std::map<std::string, Route> routes_;
+    std::string pattern_;
+    std::string info_;
+    std::uint16_t port_ = 0;
+    std::atomic<bool> stopping_{false};
+    detail::ConnectionRegistry registry_;
+    std::unique_ptr<detail::HttpServer> http_;
+    std::thread listener_;
+    std::thread watchdog_;
+    std::mutex control_;
+    std::mutex watch_mutex_;
+    std::condition_variable watch_cv_;
+    bool watch_stop_ = false;
+};
+
+}  // namespace p2prc
+
+// ---- p2prc/probe.hpp ----
+// Measuring peers: latency, throughput, and a bounded-concurrency sweep of the table.
+//
+// Latency: one keep-alive connection, one warm-up request (it pays for the TCP handshake
+// and the peer's first-request costs), then N timed `GET /server_info`, each timed until
+// the whole body is in and parses as JSON. TCP_NODELAY is on: with Nagle and delayed ACKs
+// a small keep-alive exchange can wait tens of milliseconds, which would be measured as
+// latency.
+//
+// Throughput: download, then upload, for a fixed time or a byte budget; the first part
+// (warm-up: TCP slow start, buffers filling) is not counted. Download bytes are counted
+// as they arrive at the client; upload bytes as they arrive at the server, which reports
+// them (the client's own count would include whatever sits in socket buffers).
+//
+// refresh(): probes every peer of a table with at most `concurrency` probes in flight,
+// retries a failed peer once, records the figures and prunes the peers that stay
+// unreachable. A peer is never "fastest" by default: an unmeasured peer has no latency.
+
+
+#include <httplib.h>
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <ctime>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace p2prc {
+
+// Why a peer could not be measured.
+enum class ProbeFailure {
+    none = 0,
+    refused,      // nothing listens there (connection refused, or unreachable at once)
+    timeout,      // connect, send or receive ran out of time
+    http_status,  // the peer answered with a status other than 200
+    not_json,     // the peer answered 200 with a body that is not JSON
+    closed,       // the peer closed or reset the connection before answering
+    too_large,    // the answer was larger than the bound
+    error,        // anything else (the text says what)
+};
+
+inline const char* to_string(ProbeFailure f) noexcept {
+    switch (f) {
+        case ProbeFailure::none: return "none";
+        case ProbeFailure::refused: return "refused";
+        case ProbeFailure::timeout: return "timeout";
+        case ProbeFailure::http_status: return "http_status";
+        case ProbeFailure::not_json: return "not_json";
+        case ProbeFailure::closed: return "closed";
+        case ProbeFailure::too_large: return "too_large";
+        case ProbeFailure::error: return "error";
+    }
+    return "unknown";
+}
+
+struct LatencyOptions {
+    int samples = 5;                              // timed requests after the warm-up
+    std::string path = "/server_info";
+    std::chrono::milliseconds connect_timeout{2000};
+    std::chrono::milliseconds read_timeout{2000};  // one receive
+    std::chrono::milliseconds total_timeout{10000};  // the whole probe
+    std::size_t max_body_bytes = 1 << 20;
+};
+
+struct LatencyResult {
+    Endpoint endpoint;
+    bool reachable = false;
+    double min_ms = 0, median_ms = 0, max_ms = 0;
+    std::vector<double> samples_ms;
+    ProbeFailure failure = ProbeFailure::none;
+    int http_status = 0;  // when failure == http_status
+    std::string reason;   // human text for a failure: "connection refused", "HTTP status 500"
+};
+
+struct ThroughputOptions {
+    std::chrono::milliseconds duration{2000};  // counted time of each direction
+    std::uint64_t byte_budget = 0;             // when non-zero: stop each direction after this many bytes
+    std::chrono::milliseconds warmup{250};     // not counted
+    unsigned streams = 1;                      // parallel connections per direction
+    bool download = true;
+    bool upload = true;
+    std::uint64_t max_upload_request_bytes = 64u << 20;  // the server's body limit (P2PRC default)
+    std::chrono::milliseconds connect_timeout{2000};
+    std::chrono::milliseconds read_timeout{5000};
+};
+
+struct ThroughputResult {
+    Endpoint endpoint;
+    bool ok = false;
+    std::optional<double> download_mbps;
+    std::optional<double> upload_mbps;
+    std::uint64_t download_bytes = 0;  // counted (after the warm-up)
+    std::uint64_t upload_bytes = 0;
+    ProbeFailure failure = ProbeFailure::none;
+    std::string reason;
+};
+
+namespace detail {
+
+using ProbeClock = std::chrono::steady_clock;
+
+inline double ms_between(ProbeClock::time_point a, ProbeClock::time_point b) {
+    return std::chrono::duration<double, std::milli>(b - a).count();
+}
+
+inline std::unique_ptr<httplib::Client> probe_client(const Endpoint& e, std::chrono::milliseconds connect,
+                                                     std::chrono::milliseconds read) {
+    // cpp-httplib wants the bare address; the Host header gets the bracketed form.
+    auto c = std::make_unique<httplib::Client>(e.host_string(), e.port);
+    c->set_keep_alive(true);
+    c->set_tcp_nodelay(true);
+    c->set_decompress(false);  // no Accept-Encoding: the peer sends the bytes as they are
+    c->set_follow_location(false);
+    c->set_connection_timeout(connect.count() / 1000, static_cast<long>((connect.count() % 1000) * 1000));
+    c->set_read_timeout(read.count() / 1000, static_cast<long>((read.count() % 1000) * 1000));
+    c->set_write_timeout(read.count() / 1000, static_cast<long>((read.count() % 1000) * 1000));
+    return c;
+}
+
+inline httplib::Headers probe_headers(const Endpoint& e) {
+    return {{"Host", e.to_string()}, {"Accept", "application/json"}, {"User-Agent", "p2prc"}};
+}
+
+// Maps a failed cpp-httplib call to a failure kind; `elapsed` tells a timeout from a
+// refusal (older cpp-httplib reports both as a connection error).
+inline std::pair<ProbeFailure, std::string> classify(httplib::Error err, double elapsed_ms,
+                                                     std::chrono::milliseconds connect_timeout,
+                                                     std::chrono::milliseconds read_timeout) {
+    switch (err) {
+        case httplib::Error::Connection:
+            if (elapsed_ms + 50 >= double(connect_timeout.count()))
+                return {ProbeFailure::timeout, "connect timed out"};
+            return {ProbeFailure::refused, "connection refused"};
+        case httplib::Error::ConnectionTimeout:
+            return {ProbeFailure::timeout, "connect timed out"};
+        case httplib::Error::Read:
+            if (elapsed_ms + 50 >= double(read_timeout.count()))
+                return {ProbeFailure::timeout, "no answer within " + std::to_string(read_timeout.count()) + " ms"};
+            return {ProbeFailure::closed, "connection closed before an answer"};
+        case httplib::Error::Write:
+            return {ProbeFailure::closed, "connection closed while sending"};
+        default:
+            return {ProbeFailure::error, httplib::to_string(err)};
+    }
+}
+
+inline void fill_stats(LatencyResult& r) {
+    auto s = r.samples_ms;
+    std::sort(s.begin(), s.end());
+    r.min_ms = s.front();
+    r.max_ms = s.back();
+    r.median_ms = s.size() % 2 ? s[s.size() / 2] : (s[s.size() / 2 - 1] + s[s.size() / 2]) / 2;
+}
+
+}  // namespace detail
+
+// Measures the round trip of GET /server_info to one endpoint. Never throws for network
+// outcomes; throws p2prc::error for bad options.
+inline LatencyResult probe_latency(const Endpoint& endpoint, const LatencyOptions& options = {}) {
+    if (options.samples < 1 || options.samples > 1000)
+        throw error(errc::invalid_argument, "LatencyOptions::samples is " + std::to_string(options.samples) +
+                                                ": expected 1-1000");
+    using detail::ProbeClock;
+    LatencyResult r;
+    r.endpoint = endpoint;
+    auto client = detail::probe_client(endpoint, options.connect_timeout, options.read_timeout);
+    const auto headers = detail::probe_headers(endpoint);
+    const auto deadline = ProbeClock::now() + options.total_timeout;
+    std::string body;
+    bool too_large = false, late = false;
+    for (int i = 0; i <= options.samples; ++i) {  // request 0 is the warm-up
+        body.clear();
+        int status = 0;
+        const auto t0 = ProbeClock::now();
+        auto res = client->Get(
+            options.path.c_str(), headers,
+            [&](const httplib::Response& response) {
+                status = response.status;
+                return true;
+            },
+            [&](const char* data, size_t n) {
+                if (body.size() + n > options.max_body_bytes) return !(too_large = true);
+                if (ProbeClock::now() > deadline) return !(late = true);
+                body.append(data, n);
+                return true;
+            });
+        if (!res) {
+            if (too_large) {
+                r.failure = ProbeFailure::too_large;
+                r.reason = "answer larger than " + std::to_string(options.max_body_bytes) + " bytes";
+            } else if (late) {
+                r.failure = ProbeFailure::timeout;
+                r.reason = "probe took longer than " + std::to_string(options.total_timeout.count()) + " ms";
+            } else {
+                auto [f, text] = detail::classify(res.error(), detail::ms_between(t0, ProbeClock::now()),
+                                                  options.connect_timeout, options.read_timeout);
+                r.failure = f;
+                r.reason = text;
+            }
+            r.samples_ms.clear();
+            return r;
+        }
+        if (res->status != 200) {
+            r.failure = ProbeFailure::http_status;
+            r.http_status = res->status;
+            r.reason = "HTTP status " + std::to_string(res->status);
+            r.samples_ms.clear();
+            return r;
+        }
+        if (!nlohmann::json::accept(body)) {
+            r.failure = ProbeFailure::not_json;
+            r.reason = "answer is not JSON";
+            r.samples_ms.clear();
+            return r;
+        }
+        const auto t1 = ProbeClock::now();
+        if (i > 0) r.samples_ms.push_back(detail::ms_between(t0, t1));
+        if (t1 > deadline && i < options.samples) {
+            r.failure = ProbeFailure::timeout;
+            r.reason = "probe took longer than " + std::to_string(options.total_timeout.count()) + " ms";
+            r.samples_ms.clear();
+            return r;
+        }
+    }
+    r.reachable = true;
+    detail::fill_stats(r);
+    return r;
+}
+
+// Probes the peer's endpoints in order (IPv4 first) and returns the first reachable
+// result, or the failure of the last one tried.
+inline LatencyResult probe_latency(const Peer& peer, const LatencyOptions& options = {}) {
+    auto eps = peer.endpoints();
+    if (eps.empty())
+        throw error(errc::invalid_argument, "peer " + peer.label() + " has no address to probe");
+    LatencyResult last;
+    for (const auto& e : eps) {
+        last = probe_latency(e, options);
+        if (last.reachable) return last;
+    }
+    return last;
+}
+
+namespace detail {
+
+struct StreamFigures {
+    bool ok = false;
+    std::uint64_t bytes = 0;  // counted bytes
+    double seconds = 0;       // counted time
+    ProbeFailure failure = ProbeFailure::none;
+    std::string reason;
+    double mbps() const { return seconds > 0 ? double(bytes) * 8.0 / 1e6 / seconds : 0.0; }
+};
+
+inline std::string speed_pattern() {
+    std::string p(64 * 1024, '\0');
+    std::uint32_t x = 0x2545f491u;
+    for (auto& c : p) {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        c = static_cast<char>(x & 0xff);
+    }
+    return p;
+}
+
+inline void fail_stream(StreamFigures& f, const httplib::Result& res, ProbeClock::time_point t0,
+                        const ThroughputOptions& o) {
+    auto [kind, text] = classify(res.error(), ms_between(t0, ProbeClock::now()), o.connect_timeout, o.read_timeout);
+    f.failure = kind;
+    f.reason = text;
+}
+
+// One download stream: GET /speedtest/download until the time (or budget) is used up,
+// counting bytes as they arrive; the first `warmup` after the first byte is not counted.
+inline StreamFigures download_stream(const Endpoint& e, const ThroughputOptions& o) {
+    StreamFigures f;
+    auto client = probe_client(e, o.connect_timeout, o.read_timeout);
+    auto headers = probe_headers(e);
+    bool started = false, done = false;
+    ProbeClock::time_point first{}, warm_end{}, stop_at{}, last{};
+    std::uint64_t total = 0, counted = 0;
+    for (int request = 0; !done && request < 10000; ++request) {
+        const std::uint64_t want = o.byte_budget ? o.byte_budget - total : (1ull << 40);  // the server caps it
+        int status = 0;
+        const auto t0 = ProbeClock::now();
+        auto res = client->Get(
+            ("/speedtest/download?bytes=" + std::to_string(want)).c_str(), headers,
+            [&](const httplib::Response& r) {
+                status = r.status;
+                return r.status == 200;
+            },
+            [&](const char*, size_t n) {
+                const auto now = ProbeClock::now();
+                if (!started) {
+                    started = true;
+                    first = now;
+                    warm_end = first + o.warmup;
+                    stop_at = warm_end + o.duration;
+                }
+                total += n;
+                if (now >= warm_end) {
+                    counted += n;
+                    last = now;
+                }
+                if ((o.byte_budget && total >= o.byte_budget) || now >= stop_at) {
+                    done = true;
+                    return false;  // enough: cancel the rest of the body
+                }
+                return true;
+            });
+        if (done) break;
+        if (status != 0 && status != 200) {
+            f.failure = ProbeFailure::http_status;
+            f.reason = "download: HTTP status " + std::to_string(status);
+            return f;
+        }
+        if (!res) {
+            fail_stream(f, res, t0, o);
+            f.reason = "download: " + f.reason;
+            return f;
+        }
+        if (total == 0) {
+            f.failure = ProbeFailure::error;
+            f.reason = "download: the peer sent no bytes";
+            return f;
+        }
+        // The body ended before the time was up (the server caps one download): go on.
+    }
+    f.ok = true;
+    if (counted > 0 && last > warm_end) {
+        f.bytes = counted;
+        f.seconds = std::chrono::duration<double>(last - warm_end).count();
+    } else {  // too few bytes to get past the warm-up: count them all
+        f.bytes = total;
+        f.seconds = std::chrono::duration<double>((last > first ? last : ProbeClock::now()) - first).count();
+    }
+    return f;
+}
+
+// One upload stream: POST /speedtest/upload with a chunked body until the time (or the
+// budget, or the server's body limit) is used up. The server counts what arrives and
+// leaves the warm-up out.
+inline StreamFigures upload_stream(const Endpoint& e, const ThroughputOptions& o, std::uint64_t limit) {
+    StreamFigures f;
+    auto client = probe_client(e, o.connect_timeout, o.read_timeout);
+    auto headers = probe_headers(e);
+    static const std::string chunk = speed_pattern();
+    std::uint64_t sent = 0;
+    const auto t0 = ProbeClock::now();
+    const auto stop_at = t0 + o.warmup + o.duration;
+    auto res = client->Post(
+        ("/speedtest/upload?warmup_ms=" + std::to_string(o.warmup.count())).c_str(), headers,
+        [&](size_t, httplib::DataSink& sink) {
+            if (sent >= limit || ProbeClock::now() >= stop_at) {
+                sink.done();
+                return true;
+            }
+            const std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(chunk.size(), limit - sent));
+            if (!sink.write(chunk.data(), n)) return false;
+            sent += n;
+            return true;
+        },
+        "application/octet-stream");
+    if (!res) {
+        fail_stream(f, res, t0, o);
+        f.reason = "upload: " + f.reason;
+        return f;
+    }
+    if (res->status != 200) {
+        f.failure = ProbeFailure::http_status;
+        f.reason = "upload: HTTP status " + std::to_string(res->status);
+        return f;
+    }
+    auto j = nlohmann::json::parse(res->body, nullptr, false);
+    if (j.is_discarded() || !j.is_object() || !j.contains("measured_bytes") || !j.contains("measured_seconds") ||
+        !j["measured_bytes"].is_number() || !j["measured_seconds"].is_number()) {
+        f.failure = ProbeFailure::not_json;
+        f.reason = "upload: the answer is not the expected JSON";
+        return f;
+    }
+    f.ok = true;
+    f.bytes = j["measured_bytes"].get<std::uint64_t>();
+    f.seconds = j["measured_seconds"].get<double>();
+    if (f.seconds <= 0 && j.value("seconds", 0.0) > 0) {
+        f.bytes = j.value("bytes", std::uint64_t(0));
+        f.seconds = j["seconds"].get<double>();
+    }
+    return f;
+}
+
+// Runs `streams` copies of fn in parallel and sums their rates.
+template <class Fn>
+inline StreamFigures parallel_streams(unsigned streams, Fn fn) {
+    std::vector<StreamFigures> figures(streams);
+    std::vector<std::thread> threads;
+    for (unsigned i = 1; i < streams; ++i) threads.emplace_back([&, i] { figures[i] = fn(); });
+    figures[0] = fn();
+    for (auto& t : threads) t.join();
+    StreamFigures sum;
+    sum.ok = true;
+    double mbps = 0;
+    for (const auto& f : figures) {
+        if (!f.ok) return f;
+        sum.bytes += f.bytes;
+        mbps += f.mbps();
+    }
+    // Express the summed rate as bytes over the mean window.
+    sum.seconds = mbps > 0 ? double(sum.bytes) * 8.0 / 1e6 / mbps : 0.0;
+    return sum;
+}
+
+}  // namespace detail
+
+// Measures download then upload speed against the peer's speed-test routes. Never throws
+// for network outcomes.
+inline ThroughputResult probe_throughput(const Endpoint& endpoint, const ThroughputOptions& options = {}) {
+    if (options.streams < 1 || options.streams > 64)
+        throw error(errc::invalid_argument, "ThroughputOptions::streams is " + std::to_string(options.streams) +
+                                                ": expected 1-64");
+    if (options.duration.count() <= 0 && options.byte_budget == 0)
+        throw error(errc::invalid_argument, "ThroughputOptions: a duration or a byte budget is needed");
+    ThroughputResult r;
+    r.endpoint = endpoint;
+    if (options.download) {
+        auto f = detail::parallel_streams(options.streams, [&] { return detail::download_stream(endpoint, options); });
+        if (!f.ok) {
+            r.failure = f.failure;
+            r.reason = f.reason;
+            return r;
+        }
+        r.download_mbps = f.mbps();
+        r.download_bytes = f.bytes;
+    }
+    if (options.upload) {
+        // Stay within the peer's body limit when it says what it is.
+        std::uint64_t limit = options.max_upload_request_bytes;
+        if (options.byte_budget) limit = std::min(limit, options.byte_budget);
+        {
+            auto client = detail::probe_client(endpoint, options.connect_timeout, options.read_timeout);
+            auto res = client->Get("/server_info", detail::probe_headers(endpoint));
+            if (res && res->status == 200) {
+                auto j = nlohmann::json::parse(res->body, nullptr, false);
+                if (j.is_object() && j.contains("MaxBodyBytes") && j["MaxBodyBytes"].is_number_unsigned())
+                    limit = std::min(limit, j["MaxBodyBytes"].get<std::uint64_t>());
+            }
+        }
+        auto f = detail::parallel_streams(options.streams,
+                                          [&] { return detail::upload_stream(endpoint, options, limit); });
+        if (!f.ok) {
+            r.failure = f.failure;
+            r.reason = f.reason;
+            return r;
+        }
+        r.upload_mbps = f.mbps();
+        r.upload_bytes = f.bytes;
+    }
+    r.ok = true;
+    return r;
+}
+
+inline ThroughputResult probe_throughput(const Peer& peer, const ThroughputOptions& options = {}) {
+    auto e = peer.endpoint();
+    if (!e) throw error(errc::invalid_argument, "peer " + peer.label() + " has no address to probe");
+    return probe_throughput(*e, options);
+}
+
+struct RefreshOptions {
+    LatencyOptions latency;
+    bool measure_throughput = false;
+    ThroughputOptions throughput;
+    std::size_t concurrency = 32;  // probes in flight at most (threads)
+    bool retry = true;             // probe a failed peer once more
+    std::chrono::milliseconds retry_delay{200};
+    bool prune = true;  // remove the peers that stay unreachable
+    // Called after each peer, from the probing threads (one call at a time).
+    std::function<void(std::size_t done, std::size_t total)> progress;
+};
+
+struct RefreshEntry {
+    Peer peer;  // as it is in the table afterwards (or as it was, when pruned)
+    LatencyResult latency;
+    std::optional<ThroughputResult> throughput;
+    int attempts = 0;
+};
+
+struct RefreshReport {
+    std::vector<RefreshEntry> kept;
+    std::vector<RefreshEntry> pruned;  // each with latency.failure/reason saying why
+    double seconds = 0;
+};
+
+// Probes every peer of `table` concurrently (at most options.concurrency at once),
+// records latency (the minimum sample) and, when asked, throughput plus measured_at,
+// and removes the peers that stay unreachable after the retry. The table is only
+// touched on the calling thread, after the probes.
+inline RefreshReport refresh(IpTable& table, const RefreshOptions& options = {}) {
+    if (options.concurrency < 1 || options.concurrency > 4096)
+        throw error(errc::invalid_argument, "RefreshOptions::concurrency is " +
+                                                std::to_string(options.concurrency) + ": expected 1-4096");
+    const auto t0 = detail::ProbeClock::now();
+    const std::vector<Peer> peers = table.peers();
+    const std::size_t total = peers.size();
+    std::vector<RefreshEntry> results(total);
+    std::atomic<std::size_t> next{0};
+    std::size_t done = 0;
+    std::mutex progress_mutex;
+
+    auto work = [&] {
+        for (;;) {
+            const std::size_t i = next.fetch_add(1);
+            if (i >= total) return;
+            RefreshEntry& e = results[i];
+            e.peer = peers[i];
+            const int max_attempts = options.retry ? 2 : 1;
+            for (int a = 0; a < max_attempts; ++a) {
+                if (a > 0) std::this_thread::sleep_for(options.retry_delay);
+                ++e.attempts;
+                e.latency = probe_latency(e.peer, options.latency);
+                if (e.latency.reachable) break;
+            }
+            if (e.latency.reachable && options.measure_throughput)
+                e.throughput = probe_throughput(e.latency.endpoint, options.throughput);
+            std::lock_guard<std::mutex> lock(progress_mutex);
+            ++done;
+            if (options.progress) options.progress(done, total);
+        }
+    };
+    const std::size_t n = std::min(options.concurrency, total);
+    std::vector<std::thread> threads;
+    threads.reserve(n);
+    try {
+        for (std::size_t i = 0; i + 1 < n; ++i) threads.emplace_back(work);
+    } catch (...) {
+        // Could not start more threads: the ones that run (and this one) do all the work.
+    }
+    work();
+    for (auto& t : threads) t.join();
+
+    RefreshReport report;
+    const auto now = static_cast<std::int64_t>(std::time(nullptr));
+    std::vector<std::string> to_remove;
+    for (auto& e : results) {
+        if (!e.latency.reachable) {
+            if (options.prune) {
+                to_remove.push_back(e.peer.endpoints().front().to_string());
+                report.pruned.push_back(std::move(e));
+            } else {
+                report.kept.push_back(std::move(e));
+            }
+            continue;
+        }
+        // Record on the entry (and its duplicates, if the table has any).
+        for (const auto& ep : e.peer.endpoints()) {
+            if (Peer* p = table.find(ep.to_string())) {
+                p->latency_ms = e.latency.min_ms;
+                p->measured_at = now;
+                if (e.throughput && e.throughput->ok) {
+                    p->download_mbps = e.throughput->download_mbps;
+                    p->upload_mbps = e.throughput->upload_mbps;
+                }
+                e.peer = *p;
+                break;
+            }
+        }
+        report.kept.push_back(std::move(e));
+    }
+    for (const auto& key : to_remove) table.remove(key);
+    report.seconds = std::chrono::duration<double>(detail::ProbeClock::now() - t0).count();
+    return report;
+}
+
+}  // namespace p2prc
+
 // ---- p2prc/discovery.hpp ----
 // Discovery: how a node learns servers from its peers, and learns about itself.
 //

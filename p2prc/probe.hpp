@@ -1,0 +1,585 @@
+// Measuring peers: latency, throughput, and a bounded-concurrency sweep of the table.
+//
+// Latency: one keep-alive connection, one warm-up request (it pays for the TCP handshake
+// and the peer's first-request costs), then N timed `GET /server_info`, each timed until
+// the whole body is in and parses as JSON. TCP_NODELAY is on: with Nagle and delayed ACKs
+// a small keep-alive exchange can wait tens of milliseconds, which would be measured as
+// latency.
+//
+// Throughput: download, then upload, for a fixed time or a byte budget; the first part
+// (warm-up: TCP slow start, buffers filling) is not counted. Download bytes are counted
+// as they arrive at the client; upload bytes as they arrive at the server, which reports
+// them (the client's own count would include whatever sits in socket buffers).
+//
+// refresh(): probes every peer of a table with at most `concurrency` probes in flight,
+// retries a failed peer once, records the figures and prunes the peers that stay
+// unreachable. A peer is never "fastest" by default: an unmeasured peer has no latency.
+#pragma once
+
+#include "address.hpp"
+#include "error.hpp"
+#include "iptable.hpp"
+#include "peer.hpp"
+
+#include <httplib.h>
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <ctime>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace p2prc {
+
+// Why a peer could not be measured.
+enum class ProbeFailure {
+    none = 0,
+    refused,      // nothing listens there (connection refused, or unreachable at once)
+    timeout,      // connect, send or receive ran out of time
+    http_status,  // the peer answered with a status other than 200
+    not_json,     // the peer answered 200 with a body that is not JSON
+    closed,       // the peer closed or reset the connection before answering
+    too_large,    // the answer was larger than the bound
+    error,        // anything else (the text says what)
+};
+
+inline const char* to_string(ProbeFailure f) noexcept {
+    switch (f) {
+        case ProbeFailure::none: return "none";
+        case ProbeFailure::refused: return "refused";
+        case ProbeFailure::timeout: return "timeout";
+        case ProbeFailure::http_status: return "http_status";
+        case ProbeFailure::not_json: return "not_json";
+        case ProbeFailure::closed: return "closed";
+        case ProbeFailure::too_large: return "too_large";
+        case ProbeFailure::error: return "error";
+    }
+    return "unknown";
+}
+
+struct LatencyOptions {
+    int samples = 5;                              // timed requests after the warm-up
+    std::string path = "/server_info";
+    std::chrono::milliseconds connect_timeout{2000};
+    std::chrono::milliseconds read_timeout{2000};  // one receive
+    std::chrono::milliseconds total_timeout{10000};  // the whole probe
+    std::size_t max_body_bytes = 1 << 20;
+};
+
+struct LatencyResult {
+    Endpoint endpoint;
+    bool reachable = false;
+    double min_ms = 0, median_ms = 0, max_ms = 0;
+    std::vector<double> samples_ms;
+    ProbeFailure failure = ProbeFailure::none;
+    int http_status = 0;  // when failure == http_status
+    std::string reason;   // human text for a failure: "connection refused", "HTTP status 500"
+};
+
+struct ThroughputOptions {
+    std::chrono::milliseconds duration{2000};  // counted time of each direction
+    std::uint64_t byte_budget = 0;             // when non-zero: stop each direction after this many bytes
+    std::chrono::milliseconds warmup{250};     // not counted
+    unsigned streams = 1;                      // parallel connections per direction
+    bool download = true;
+    bool upload = true;
+    std::uint64_t max_upload_request_bytes = 64u << 20;  // the server's body limit (P2PRC default)
+    std::chrono::milliseconds connect_timeout{2000};
+    std::chrono::milliseconds read_timeout{5000};
+};
+
+struct ThroughputResult {
+    Endpoint endpoint;
+    bool ok = false;
+    std::optional<double> download_mbps;
+    std::optional<double> upload_mbps;
+    std::uint64_t download_bytes = 0;  // counted (after the warm-up)
+    std::uint64_t upload_bytes = 0;
+    ProbeFailure failure = ProbeFailure::none;
+    std::string reason;
+};
+
+namespace detail {
+
+using ProbeClock = std::chrono::steady_clock;
+
+inline double ms_between(ProbeClock::time_point a, ProbeClock::time_point b) {
+    return std::chrono::duration<double, std::milli>(b - a).count();
+}
+
+inline std::unique_ptr<httplib::Client> probe_client(const Endpoint& e, std::chrono::milliseconds connect,
+                                                     std::chrono::milliseconds read) {
+    // cpp-httplib wants the bare address; the Host header gets the bracketed form.
+    auto c = std::make_unique<httplib::Client>(e.host_string(), e.port);
+    c->set_keep_alive(true);
+    c->set_tcp_nodelay(true);
+    c->set_decompress(false);  // no Accept-Encoding: the peer sends the bytes as they are
+    c->set_follow_location(false);
+    c->set_connection_timeout(connect.count() / 1000, static_cast<long>((connect.count() % 1000) * 1000));
+    c->set_read_timeout(read.count() / 1000, static_cast<long>((read.count() % 1000) * 1000));
+    c->set_write_timeout(read.count() / 1000, static_cast<long>((read.count() % 1000) * 1000));
+    return c;
+}
+
+inline httplib::Headers probe_headers(const Endpoint& e) {
+    return {{"Host", e.to_string()}, {"Accept", "application/json"}, {"User-Agent", "p2prc"}};
+}
+
+// Maps a failed cpp-httplib call to a failure kind; `elapsed` tells a timeout from a
+// refusal (older cpp-httplib reports both as a connection error).
+inline std::pair<ProbeFailure, std::string> classify(httplib::Error err, double elapsed_ms,
+                                                     std::chrono::milliseconds connect_timeout,
+                                                     std::chrono::milliseconds read_timeout) {
+    switch (err) {
+        case httplib::Error::Connection:
+            if (elapsed_ms + 50 >= double(connect_timeout.count()))
+                return {ProbeFailure::timeout, "connect timed out"};
+            return {ProbeFailure::refused, "connection refused"};
+        case httplib::Error::ConnectionTimeout:
+            return {ProbeFailure::timeout, "connect timed out"};
+        case httplib::Error::Read:
+            if (elapsed_ms + 50 >= double(read_timeout.count()))
+                return {ProbeFailure::timeout, "no answer within " + std::to_string(read_timeout.count()) + " ms"};
+            return {ProbeFailure::closed, "connection closed before an answer"};
+        case httplib::Error::Write:
+            return {ProbeFailure::closed, "connection closed while sending"};
+        default:
+            return {ProbeFailure::error, httplib::to_string(err)};
+    }
+}
+
+inline void fill_stats(LatencyResult& r) {
+    auto s = r.samples_ms;
+    std::sort(s.begin(), s.end());
+    r.min_ms = s.front();
+    r.max_ms = s.back();
+    r.median_ms = s.size() % 2 ? s[s.size() / 2] : (s[s.size() / 2 - 1] + s[s.size() / 2]) / 2;
+}
+
+}  // namespace detail
+
+// Measures the round trip of GET /server_info to one endpoint. Never throws for network
+// outcomes; throws p2prc::error for bad options.
+inline LatencyResult probe_latency(const Endpoint& endpoint, const LatencyOptions& options = {}) {
+    if (options.samples < 1 || options.samples > 1000)
+        throw error(errc::invalid_argument, "LatencyOptions::samples is " + std::to_string(options.samples) +
+                                                ": expected 1-1000");
+    using detail::ProbeClock;
+    LatencyResult r;
+    r.endpoint = endpoint;
+    auto client = detail::probe_client(endpoint, options.connect_timeout, options.read_timeout);
+    const auto headers = detail::probe_headers(endpoint);
+    const auto deadline = ProbeClock::now() + options.total_timeout;
+    std::string body;
+    bool too_large = false, late = false;
+    for (int i = 0; i <= options.samples; ++i) {  // request 0 is the warm-up
+        body.clear();
+        int status = 0;
+        const auto t0 = ProbeClock::now();
+        auto res = client->Get(
+            options.path.c_str(), headers,
+            [&](const httplib::Response& response) {
+                status = response.status;
+                return true;
+            },
+            [&](const char* data, size_t n) {
+                if (body.size() + n > options.max_body_bytes) return !(too_large = true);
+                if (ProbeClock::now() > deadline) return !(late = true);
+                body.append(data, n);
+                return true;
+            });
+        if (!res) {
+            if (too_large) {
+                r.failure = ProbeFailure::too_large;
+                r.reason = "answer larger than " + std::to_string(options.max_body_bytes) + " bytes";
+            } else if (late) {
+                r.failure = ProbeFailure::timeout;
+                r.reason = "probe took longer than " + std::to_string(options.total_timeout.count()) + " ms";
+            } else {
+                auto [f, text] = detail::classify(res.error(), detail::ms_between(t0, ProbeClock::now()),
+                                                  options.connect_timeout, options.read_timeout);
+                r.failure = f;
+                r.reason = text;
+            }
+            r.samples_ms.clear();
+            return r;
+        }
+        if (res->status != 200) {
+            r.failure = ProbeFailure::http_status;
+            r.http_status = res->status;
+            r.reason = "HTTP status " + std::to_string(res->status);
+            r.samples_ms.clear();
+            return r;
+        }
+        if (!nlohmann::json::accept(body)) {
+            r.failure = ProbeFailure::not_json;
+            r.reason = "answer is not JSON";
+            r.samples_ms.clear();
+            return r;
+        }
+        const auto t1 = ProbeClock::now();
+        if (i > 0) r.samples_ms.push_back(detail::ms_between(t0, t1));
+        if (t1 > deadline && i < options.samples) {
+            r.failure = ProbeFailure::timeout;
+            r.reason = "probe took longer than " + std::to_string(options.total_timeout.count()) + " ms";
+            r.samples_ms.clear();
+            return r;
+        }
+    }
+    r.reachable = true;
+    detail::fill_stats(r);
+    return r;
+}
+
+// Probes the peer's endpoints in order (IPv4 first) and returns the first reachable
+// result, or the failure of the last one tried.
+inline LatencyResult probe_latency(const Peer& peer, const LatencyOptions& options = {}) {
+    auto eps = peer.endpoints();
+    if (eps.empty())
+        throw error(errc::invalid_argument, "peer " + peer.label() + " has no address to probe");
+    LatencyResult last;
+    for (const auto& e : eps) {
+        last = probe_latency(e, options);
+        if (last.reachable) return last;
+    }
+    return last;
+}
+
+namespace detail {
+
+struct StreamFigures {
+    bool ok = false;
+    std::uint64_t bytes = 0;  // counted bytes
+    double seconds = 0;       // counted time
+    ProbeFailure failure = ProbeFailure::none;
+    std::string reason;
+    double mbps() const { return seconds > 0 ? double(bytes) * 8.0 / 1e6 / seconds : 0.0; }
+};
+
+inline std::string speed_pattern() {
+    std::string p(64 * 1024, '\0');
+    std::uint32_t x = 0x2545f491u;
+    for (auto& c : p) {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        c = static_cast<char>(x & 0xff);
+    }
+    return p;
+}
+
+inline void fail_stream(StreamFigures& f, const httplib::Result& res, ProbeClock::time_point t0,
+                        const ThroughputOptions& o) {
+    auto [kind, text] = classify(res.error(), ms_between(t0, ProbeClock::now()), o.connect_timeout, o.read_timeout);
+    f.failure = kind;
+    f.reason = text;
+}
+
+// One download stream: GET /speedtest/download until the time (or budget) is used up,
+// counting bytes as they arrive; the first `warmup` after the first byte is not counted.
+inline StreamFigures download_stream(const Endpoint& e, const ThroughputOptions& o) {
+    StreamFigures f;
+    auto client = probe_client(e, o.connect_timeout, o.read_timeout);
+    auto headers = probe_headers(e);
+    bool started = false, done = false;
+    ProbeClock::time_point first{}, warm_end{}, stop_at{}, last{};
+    std::uint64_t total = 0, counted = 0;
+    for (int request = 0; !done && request < 10000; ++request) {
+        const std::uint64_t want = o.byte_budget ? o.byte_budget - total : (1ull << 40);  // the server caps it
+        int status = 0;
+        const auto t0 = ProbeClock::now();
+        auto res = client->Get(
+            ("/speedtest/download?bytes=" + std::to_string(want)).c_str(), headers,
+            [&](const httplib::Response& r) {
+                status = r.status;
+                return r.status == 200;
+            },
+            [&](const char*, size_t n) {
+                const auto now = ProbeClock::now();
+                if (!started) {
+                    started = true;
+                    first = now;
+                    warm_end = first + o.warmup;
+                    stop_at = warm_end + o.duration;
+                }
+                total += n;
+                if (now >= warm_end) {
+                    counted += n;
+                    last = now;
+                }
+                if ((o.byte_budget && total >= o.byte_budget) || now >= stop_at) {
+                    done = true;
+                    return false;  // enough: cancel the rest of the body
+                }
+                return true;
+            });
+        if (done) break;
+        if (status != 0 && status != 200) {
+            f.failure = ProbeFailure::http_status;
+            f.reason = "download: HTTP status " + std::to_string(status);
+            return f;
+        }
+        if (!res) {
+            fail_stream(f, res, t0, o);
+            f.reason = "download: " + f.reason;
+            return f;
+        }
+        if (total == 0) {
+            f.failure = ProbeFailure::error;
+            f.reason = "download: the peer sent no bytes";
+            return f;
+        }
+        // The body ended before the time was up (the server caps one download): go on.
+    }
+    f.ok = true;
+    if (counted > 0 && last > warm_end) {
+        f.bytes = counted;
+        f.seconds = std::chrono::duration<double>(last - warm_end).count();
+    } else {  // too few bytes to get past the warm-up: count them all
+        f.bytes = total;
+        f.seconds = std::chrono::duration<double>((last > first ? last : ProbeClock::now()) - first).count();
+    }
+    return f;
+}
+
+// One upload stream: POST /speedtest/upload with a chunked body until the time (or the
+// budget, or the server's body limit) is used up. The server counts what arrives and
+// leaves the warm-up out.
+inline StreamFigures upload_stream(const Endpoint& e, const ThroughputOptions& o, std::uint64_t limit) {
+    StreamFigures f;
+    auto client = probe_client(e, o.connect_timeout, o.read_timeout);
+    auto headers = probe_headers(e);
+    static const std::string chunk = speed_pattern();
+    std::uint64_t sent = 0;
+    const auto t0 = ProbeClock::now();
+    const auto stop_at = t0 + o.warmup + o.duration;
+    auto res = client->Post(
+        ("/speedtest/upload?warmup_ms=" + std::to_string(o.warmup.count())).c_str(), headers,
+        [&](size_t, httplib::DataSink& sink) {
+            if (sent >= limit || ProbeClock::now() >= stop_at) {
+                sink.done();
+                return true;
+            }
+            const std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(chunk.size(), limit - sent));
+            if (!sink.write(chunk.data(), n)) return false;
+            sent += n;
+            return true;
+        },
+        "application/octet-stream");
+    if (!res) {
+        fail_stream(f, res, t0, o);
+        f.reason = "upload: " + f.reason;
+        return f;
+    }
+    if (res->status != 200) {
+        f.failure = ProbeFailure::http_status;
+        f.reason = "upload: HTTP status " + std::to_string(res->status);
+        return f;
+    }
+    auto j = nlohmann::json::parse(res->body, nullptr, false);
+    if (j.is_discarded() || !j.is_object() || !j.contains("measured_bytes") || !j.contains("measured_seconds") ||
+        !j["measured_bytes"].is_number() || !j["measured_seconds"].is_number()) {
+        f.failure = ProbeFailure::not_json;
+        f.reason = "upload: the answer is not the expected JSON";
+        return f;
+    }
+    f.ok = true;
+    f.bytes = j["measured_bytes"].get<std::uint64_t>();
+    f.seconds = j["measured_seconds"].get<double>();
+    if (f.seconds <= 0 && j.value("seconds", 0.0) > 0) {
+        f.bytes = j.value("bytes", std::uint64_t(0));
+        f.seconds = j["seconds"].get<double>();
+    }
+    return f;
+}
+
+// Runs `streams` copies of fn in parallel and sums their rates.
+template <class Fn>
+inline StreamFigures parallel_streams(unsigned streams, Fn fn) {
+    std::vector<StreamFigures> figures(streams);
+    std::vector<std::thread> threads;
+    for (unsigned i = 1; i < streams; ++i) threads.emplace_back([&, i] { figures[i] = fn(); });
+    figures[0] = fn();
+    for (auto& t : threads) t.join();
+    StreamFigures sum;
+    sum.ok = true;
+    double mbps = 0;
+    for (const auto& f : figures) {
+        if (!f.ok) return f;
+        sum.bytes += f.bytes;
+        mbps += f.mbps();
+    }
+    // Express the summed rate as bytes over the mean window.
+    sum.seconds = mbps > 0 ? double(sum.bytes) * 8.0 / 1e6 / mbps : 0.0;
+    return sum;
+}
+
+}  // namespace detail
+
+// Measures download then upload speed against the peer's speed-test routes. Never throws
+// for network outcomes.
+inline ThroughputResult probe_throughput(const Endpoint& endpoint, const ThroughputOptions& options = {}) {
+    if (options.streams < 1 || options.streams > 64)
+        throw error(errc::invalid_argument, "ThroughputOptions::streams is " + std::to_string(options.streams) +
+                                                ": expected 1-64");
+    if (options.duration.count() <= 0 && options.byte_budget == 0)
+        throw error(errc::invalid_argument, "ThroughputOptions: a duration or a byte budget is needed");
+    ThroughputResult r;
+    r.endpoint = endpoint;
+    if (options.download) {
+        auto f = detail::parallel_streams(options.streams, [&] { return detail::download_stream(endpoint, options); });
+        if (!f.ok) {
+            r.failure = f.failure;
+            r.reason = f.reason;
+            return r;
+        }
+        r.download_mbps = f.mbps();
+        r.download_bytes = f.bytes;
+    }
+    if (options.upload) {
+        // Stay within the peer's body limit when it says what it is.
+        std::uint64_t limit = options.max_upload_request_bytes;
+        if (options.byte_budget) limit = std::min(limit, options.byte_budget);
+        {
+            auto client = detail::probe_client(endpoint, options.connect_timeout, options.read_timeout);
+            auto res = client->Get("/server_info", detail::probe_headers(endpoint));
+            if (res && res->status == 200) {
+                auto j = nlohmann::json::parse(res->body, nullptr, false);
+                if (j.is_object() && j.contains("MaxBodyBytes") && j["MaxBodyBytes"].is_number_unsigned())
+                    limit = std::min(limit, j["MaxBodyBytes"].get<std::uint64_t>());
+            }
+        }
+        auto f = detail::parallel_streams(options.streams,
+                                          [&] { return detail::upload_stream(endpoint, options, limit); });
+        if (!f.ok) {
+            r.failure = f.failure;
+            r.reason = f.reason;
+            return r;
+        }
+        r.upload_mbps = f.mbps();
+        r.upload_bytes = f.bytes;
+    }
+    r.ok = true;
+    return r;
+}
+
+inline ThroughputResult probe_throughput(const Peer& peer, const ThroughputOptions& options = {}) {
+    auto e = peer.endpoint();
+    if (!e) throw error(errc::invalid_argument, "peer " + peer.label() + " has no address to probe");
+    return probe_throughput(*e, options);
+}
+
+struct RefreshOptions {
+    LatencyOptions latency;
+    bool measure_throughput = false;
+    ThroughputOptions throughput;
+    std::size_t concurrency = 32;  // probes in flight at most (threads)
+    bool retry = true;             // probe a failed peer once more
+    std::chrono::milliseconds retry_delay{200};
+    bool prune = true;  // remove the peers that stay unreachable
+    // Called after each peer, from the probing threads (one call at a time).
+    std::function<void(std::size_t done, std::size_t total)> progress;
+};
+
+struct RefreshEntry {
+    Peer peer;  // as it is in the table afterwards (or as it was, when pruned)
+    LatencyResult latency;
+    std::optional<ThroughputResult> throughput;
+    int attempts = 0;
+};
+
+struct RefreshReport {
+    std::vector<RefreshEntry> kept;
+    std::vector<RefreshEntry> pruned;  // each with latency.failure/reason saying why
+    double seconds = 0;
+};
+
+// Probes every peer of `table` concurrently (at most options.concurrency at once),
+// records latency (the minimum sample) and, when asked, throughput plus measured_at,
+// and removes the peers that stay unreachable after the retry. The table is only
+// touched on the calling thread, after the probes.
+inline RefreshReport refresh(IpTable& table, const RefreshOptions& options = {}) {
+    if (options.concurrency < 1 || options.concurrency > 4096)
+        throw error(errc::invalid_argument, "RefreshOptions::concurrency is " +
+                                                std::to_string(options.concurrency) + ": expected 1-4096");
+    const auto t0 = detail::ProbeClock::now();
+    const std::vector<Peer> peers = table.peers();
+    const std::size_t total = peers.size();
+    std::vector<RefreshEntry> results(total);
+    std::atomic<std::size_t> next{0};
+    std::size_t done = 0;
+    std::mutex progress_mutex;
+
+    auto work = [&] {
+        for (;;) {
+            const std::size_t i = next.fetch_add(1);
+            if (i >= total) return;
+            RefreshEntry& e = results[i];
+            e.peer = peers[i];
+            const int max_attempts = options.retry ? 2 : 1;
+            for (int a = 0; a < max_attempts; ++a) {
+                if (a > 0) std::this_thread::sleep_for(options.retry_delay);
+                ++e.attempts;
+                e.latency = probe_latency(e.peer, options.latency);
+                if (e.latency.reachable) break;
+            }
+            if (e.latency.reachable && options.measure_throughput)
+                e.throughput = probe_throughput(e.latency.endpoint, options.throughput);
+            std::lock_guard<std::mutex> lock(progress_mutex);
+            ++done;
+            if (options.progress) options.progress(done, total);
+        }
+    };
+    const std::size_t n = std::min(options.concurrency, total);
+    std::vector<std::thread> threads;
+    threads.reserve(n);
+    try {
+        for (std::size_t i = 0; i + 1 < n; ++i) threads.emplace_back(work);
+    } catch (...) {
+        // Could not start more threads: the ones that run (and this one) do all the work.
+    }
+    work();
+    for (auto& t : threads) t.join();
+
+    RefreshReport report;
+    const auto now = static_cast<std::int64_t>(std::time(nullptr));
+    std::vector<std::string> to_remove;
+    for (auto& e : results) {
+        if (!e.latency.reachable) {
+            if (options.prune) {
+                to_remove.push_back(e.peer.endpoints().front().to_string());
+                report.pruned.push_back(std::move(e));
+            } else {
+                report.kept.push_back(std::move(e));
+            }
+            continue;
+        }
+        // Record on the entry (and its duplicates, if the table has any).
+        for (const auto& ep : e.peer.endpoints()) {
+            if (Peer* p = table.find(ep.to_string())) {
+                p->latency_ms = e.latency.min_ms;
+                p->measured_at = now;
+                if (e.throughput && e.throughput->ok) {
+                    p->download_mbps = e.throughput->download_mbps;
+                    p->upload_mbps = e.throughput->upload_mbps;
+                }
+                e.peer = *p;
+                break;
+            }
+        }
+        report.kept.push_back(std::move(e));
+    }
+    for (const auto& key : to_remove) table.remove(key);
+    report.seconds = std::chrono::duration<double>(detail::ProbeClock::now() - t0).count();
+    return report;
+}
+
+}  // namespace p2prc
