@@ -15,3 +15,4 @@
 #include "p2prc/server.hpp"
 #include "p2prc/probe.hpp"
 #include "p2prc/discovery.hpp"
+#include "p2prc/node.hpp"

@@ -9,6 +9,7 @@
 
 #include "address.hpp"
 #include "config.hpp"
+#include "probe.hpp"
 #include "error.hpp"
 #include "iptable.hpp"
 #include "peer.hpp"
@@ -17,7 +18,10 @@
 #include <netinet/in.h>
 #include <sys/socket.h>
 
+#include <httplib.h>
+
 #include <algorithm>
+#include <chrono>
 #include <cerrno>
 #include <cstdint>
 #include <cstring>
@@ -311,7 +315,98 @@ private:
 
 // ==== Part 2: gossip over the network ======================================================
 //
-// discover(), the POST /IpTable client and the handler's use of filter_learned live here;
-// they build on server.hpp and probe.hpp.
+// The exchange is P2PRC's: POST /IpTable with a multipart form whose file field "json"
+// holds the sender's table in P2PRC's format; the answer is the receiver's table. Go
+// nodes and p2prc nodes both accept that form, so it is what we send. The receiver also
+// says which address it saw the request come from (header X-P2PRC-Observed-Address):
+// that is how a node learns its public address without asking a third party.
+
+inline constexpr const char* observed_address_header = "X-P2PRC-Observed-Address";
+
+struct GossipOptions {
+    std::chrono::milliseconds connect_timeout{2000};
+    std::chrono::milliseconds timeout{5000};  // each receive and send
+    std::size_t max_answer_bytes = 16u << 20;
+    TableLimits limits;  // applied to the answer
+};
+
+struct GossipResult {
+    Endpoint peer;
+    bool ok = false;
+    IpTable table;                        // the peer's answer, as received
+    std::optional<IpAddress> observed;    // our address as the peer saw it
+    std::string reason;                   // why it failed
+};
+
+namespace detail {
+
+inline std::string multipart_table_body(const std::string& boundary, const std::string& json) {
+    return "--" + boundary + "\r\n" +
+           "Content-Disposition: form-data; name=\"json\"; filename=\"config.json\"\r\n"
+           "Content-Type: application/json\r\n\r\n" +
+           json + "\r\n--" + boundary + "--\r\n";
+}
+
+inline void set_client_timeouts(httplib::Client& c, std::chrono::milliseconds connect,
+                                std::chrono::milliseconds io) {
+    c.set_connection_timeout(connect.count() / 1000, static_cast<long>((connect.count() % 1000) * 1000));
+    c.set_read_timeout(io.count() / 1000, static_cast<long>((io.count() % 1000) * 1000));
+    c.set_write_timeout(io.count() / 1000, static_cast<long>((io.count() % 1000) * 1000));
+}
+
+}  // namespace detail
+
+// Sends `ours` to `peer` and reads its table back. Network trouble and bad answers are
+// values (ok == false, reason says why), never exceptions.
+inline GossipResult exchange_tables(const Endpoint& peer, const IpTable& ours,
+                                    const GossipOptions& options = {}) {
+    GossipResult r;
+    r.peer = peer;
+    httplib::Client client(peer.host_string(), peer.port);
+    detail::set_client_timeouts(client, options.connect_timeout, options.timeout);
+    client.set_keep_alive(false);
+    client.set_tcp_nodelay(true);
+
+    const std::string boundary = "p2prc-table-boundary-7d1f3a";
+    httplib::Request req;
+    req.method = "POST";
+    req.path = "/IpTable";
+    req.headers = {{"Host", peer.to_string()}, {"Accept", "application/json"}, {"User-Agent", "p2prc"}};
+    req.set_header("Content-Type", "multipart/form-data; boundary=" + boundary);
+    req.body = detail::multipart_table_body(boundary, ours.dump(TableFormat::p2prc, -1));
+    std::string answer;
+    bool too_large = false;
+    req.content_receiver = [&](const char* data, std::size_t n, std::uint64_t, std::uint64_t) {
+        if (answer.size() + n > options.max_answer_bytes) {
+            too_large = true;
+            return false;
+        }
+        answer.append(data, n);
+        return true;
+    };
+    auto res = client.send(req);
+    if (too_large) {
+        r.reason = "answer larger than " + std::to_string(options.max_answer_bytes) + " bytes";
+        return r;
+    }
+    if (!res) {
+        r.reason = "no answer: " + httplib::to_string(res.error());
+        return r;
+    }
+    if (res->status != 200) {
+        r.reason = "HTTP status " + std::to_string(res->status);
+        return r;
+    }
+    try {
+        r.table = IpTable::parse(answer, "answer of " + peer.to_string(), options.limits);
+    } catch (const error& e) {
+        r.reason = e.what();
+        return r;
+    }
+    if (res->has_header(observed_address_header))
+        r.observed = IpAddress::parse(res->get_header_value(observed_address_header));
+    r.ok = true;
+    return r;
+}
 
 }  // namespace p2prc

@@ -1,0 +1,412 @@
+// p2prc: the command-line program. Every subcommand is a thin layer over the library;
+// read it as an example of the API.
+//
+//   p2prc [--config F] [config flags] COMMAND [ARGS] [--json]
+#include <p2prc.hpp>
+
+#include <netdb.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <iostream>
+#include <map>
+#include <sstream>
+#include <string>
+#include <vector>
+
+namespace {
+
+struct UsageError : std::runtime_error {
+    using std::runtime_error::runtime_error;
+};
+
+struct Command {
+    const char* name;
+    const char* args;
+    const char* summary;
+};
+
+const Command commands[] = {
+    {"serve", "", "run this node's server until interrupted"},
+    {"table", "", "print the IP table, fastest first"},
+    {"add", "HOST:PORT [NAME]", "add a server to the table"},
+    {"remove", "NAME|HOST:PORT", "remove servers from the table"},
+    {"discover", "HOST:PORT...", "join the network through known servers, then probe and save"},
+    {"update", "[--throughput]", "probe every server, prune the dead ones, save"},
+    {"speedtest", "[HOST:PORT]", "measure throughput to one server, or to every server of the table"},
+    {"info", "HOST:PORT", "print a server's /server_info"},
+};
+
+struct Cli {
+    std::string command;
+    std::vector<std::string> args;
+    std::optional<std::string> config_path;
+    std::vector<std::pair<std::string, std::string>> flags;  // config flags
+    bool json = false;
+    bool throughput = false;
+    bool help = false;
+};
+
+void print_help(std::ostream& out, const std::string& command = "") {
+    if (!command.empty()) {
+        for (const auto& c : commands)
+            if (command == c.name) {
+                out << "usage: p2prc [options] " << c.name << " " << c.args << "\n\n" << c.summary << "\n";
+                out << "\nOptions: see `p2prc --help`.\n";
+                return;
+            }
+    }
+    out << "usage: p2prc [options] COMMAND [ARGS]\n\ncommands:\n";
+    for (const auto& c : commands) {
+        std::string left = std::string(c.name) + " " + c.args;
+        out << "  " << left << std::string(left.size() < 30 ? 30 - left.size() : 1, ' ') << c.summary << "\n";
+    }
+    out << "\noptions:\n"
+           "  --config FILE                 configuration file (else $P2PRC_CONFIG, else defaults)\n"
+           "  --json                        machine-readable output\n"
+           "  --help                        this text; `p2prc COMMAND --help` for one command\n";
+    for (const auto& f : p2prc::Config::flags()) {
+        std::string left = f.flag + (f.metavar.empty() ? "" : " " + f.metavar);
+        out << "  " << left << std::string(left.size() < 30 ? 30 - left.size() : 1, ' ') << f.help;
+        if (!f.default_value.empty()) out << " (default: " << f.default_value << ")";
+        out << "\n";
+    }
+}
+
+Cli parse_args(int argc, char** argv) {
+    Cli cli;
+    for (int i = 1; i < argc; ++i) {
+        std::string a = argv[i];
+        if (a.rfind("--", 0) != 0 || a == "--") {
+            if (cli.command.empty()) cli.command = a;
+            else cli.args.push_back(a);
+            continue;
+        }
+        std::string name = a, value;
+        bool has_value = false;
+        if (auto eq = a.find('='); eq != std::string::npos) {
+            name = a.substr(0, eq);
+            value = a.substr(eq + 1);
+            has_value = true;
+        }
+        auto take_value = [&]() -> std::string {
+            if (has_value) return value;
+            if (i + 1 >= argc) throw UsageError(name + " needs a value");
+            return argv[++i];
+        };
+        if (name == "--help") {
+            cli.help = true;
+        } else if (name == "--json") {
+            cli.json = true;
+        } else if (name == "--throughput") {
+            cli.throughput = true;
+        } else if (name == "--config") {
+            cli.config_path = take_value();
+        } else if (const auto* f = p2prc::Config::find_flag(name)) {
+            cli.flags.emplace_back(f->flag, f->boolean() ? (has_value ? value : "") : take_value());
+        } else {
+            throw UsageError("unknown option " + name + " (see p2prc --help)");
+        }
+    }
+    return cli;
+}
+
+// HOST:PORT, where HOST is a numeric address or a name (resolved once, here).
+p2prc::Endpoint endpoint_arg(const std::string& text) {
+    if (auto e = p2prc::Endpoint::parse(text)) return *e;
+    auto colon = text.rfind(':');
+    if (colon == std::string::npos || colon == 0) throw UsageError("expected HOST:PORT, got \"" + text + "\"");
+    std::string host = text.substr(0, colon);
+    auto port = p2prc::port_from_string(text.substr(colon + 1));
+    addrinfo hints{};
+    hints.ai_socktype = SOCK_STREAM;
+    addrinfo* res = nullptr;
+    if (getaddrinfo(host.c_str(), nullptr, &hints, &res) != 0 || !res)
+        throw UsageError("cannot resolve \"" + host + "\"");
+    char buf[INET6_ADDRSTRLEN] = {};
+    const void* addr = res->ai_family == AF_INET ? static_cast<const void*>(&reinterpret_cast<sockaddr_in*>(res->ai_addr)->sin_addr)
+                                                  : static_cast<const void*>(&reinterpret_cast<sockaddr_in6*>(res->ai_addr)->sin6_addr);
+    inet_ntop(res->ai_family, addr, buf, sizeof buf);
+    freeaddrinfo(res);
+    return {p2prc::IpAddress::from_string(buf), port};
+}
+
+bool tty(FILE* f) { return isatty(fileno(f)) == 1; }
+
+std::string fixed(double v, int decimals) {
+    char buf[64];
+    std::snprintf(buf, sizeof buf, "%.*f", decimals, v);
+    return buf;
+}
+
+void print_table(const p2prc::IpTable& table, bool colour) {
+    struct Row {
+        std::string name, address, latency, down, up, nat;
+        const char* colour;
+    };
+    std::vector<Row> rows;
+    for (const auto& p : table.peers()) {
+        Row r;
+        r.name = p.name.empty() ? "-" : p.name;
+        auto eps = p.endpoints();
+        for (std::size_t i = 0; i < eps.size(); ++i) r.address += (i ? " " : "") + eps[i].to_string();
+        r.latency = p.latency_ms ? fixed(*p.latency_ms, 2) + " ms" : "-";
+        r.down = p.download_mbps ? fixed(*p.download_mbps, 1) : "-";
+        r.up = p.upload_mbps ? fixed(*p.upload_mbps, 1) : "-";
+        r.nat = p.nat ? (p.escape_implementation.empty() ? "yes" : "yes (" + p.escape_implementation + ")") : "no";
+        r.colour = !p.latency_ms ? "\033[2m" : *p.latency_ms < 50 ? "\033[32m" : *p.latency_ms < 150 ? "\033[33m" : "\033[31m";
+        rows.push_back(r);
+    }
+    Row head{"NAME", "ADDRESS", "LATENCY", "DOWN Mbit/s", "UP Mbit/s", "NAT", ""};
+    std::size_t w[5] = {head.name.size(), head.address.size(), head.latency.size(), head.down.size(), head.up.size()};
+    for (const auto& r : rows) {
+        w[0] = std::max(w[0], r.name.size());
+        w[1] = std::max(w[1], r.address.size());
+        w[2] = std::max(w[2], r.latency.size());
+        w[3] = std::max(w[3], r.down.size());
+        w[4] = std::max(w[4], r.up.size());
+    }
+    auto line = [&](const Row& r, const char* c) {
+        std::ostringstream o;
+        auto pad = [](const std::string& s, std::size_t n, bool right) {
+            std::string fill(n > s.size() ? n - s.size() : 0, ' ');
+            return right ? fill + s : s + fill;
+        };
+        o << pad(r.name, w[0], false) << "  " << pad(r.address, w[1], false) << "  ";
+        o << (c ? c : "") << pad(r.latency, w[2], true) << (c ? "\033[0m" : "") << "  ";
+        o << pad(r.down, w[3], true) << "  " << pad(r.up, w[4], true) << "  " << r.nat;
+        std::cout << o.str() << "\n";
+    };
+    line(head, nullptr);
+    for (const auto& r : rows) line(r, colour ? r.colour : nullptr);
+    if (rows.empty()) std::cout << "(no servers)\n";
+}
+
+// A progress bar on stderr when it is a terminal; nothing otherwise.
+std::function<void(std::size_t, std::size_t)> progress_bar(bool enabled) {
+    if (!enabled) return {};
+    return [](std::size_t done, std::size_t total) {
+        const int width = 30;
+        int filled = total ? static_cast<int>(width * done / total) : width;
+        std::fprintf(stderr, "\r  probing [%s%s] %zu/%zu", std::string(filled, '#').c_str(),
+                     std::string(width - filled, '.').c_str(), done, total);
+        if (done == total) std::fprintf(stderr, "\n");
+    };
+}
+
+nlohmann::json refresh_json(const p2prc::RefreshReport& r) {
+    nlohmann::json kept = nlohmann::json::array(), pruned = nlohmann::json::array();
+    for (const auto& e : r.kept)
+        kept.push_back({{"endpoint", e.latency.endpoint.to_string()}, {"name", e.peer.name},
+                        {"latency_ms", e.latency.reachable ? nlohmann::json(e.latency.min_ms) : nlohmann::json()}});
+    for (const auto& e : r.pruned)
+        pruned.push_back({{"endpoint", e.latency.endpoint.to_string()}, {"name", e.peer.name}, {"reason", e.latency.reason}});
+    return {{"kept", kept}, {"pruned", pruned}, {"seconds", r.seconds}};
+}
+
+void print_refresh(const p2prc::RefreshReport& r) {
+    std::cout << "probed " << r.kept.size() + r.pruned.size() << " servers in " << fixed(r.seconds, 2) << " s: "
+              << r.kept.size() << " kept, " << r.pruned.size() << " pruned\n";
+    for (const auto& e : r.pruned)
+        std::cout << "  pruned " << e.peer.label() << " (" << e.latency.endpoint.to_string() << "): " << e.latency.reason << "\n";
+}
+
+int wait_for_signal() {
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGTERM);
+    int sig = 0;
+    sigwait(&set, &sig);
+    return sig;
+}
+
+int run(const Cli& cli) {
+    if (cli.help || cli.command.empty() || cli.command == "help") {
+        print_help(std::cout, cli.command == "help" ? "" : cli.command);
+        return cli.command.empty() && !cli.help ? 2 : 0;
+    }
+    p2prc::Config config = p2prc::Config::from_sources(cli.config_path, p2prc::process_environment);
+    config.apply_flags(cli.flags);
+    for (const auto& w : config.warnings) std::cerr << "p2prc: warning: " << w << "\n";
+    const auto& cmd = cli.command;
+    auto want_args = [&](std::size_t lo, std::size_t hi) {
+        if (cli.args.size() < lo || cli.args.size() > hi) {
+            std::ostringstream o;
+            for (const auto& c : commands)
+                if (cmd == c.name) o << "usage: p2prc " << c.name << " " << c.args;
+            throw UsageError(o.str());
+        }
+    };
+
+    if (cmd == "serve") {
+        want_args(0, 0);
+        // Block the signals before any thread starts, so only sigwait sees them.
+        sigset_t set;
+        sigemptyset(&set);
+        sigaddset(&set, SIGINT);
+        sigaddset(&set, SIGTERM);
+        pthread_sigmask(SIG_BLOCK, &set, nullptr);
+        p2prc::Node node(config);
+        node.start();
+        auto self = node.self_entry();
+        if (cli.json) {
+            std::cout << nlohmann::json{{"name", config.name}, {"port", node.port()}, {"self", p2prc::peer_to_json(self)}}.dump()
+                      << std::endl;
+        } else {
+            std::cout << "p2prc " << p2prc::version << ": node \"" << config.name << "\" serving on " << config.bind << ":"
+                      << node.port() << " (table " << config.iptable << ")" << std::endl;
+        }
+        wait_for_signal();
+        node.stop();
+        return 0;
+    }
+    if (cmd == "table") {
+        want_args(0, 0);
+        auto t = p2prc::IpTable::load(config.iptable, config.peer_table_limits());
+        t.dedupe();
+        t.sort_by_latency();
+        if (cli.json) std::cout << t.dump(config.table_format);
+        else print_table(t, tty(stdout));
+        return 0;
+    }
+    if (cmd == "add") {
+        want_args(1, 2);
+        auto e = endpoint_arg(cli.args[0]);
+        p2prc::Peer p;
+        (e.address.is_v4() ? p.ipv4 : p.ipv6) = e.address;
+        p.server_port = e.port;
+        if (cli.args.size() > 1) p.name = cli.args[1];
+        bool added = false;
+        p2prc::IpTable::update(
+            config.iptable, [&](p2prc::IpTable& t) { added = t.add(p); }, config.table_format);
+        if (cli.json) std::cout << nlohmann::json{{"endpoint", e.to_string()}, {"added", added}}.dump() << "\n";
+        else std::cout << (added ? "added " : "updated ") << e.to_string() << "\n";
+        return 0;
+    }
+    if (cmd == "remove") {
+        want_args(1, 1);
+        std::size_t n = 0;
+        p2prc::IpTable::update(
+            config.iptable, [&](p2prc::IpTable& t) { n = t.remove(cli.args[0]); }, config.table_format);
+        if (cli.json) std::cout << nlohmann::json{{"removed", n}}.dump() << "\n";
+        else std::cout << "removed " << n << " server" << (n == 1 ? "" : "s") << "\n";
+        if (n == 0) {
+            std::cerr << "p2prc: error: no server named or at \"" << cli.args[0] << "\"\n";
+            return 1;
+        }
+        return 0;
+    }
+    if (cmd == "discover") {
+        if (cli.args.empty()) want_args(1, 1000);
+        std::vector<p2prc::Endpoint> boot;
+        for (const auto& a : cli.args) boot.push_back(endpoint_arg(a));
+        p2prc::Node node(config);
+        auto report = node.discover(boot, progress_bar(!cli.json && tty(stderr)));
+        if (cli.json) {
+            nlohmann::json failed = nlohmann::json::array();
+            for (const auto& [e, why] : report.failed) failed.push_back({{"endpoint", e.to_string()}, {"reason", why}});
+            nlohmann::json contacted = nlohmann::json::array();
+            for (const auto& e : report.contacted) contacted.push_back(e.to_string());
+            std::cout << nlohmann::json{{"contacted", contacted}, {"failed", failed}, {"hops", report.hops},
+                                        {"refresh", refresh_json(report.refresh)}}
+                             .dump()
+                      << "\n";
+        } else {
+            std::cout << "contacted " << report.contacted.size() << " servers in " << report.hops << " rounds\n";
+            for (const auto& [e, why] : report.failed) std::cout << "  no answer from " << e.to_string() << ": " << why << "\n";
+            print_refresh(report.refresh);
+            auto t = node.table();
+            t.sort_by_latency();
+            print_table(t, tty(stdout));
+        }
+        return report.contacted.empty() ? 1 : 0;
+    }
+    if (cmd == "update") {
+        want_args(0, 0);
+        p2prc::Node node(config);
+        auto report = node.update(progress_bar(!cli.json && tty(stderr)), cli.throughput);
+        if (cli.json) std::cout << refresh_json(report).dump() << "\n";
+        else print_refresh(report);
+        return 0;
+    }
+    if (cmd == "speedtest") {
+        want_args(0, 1);
+        std::vector<p2prc::Endpoint> targets;
+        if (!cli.args.empty()) {
+            targets.push_back(endpoint_arg(cli.args[0]));
+        } else {
+            for (const auto& p : p2prc::IpTable::load(config.iptable, config.peer_table_limits()).peers())
+                if (auto e = p.endpoint()) targets.push_back(*e);
+        }
+        nlohmann::json out = nlohmann::json::array();
+        int failures = 0;
+        // One at a time: parallel speed tests would share (and so misjudge) the link.
+        for (const auto& e : targets) {
+            auto r = p2prc::probe_throughput(e);
+            if (!r.ok) ++failures;
+            if (r.ok && cli.args.empty()) {
+                p2prc::IpTable::update(
+                    config.iptable,
+                    [&](p2prc::IpTable& t) {
+                        if (auto* p = t.find(e.to_string())) {
+                            p->download_mbps = r.download_mbps;
+                            p->upload_mbps = r.upload_mbps;
+                        }
+                    },
+                    config.table_format);
+            }
+            if (cli.json) {
+                out.push_back({{"endpoint", e.to_string()}, {"ok", r.ok}, {"download_mbps", r.download_mbps ? nlohmann::json(*r.download_mbps) : nlohmann::json()},
+                               {"upload_mbps", r.upload_mbps ? nlohmann::json(*r.upload_mbps) : nlohmann::json()}, {"reason", r.reason}});
+            } else if (r.ok) {
+                std::cout << e.to_string() << ": download " << fixed(r.download_mbps.value_or(0), 1) << " Mbit/s, upload "
+                          << fixed(r.upload_mbps.value_or(0), 1) << " Mbit/s\n";
+            } else {
+                std::cout << e.to_string() << ": failed: " << r.reason << "\n";
+            }
+        }
+        if (cli.json) std::cout << out.dump() << "\n";
+        return failures ? 1 : 0;
+    }
+    if (cmd == "info") {
+        want_args(1, 1);
+        auto e = endpoint_arg(cli.args[0]);
+        httplib::Client c(e.host_string(), e.port);
+        p2prc::detail::set_client_timeouts(c, std::chrono::seconds(3), std::chrono::seconds(5));
+        auto res = c.Get("/server_info", {{"Host", e.to_string()}});
+        if (!res) {
+            std::cerr << "p2prc: error: no answer from " << e.to_string() << ": " << httplib::to_string(res.error()) << "\n";
+            return 1;
+        }
+        if (res->status != 200) {
+            std::cerr << "p2prc: error: " << e.to_string() << " answered HTTP " << res->status << "\n";
+            return 1;
+        }
+        auto j = nlohmann::json::parse(res->body, nullptr, false);
+        if (j.is_discarded()) {
+            std::cerr << "p2prc: error: " << e.to_string() << " answered something that is not JSON\n";
+            return 1;
+        }
+        std::cout << (cli.json ? j.dump() : j.dump(2)) << "\n";
+        return 0;
+    }
+    throw UsageError("unknown command \"" + cmd + "\" (see p2prc --help)");
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    try {
+        return run(parse_args(argc, argv));
+    } catch (const UsageError& e) {
+        std::cerr << "p2prc: " << e.what() << "\n";
+        return 2;
+    } catch (const std::exception& e) {
+        std::cerr << "p2prc: error: " << e.what() << "\n";
+        return 1;
+    }
+}
