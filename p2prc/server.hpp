@@ -61,7 +61,7 @@ struct ServerOptions {
     std::uint16_t port = 0;                // 0: pick a free port; Server::port() tells which
     std::string name;                      // reported in /server_info
     std::vector<std::string> advertised_addresses;  // reported in /server_info
-    std::string disk_path = ".";                   // the filesystem /server_info reports
+    std::string disk_path = ".";                    // the filesystem /server_info reports
 
     std::chrono::milliseconds read_timeout{5000};   // one receive
     std::chrono::milliseconds write_timeout{5000};  // one send
@@ -76,7 +76,7 @@ struct ServerOptions {
     // While connections wait for a worker, a worker waiting this long on an idle
     // connection (kept alive, or with stalled headers) lets it go.
     std::chrono::milliseconds overload_idle_timeout{500};
-    std::size_t max_body_bytes = 64u << 20;    // every route; 413 beyond
+    std::size_t max_body_bytes = 64u << 20;         // every route; 413 beyond
     std::uint64_t max_download_bytes = 256u << 20;  // one speed-test download
     std::size_t keep_alive_max_requests = 100;
     int listen_backlog = 512;
@@ -154,25 +154,36 @@ inline std::string json_error_body(const std::string& message) {
 
 inline const char* status_text(int status) {
     switch (status) {
-        case 400: return "bad request";
-        case 404: return "no such route";
-        case 405: return "method not allowed";
-        case 408: return "request timeout";
-        case 411: return "length required";
-        case 413: return "request body too large";
-        case 414: return "request URI too long";
-        case 416: return "range not satisfiable";
-        case 500: return "internal error";
-        case 503: return "service unavailable";
-        default: return status >= 500 ? "server error" : "client error";
+        case 400:
+            return "bad request";
+        case 404:
+            return "no such route";
+        case 405:
+            return "method not allowed";
+        case 408:
+            return "request timeout";
+        case 411:
+            return "length required";
+        case 413:
+            return "request body too large";
+        case 414:
+            return "request URI too long";
+        case 416:
+            return "range not satisfiable";
+        case 500:
+            return "internal error";
+        case 503:
+            return "service unavailable";
+        default:
+            return status >= 500 ? "server error" : "client error";
     }
 }
 
 // "ip:port" exactly as cpp-httplib spells Request::remote_addr/remote_port.
 inline std::string peer_key(const sockaddr_storage& sa, socklen_t len) {
     char host[NI_MAXHOST], serv[NI_MAXSERV];
-    if (getnameinfo(reinterpret_cast<const sockaddr*>(&sa), len, host, sizeof host, serv, sizeof serv,
-                    NI_NUMERICHOST | NI_NUMERICSERV) != 0)
+    if (getnameinfo(reinterpret_cast<const sockaddr*>(&sa), len, host, sizeof host, serv,
+                    sizeof serv, NI_NUMERICHOST | NI_NUMERICSERV) != 0)
         return {};
     return std::string(host) + "|" + serv;
 }
@@ -188,7 +199,7 @@ inline std::uint16_t sockaddr_port(const sockaddr_storage& sa) {
 
 // The server's own handle on each accepted connection (see the file comment).
 class ConnectionRegistry {
-public:
+  public:
     using Clock = std::chrono::steady_clock;
 
     void reset(std::uint16_t port) {
@@ -227,7 +238,8 @@ public:
                     if (errno == ENOTCONN) {
                         int listening = 0;
                         socklen_t il = sizeof listening;
-                        if (getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &il) == 0 && listening)
+                        if (getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &il) == 0 &&
+                            listening)
                             ignored_.insert(ino);  // the listening socket
                     }
                     continue;
@@ -320,21 +332,24 @@ public:
     // Under load (connections wait for a worker), a worker that waits on a connection for
     // longer than `overload_idle` (an idle keep-alive, or headers that stall) lets it go.
     void enforce(std::chrono::milliseconds header_timeout, std::chrono::milliseconds keep_alive,
-                 std::chrono::milliseconds request_timeout, std::chrono::milliseconds overload_idle) {
+                 std::chrono::milliseconds request_timeout,
+                 std::chrono::milliseconds overload_idle) {
         std::lock_guard<std::mutex> lock(mutex_);
         const auto now = Clock::now();
         const bool overloaded = pending_ > 0;
         for (auto& [id, c] : conns_) {
             if (c.cut) continue;
             auto age = now - c.since;
-            if (overloaded && c.started && !c.active && now - std::max(c.since, c.started_at) > overload_idle) {
+            if (overloaded && c.started && !c.active &&
+                now - std::max(c.since, c.started_at) > overload_idle) {
                 ::shutdown(c.fd, SHUT_RDWR);
                 c.cut = true;
                 ++stats_.overload_cuts;
                 continue;
             }
             if (!c.active) {
-                auto limit = header_timeout + (c.served ? keep_alive : std::chrono::milliseconds(0));
+                auto limit =
+                    header_timeout + (c.served ? keep_alive : std::chrono::milliseconds(0));
                 if (age > limit) {
                     ::shutdown(c.fd, SHUT_RDWR);
                     c.cut = true;
@@ -373,7 +388,7 @@ public:
         for (auto& [id, c] : conns_) ::close(c.fd);
     }
 
-private:
+  private:
     struct Conn {
         int fd = -1;
         std::string key;
@@ -409,10 +424,12 @@ private:
 // so connections that open and send nothing never hold a worker. TaskQueue::enqueue
 // returns void in older cpp-httplib and bool in newer; the override follows the base.
 class WatchedPool : public httplib::TaskQueue {
-    using EnqueueResult = decltype(std::declval<httplib::TaskQueue&>().enqueue(std::function<void()>()));
+    using EnqueueResult =
+        decltype(std::declval<httplib::TaskQueue&>().enqueue(std::function<void()>()));
 
-public:
-    WatchedPool(std::size_t threads, ConnectionRegistry& registry) : pool_(threads), registry_(registry) {
+  public:
+    WatchedPool(std::size_t threads, ConnectionRegistry& registry)
+        : pool_(threads), registry_(registry) {
         if (pipe2(wake_, O_CLOEXEC | O_NONBLOCK) != 0) wake_[0] = wake_[1] = -1;
         if (wake_[0] >= 0) gate_ = std::thread([this] { gate_loop(); });
     }
@@ -444,7 +461,7 @@ public:
         pool_.shutdown();
     }
 
-private:
+  private:
     struct Gated {
         std::uint64_t id;
         int fd;
@@ -527,7 +544,7 @@ private:
 // cpp-httplib's listening socket, to widen its accept queue: the compiled-in backlog can
 // be as small as 5, and a burst of connections beyond it waits for SYN retransmits.
 class HttpServer : public httplib::Server {
-public:
+  public:
     void set_backlog(int backlog) {
         socket_t sock = svr_sock_;
         if (sock != INVALID_SOCKET) ::listen(sock, backlog);
@@ -557,15 +574,17 @@ inline std::optional<std::uint64_t> parse_byte_count(const std::string& s) {
 }  // namespace detail
 
 class Server {
-public:
+  public:
     // P2PRC's GET /50 serves a 50 MB file.
     static constexpr std::uint64_t p2prc_download_bytes = 50ull * 1000 * 1000;
 
     explicit Server(ServerOptions options = {}) : options_(std::move(options)) {
         if (options_.worker_threads == 0)
-            throw error(errc::invalid_argument, "ServerOptions::worker_threads is 0: expected at least 1");
+            throw error(errc::invalid_argument,
+                        "ServerOptions::worker_threads is 0: expected at least 1");
         if (options_.max_body_bytes == 0)
-            throw error(errc::invalid_argument, "ServerOptions::max_body_bytes is 0: expected at least 1");
+            throw error(errc::invalid_argument,
+                        "ServerOptions::max_body_bytes is 0: expected at least 1");
         pattern_.resize(64 * 1024);
         // Incompressible-looking bytes, so no layer on the way can shrink the test.
         std::uint32_t x = 0x9e3779b9u;
@@ -575,7 +594,8 @@ public:
             x ^= x << 5;
             c = static_cast<char>(x & 0xff);
         }
-        for (const char* path : {"/server_info", "/speedtest/download", "/50"}) routes_[path].builtin_get = true;
+        for (const char* path : {"/server_info", "/speedtest/download", "/50"})
+            routes_[path].builtin_get = true;
         for (const char* path : {"/speedtest/upload", "/upload"}) routes_[path].builtin_post = true;
     }
     ~Server() { stop(); }
@@ -583,8 +603,12 @@ public:
     Server& operator=(const Server&) = delete;
 
     // Adds a route (an exact path). Only before start(); a path may have a GET and a POST.
-    Server& get(const std::string& path, RouteHandler handler) { return add("GET", path, std::move(handler)); }
-    Server& post(const std::string& path, RouteHandler handler) { return add("POST", path, std::move(handler)); }
+    Server& get(const std::string& path, RouteHandler handler) {
+        return add("GET", path, std::move(handler));
+    }
+    Server& post(const std::string& path, RouteHandler handler) {
+        return add("POST", path, std::move(handler));
+    }
 
     // Binds and starts serving on an owned thread; returns once the socket is bound and
     // the accept loop runs. Throws p2prc::error (io_error) when the address cannot be bound.
@@ -603,9 +627,10 @@ public:
         if (port <= 0) {
             int e = errno;
             http_.reset();
-            throw error(errc::io_error, "cannot bind the HTTP server to " + options_.bind_address + " port " +
-                                            std::to_string(options_.port) +
-                                            (e ? std::string(": ") + std::strerror(e) : std::string()));
+            throw error(errc::io_error,
+                        "cannot bind the HTTP server to " + options_.bind_address + " port " +
+                            std::to_string(options_.port) +
+                            (e ? std::string(": ") + std::strerror(e) : std::string()));
         }
         port_ = static_cast<std::uint16_t>(port);
         http_->set_backlog(options_.listen_backlog);
@@ -619,7 +644,8 @@ public:
         while (!h->is_running() && std::chrono::steady_clock::now() < deadline)
             std::this_thread::sleep_for(std::chrono::milliseconds(1));
         watchdog_ = std::thread([this] { watch(); });
-        if (!h->is_running()) {
+        running_ = h->is_running();
+        if (!running_) {
             stop_locked();
             throw error(errc::io_error, "the HTTP server did not start listening within 10 s");
         }
@@ -632,16 +658,18 @@ public:
         stop_locked();
     }
 
-    bool running() const { return http_ && http_->is_running(); }
+    bool running() const { return running_; }
     // The bound port (after start()), 0 before.
     std::uint16_t port() const { return port_; }
     const ServerOptions& options() const { return options_; }
     // The /server_info document.
-    nlohmann::json info() const { return nlohmann::json::parse(info_); }
+    nlohmann::json info() const {
+        return nlohmann::json::parse(info_.empty() ? build_info(port_) : info_);
+    }
     ServerStats stats() const { return registry_.stats(); }
     std::size_t open_connections() const { return registry_.open_connections(); }
 
-private:
+  private:
     struct Route {
         RouteHandler get;
         RouteHandler post;
@@ -653,14 +681,16 @@ private:
         std::lock_guard<std::mutex> lock(control_);
         if (http_) throw error(errc::state_error, "routes must be added before start(): " + path);
         if (path.empty() || path[0] != '/')
-            throw error(errc::invalid_argument, "route path \"" + path + "\": expected an absolute path");
+            throw error(errc::invalid_argument,
+                        "route path \"" + path + "\": expected an absolute path");
         if (!handler) throw error(errc::invalid_argument, "route " + path + ": empty handler");
         auto& r = routes_[path];
         if (method == "GET") {
             if (r.builtin_get) throw error(errc::invalid_argument, "GET " + path + " is built in");
             r.get = std::move(handler);
         } else {
-            if (r.builtin_post) throw error(errc::invalid_argument, "POST " + path + " is built in");
+            if (r.builtin_post)
+                throw error(errc::invalid_argument, "POST " + path + " is built in");
             r.post = std::move(handler);
         }
         return *this;
@@ -677,8 +707,12 @@ private:
         return j.dump();
     }
 
-    static long ms_part_sec(std::chrono::milliseconds d) { return static_cast<long>(d.count() / 1000); }
-    static long ms_part_usec(std::chrono::milliseconds d) { return static_cast<long>((d.count() % 1000) * 1000); }
+    static long ms_part_sec(std::chrono::milliseconds d) {
+        return static_cast<long>(d.count() / 1000);
+    }
+    static long ms_part_usec(std::chrono::milliseconds d) {
+        return static_cast<long>((d.count() % 1000) * 1000);
+    }
 
     void configure(httplib::Server& h) {
         h.set_tcp_nodelay(true);
@@ -689,7 +723,8 @@ private:
             setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
         });
         h.set_read_timeout(ms_part_sec(options_.read_timeout), ms_part_usec(options_.read_timeout));
-        h.set_write_timeout(ms_part_sec(options_.write_timeout), ms_part_usec(options_.write_timeout));
+        h.set_write_timeout(ms_part_sec(options_.write_timeout),
+                            ms_part_usec(options_.write_timeout));
         h.set_keep_alive_max_count(options_.keep_alive_max_requests);
         // cpp-httplib takes whole seconds here; round up so a short setting is not 0.
         h.set_keep_alive_timeout(
@@ -699,20 +734,24 @@ private:
         detail::ConnectionRegistry* reg = &registry_;
         h.new_task_queue = [threads, reg] { return new detail::WatchedPool(threads, *reg); };
 
-        httplib::Server::HandlerWithResponse pre = [this](const httplib::Request& req, httplib::Response& res) {
+        httplib::Server::HandlerWithResponse pre = [this](const httplib::Request& req,
+                                                          httplib::Response& res) {
             return pre_route(req, res);
         };
         h.set_pre_routing_handler(pre);
-        httplib::Server::HandlerWithResponse on_error = [](const httplib::Request&, httplib::Response& res) {
+        httplib::Server::HandlerWithResponse on_error = [](const httplib::Request&,
+                                                           httplib::Response& res) {
             if (!res.body.empty()) return httplib::Server::HandlerResponse::Unhandled;
-            res.set_content(detail::json_error_body(detail::status_text(res.status)), "application/json");
+            res.set_content(detail::json_error_body(detail::status_text(res.status)),
+                            "application/json");
             return httplib::Server::HandlerResponse::Handled;
         };
         h.set_error_handler(on_error);
-        h.set_exception_handler([](const httplib::Request&, httplib::Response& res, std::exception_ptr) {
-            res.status = 500;
-            res.set_content(detail::json_error_body("internal error"), "application/json");
-        });
+        h.set_exception_handler(
+            [](const httplib::Request&, httplib::Response& res, std::exception_ptr) {
+                res.status = 500;
+                res.set_content(detail::json_error_body("internal error"), "application/json");
+            });
         h.set_logger([this](const httplib::Request& req, const httplib::Response& res) {
             bool close_after = res.get_header_value("Connection") == "close";
             registry_.request_done(detail::peer_key(req.remote_addr, req.remote_port), close_after);
@@ -722,18 +761,21 @@ private:
         builtin_get("/server_info", [this](const httplib::Request&, httplib::Response& res) {
             res.set_content(info_, "application/json");
         });
-        builtin_get("/speedtest/download", [this](const httplib::Request& req, httplib::Response& res) {
+        builtin_get("/speedtest/download", [this](const httplib::Request& req,
+                                                  httplib::Response& res) {
             if (!req.has_param("bytes")) {
                 res.status = 400;
-                res.set_content(detail::json_error_body("missing query parameter bytes=N"), "application/json");
+                res.set_content(detail::json_error_body("missing query parameter bytes=N"),
+                                "application/json");
                 return;
             }
             auto n = detail::parse_byte_count(req.get_param_value("bytes"));
             if (!n) {
                 res.status = 400;
-                res.set_content(detail::json_error_body("bytes=" + req.get_param_value("bytes").substr(0, 40) +
-                                                        ": expected a decimal byte count"),
-                                "application/json");
+                res.set_content(
+                    detail::json_error_body("bytes=" + req.get_param_value("bytes").substr(0, 40) +
+                                            ": expected a decimal byte count"),
+                    "application/json");
                 return;
             }
             serve_bytes(res, *n);
@@ -742,8 +784,9 @@ private:
             serve_bytes(res, p2prc_download_bytes);
         });
         for (const char* path : {"/speedtest/upload", "/upload"}) {
-            builtin_post(path, [this](const httplib::Request& req, httplib::Response& res,
-                                      const httplib::ContentReader& reader) { upload(req, res, reader); });
+            builtin_post(
+                path, [this](const httplib::Request& req, httplib::Response& res,
+                             const httplib::ContentReader& reader) { upload(req, res, reader); });
         }
 
         // Routes of higher layers.
@@ -816,10 +859,12 @@ private:
 
     // Decides what cpp-httplib must not do itself: answer unknown routes and wrong
     // methods as JSON, and refuse a declared body over the limit before reading it.
-    httplib::Server::HandlerResponse pre_route(const httplib::Request& req, httplib::Response& res) {
+    httplib::Server::HandlerResponse pre_route(const httplib::Request& req,
+                                               httplib::Response& res) {
         registry_.request_started(detail::peer_key(req.remote_addr, req.remote_port));
         auto it = routes_.find(req.path);
-        const bool has_body = req.has_header("Content-Length") || req.has_header("Transfer-Encoding");
+        const bool has_body =
+            req.has_header("Content-Length") || req.has_header("Transfer-Encoding");
         auto reject = [&](int status, const std::string& message) {
             res.status = status;
             if (has_body) res.set_header("Connection", "close");
@@ -834,7 +879,8 @@ private:
             std::string allow = (r.get || r.builtin_get) ? "GET" : "";
             if (r.post || r.builtin_post) allow += allow.empty() ? "POST" : ", POST";
             res.set_header("Allow", allow);
-            return reject(405, req.method.substr(0, 20) + " not allowed on " + req.path.substr(0, 200));
+            return reject(405,
+                          req.method.substr(0, 20) + " not allowed on " + req.path.substr(0, 200));
         }
         if (req.has_header("Content-Length")) {
             auto n = detail::parse_byte_count(req.get_header_value("Content-Length"));
@@ -853,7 +899,8 @@ private:
         r.path = req.path;
         for (const auto& [k, v] : req.params) r.params.emplace(k, v);
         for (const auto& [k, v] : req.headers) {
-            if (k == "REMOTE_ADDR" || k == "REMOTE_PORT" || k == "LOCAL_ADDR" || k == "LOCAL_PORT") continue;
+            if (k == "REMOTE_ADDR" || k == "REMOTE_PORT" || k == "LOCAL_ADDR" || k == "LOCAL_PORT")
+                continue;
             r.headers.emplace_back(k, v);
         }
         r.remote_address = req.remote_addr;
@@ -864,14 +911,16 @@ private:
         return r;
     }
 
-    static void run_handler(const RouteHandler& handler, const HttpRequest& r, httplib::Response& res) {
+    static void run_handler(const RouteHandler& handler, const HttpRequest& r,
+                            httplib::Response& res) {
         HttpResponse out;
         try {
             handler(r, out);
         } catch (const p2prc::error& e) {
             int status = e.code() == errc::limit_exceeded ? 413
-                       : (e.code() == errc::parse_error || e.code() == errc::invalid_argument) ? 400
-                                                                                               : 500;
+                         : (e.code() == errc::parse_error || e.code() == errc::invalid_argument)
+                             ? 400
+                             : 500;
             out.error(status, e.what());
         } catch (const std::exception& e) {
             out.error(500, std::string("internal error: ") + e.what());
@@ -902,14 +951,16 @@ private:
     // Reads and discards the body, counting bytes as they arrive. Answers
     // {"bytes", "seconds"} (first to last byte) and, with ?warmup_ms=W, the same for the
     // bytes that arrived W ms after the first one ("measured_bytes", "measured_seconds").
-    void upload(const httplib::Request& req, httplib::Response& res, const httplib::ContentReader& reader) {
+    void upload(const httplib::Request& req, httplib::Response& res,
+                const httplib::ContentReader& reader) {
         using Clock = std::chrono::steady_clock;
         std::uint64_t warmup_ms = 0;
         if (req.has_param("warmup_ms")) {
             auto w = detail::parse_byte_count(req.get_param_value("warmup_ms"));
             if (!w || *w > 60000) {
                 res.status = 400;
-                res.set_content(detail::json_error_body("warmup_ms: expected 0-60000"), "application/json");
+                res.set_content(detail::json_error_body("warmup_ms: expected 0-60000"),
+                                "application/json");
                 return;
             }
             warmup_ms = *w;
@@ -948,7 +999,8 @@ private:
         if (over) return too_large(res, max);
         if (!ok) {
             res.status = 400;
-            res.set_content(detail::json_error_body("could not read the request body"), "application/json");
+            res.set_content(detail::json_error_body("could not read the request body"),
+                            "application/json");
             return;
         }
         auto secs = [](Clock::duration d) { return std::chrono::duration<double>(d).count(); };
@@ -956,7 +1008,8 @@ private:
         j["bytes"] = total;
         j["seconds"] = have_first ? secs(last - first) : 0.0;
         j["measured_bytes"] = warmed ? measured : total;
-        j["measured_seconds"] = warmed ? secs(last - warm) : (have_first ? secs(last - first) : 0.0);
+        j["measured_seconds"] =
+            warmed ? secs(last - warm) : (have_first ? secs(last - first) : 0.0);
         res.set_content(j.dump(), "application/json");
     }
 
@@ -965,14 +1018,15 @@ private:
         while (!watch_stop_) {
             watch_cv_.wait_for(lock, std::chrono::milliseconds(50));
             if (watch_stop_) break;
-            registry_.enforce(options_.header_timeout, options_.keep_alive_timeout, options_.request_timeout,
-                              options_.overload_idle_timeout);
+            registry_.enforce(options_.header_timeout, options_.keep_alive_timeout,
+                              options_.request_timeout, options_.overload_idle_timeout);
         }
     }
 
     void stop_locked() {
         if (!http_) return;
         stopping_ = true;
+        running_ = false;
         http_->stop();          // closes the listening socket: the accept loop ends
         registry_.close_all();  // every connection sees EOF: every worker ends
         if (listener_.joinable()) listener_.join();  // joins the workers too
@@ -992,6 +1046,7 @@ private:
     std::string info_;
     std::uint16_t port_ = 0;
     std::atomic<bool> stopping_{false};
+    std::atomic<bool> running_{false};
     detail::ConnectionRegistry registry_;
     std::unique_ptr<detail::HttpServer> http_;
     std::thread listener_;

@@ -1159,9 +1159,9 @@ struct GpuInfo {
 
 struct SystemInfo {
     std::string hostname;
-    std::string platform;      // e.g. "Debian GNU/Linux 12 (bookworm)"
-    std::string cpu;           // model name of the first CPU
-    unsigned cores = 0;        // logical cores
+    std::string platform;        // e.g. "Debian GNU/Linux 12 (bookworm)"
+    std::string cpu;             // model name of the first CPU
+    unsigned cores = 0;          // logical cores
     std::uint64_t ram_mib = 0;   // total memory
     std::uint64_t disk_mib = 0;  // total size of the filesystem holding the given folder
     std::uint64_t disk_free_mib = 0;
@@ -1181,7 +1181,8 @@ struct SystemInfo {
         if (gpus) {
             nlohmann::json list = nlohmann::json::array();
             for (const auto& g : *gpus)
-                list.push_back({{"Name", g.name}, {"MemoryMiB", g.memory_mib}, {"Driver", g.driver}});
+                list.push_back(
+                    {{"Name", g.name}, {"MemoryMiB", g.memory_mib}, {"Driver", g.driver}});
             j["GPU"] = {{"Count", gpus->size()}, {"Devices", std::move(list)}};
         } else {
             j["GPU"] = nullptr;
@@ -1193,7 +1194,8 @@ struct SystemInfo {
 namespace detail {
 
 // Reads at most `limit` bytes of a small text file (the /proc files are tiny).
-inline std::optional<std::string> read_small_file(const std::string& path, std::size_t limit = 1 << 20) {
+inline std::optional<std::string> read_small_file(const std::string& path,
+                                                  std::size_t limit = 1 << 20) {
     std::ifstream in(path, std::ios::binary);
     if (!in) return std::nullopt;
     std::string out(limit, '\0');
@@ -1210,7 +1212,8 @@ inline std::string trim(std::string s) {
 }
 
 // The value of `key` in a "key: value" (cpuinfo, meminfo) or KEY=value (os-release) file.
-inline std::optional<std::string> text_field(const std::string& text, const std::string& key, char sep) {
+inline std::optional<std::string> text_field(const std::string& text, const std::string& key,
+                                             char sep) {
     std::istringstream in(text);
     std::string line;
     while (std::getline(in, line)) {
@@ -1346,9 +1349,9 @@ inline std::optional<std::string> run_bounded(const std::vector<std::string>& ar
 inline std::optional<std::vector<GpuInfo>> nvidia_gpus() {
     auto exe = find_on_path("nvidia-smi");
     if (exe.empty()) return std::nullopt;
-    auto out = run_bounded({exe, "--query-gpu=name,memory.total,driver_version",
-                            "--format=csv,noheader,nounits"},
-                           std::chrono::seconds(3), 64 * 1024);
+    auto out = run_bounded(
+        {exe, "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader,nounits"},
+        std::chrono::seconds(3), 64 * 1024);
     if (!out) return std::nullopt;
     std::vector<GpuInfo> gpus;
     std::istringstream in(*out);
@@ -1455,7 +1458,7 @@ struct ServerOptions {
     std::uint16_t port = 0;                // 0: pick a free port; Server::port() tells which
     std::string name;                      // reported in /server_info
     std::vector<std::string> advertised_addresses;  // reported in /server_info
-    std::string disk_path = ".";                   // the filesystem /server_info reports
+    std::string disk_path = ".";                    // the filesystem /server_info reports
 
     std::chrono::milliseconds read_timeout{5000};   // one receive
     std::chrono::milliseconds write_timeout{5000};  // one send
@@ -1470,7 +1473,7 @@ struct ServerOptions {
     // While connections wait for a worker, a worker waiting this long on an idle
     // connection (kept alive, or with stalled headers) lets it go.
     std::chrono::milliseconds overload_idle_timeout{500};
-    std::size_t max_body_bytes = 64u << 20;    // every route; 413 beyond
+    std::size_t max_body_bytes = 64u << 20;         // every route; 413 beyond
     std::uint64_t max_download_bytes = 256u << 20;  // one speed-test download
     std::size_t keep_alive_max_requests = 100;
     int listen_backlog = 512;
@@ -1548,25 +1551,36 @@ inline std::string json_error_body(const std::string& message) {
 
 inline const char* status_text(int status) {
     switch (status) {
-        case 400: return "bad request";
-        case 404: return "no such route";
-        case 405: return "method not allowed";
-        case 408: return "request timeout";
-        case 411: return "length required";
-        case 413: return "request body too large";
-        case 414: return "request URI too long";
-        case 416: return "range not satisfiable";
-        case 500: return "internal error";
-        case 503: return "service unavailable";
-        default: return status >= 500 ? "server error" : "client error";
+        case 400:
+            return "bad request";
+        case 404:
+            return "no such route";
+        case 405:
+            return "method not allowed";
+        case 408:
+            return "request timeout";
+        case 411:
+            return "length required";
+        case 413:
+            return "request body too large";
+        case 414:
+            return "request URI too long";
+        case 416:
+            return "range not satisfiable";
+        case 500:
+            return "internal error";
+        case 503:
+            return "service unavailable";
+        default:
+            return status >= 500 ? "server error" : "client error";
     }
 }
 
 // "ip:port" exactly as cpp-httplib spells Request::remote_addr/remote_port.
 inline std::string peer_key(const sockaddr_storage& sa, socklen_t len) {
     char host[NI_MAXHOST], serv[NI_MAXSERV];
-    if (getnameinfo(reinterpret_cast<const sockaddr*>(&sa), len, host, sizeof host, serv, sizeof serv,
-                    NI_NUMERICHOST | NI_NUMERICSERV) != 0)
+    if (getnameinfo(reinterpret_cast<const sockaddr*>(&sa), len, host, sizeof host, serv,
+                    sizeof serv, NI_NUMERICHOST | NI_NUMERICSERV) != 0)
         return {};
     return std::string(host) + "|" + serv;
 }
@@ -1582,7 +1596,7 @@ inline std::uint16_t sockaddr_port(const sockaddr_storage& sa) {
 
 // The server's own handle on each accepted connection (see the file comment).
 class ConnectionRegistry {
-public:
+  public:
     using Clock = std::chrono::steady_clock;
 
     void reset(std::uint16_t port) {
@@ -1621,7 +1635,8 @@ public:
                     if (errno == ENOTCONN) {
                         int listening = 0;
                         socklen_t il = sizeof listening;
-                        if (getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &il) == 0 && listening)
+                        if (getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &il) == 0 &&
+                            listening)
                             ignored_.insert(ino);  // the listening socket
                     }
                     continue;
@@ -1714,21 +1729,24 @@ public:
     // Under load (connections wait for a worker), a worker that waits on a connection for
     // longer than `overload_idle` (an idle keep-alive, or headers that stall) lets it go.
     void enforce(std::chrono::milliseconds header_timeout, std::chrono::milliseconds keep_alive,
-                 std::chrono::milliseconds request_timeout, std::chrono::milliseconds overload_idle) {
+                 std::chrono::milliseconds request_timeout,
+                 std::chrono::milliseconds overload_idle) {
         std::lock_guard<std::mutex> lock(mutex_);
         const auto now = Clock::now();
         const bool overloaded = pending_ > 0;
         for (auto& [id, c] : conns_) {
             if (c.cut) continue;
             auto age = now - c.since;
-            if (overloaded && c.started && !c.active && now - std::max(c.since, c.started_at) > overload_idle) {
+            if (overloaded && c.started && !c.active &&
+                now - std::max(c.since, c.started_at) > overload_idle) {
                 ::shutdown(c.fd, SHUT_RDWR);
                 c.cut = true;
                 ++stats_.overload_cuts;
                 continue;
             }
             if (!c.active) {
-                auto limit = header_timeout + (c.served ? keep_alive : std::chrono::milliseconds(0));
+                auto limit =
+                    header_timeout + (c.served ? keep_alive : std::chrono::milliseconds(0));
                 if (age > limit) {
                     ::shutdown(c.fd, SHUT_RDWR);
                     c.cut = true;
@@ -1767,7 +1785,7 @@ public:
         for (auto& [id, c] : conns_) ::close(c.fd);
     }
 
-private:
+  private:
     struct Conn {
         int fd = -1;
         std::string key;
@@ -1803,10 +1821,12 @@ private:
 // so connections that open and send nothing never hold a worker. TaskQueue::enqueue
 // returns void in older cpp-httplib and bool in newer; the override follows the base.
 class WatchedPool : public httplib::TaskQueue {
-    using EnqueueResult = decltype(std::declval<httplib::TaskQueue&>().enqueue(std::function<void()>()));
+    using EnqueueResult =
+        decltype(std::declval<httplib::TaskQueue&>().enqueue(std::function<void()>()));
 
-public:
-    WatchedPool(std::size_t threads, ConnectionRegistry& registry) : pool_(threads), registry_(registry) {
+  public:
+    WatchedPool(std::size_t threads, ConnectionRegistry& registry)
+        : pool_(threads), registry_(registry) {
         if (pipe2(wake_, O_CLOEXEC | O_NONBLOCK) != 0) wake_[0] = wake_[1] = -1;
         if (wake_[0] >= 0) gate_ = std::thread([this] { gate_loop(); });
     }
@@ -1838,7 +1858,7 @@ public:
         pool_.shutdown();
     }
 
-private:
+  private:
     struct Gated {
         std::uint64_t id;
         int fd;
@@ -1921,7 +1941,7 @@ private:
 // cpp-httplib's listening socket, to widen its accept queue: the compiled-in backlog can
 // be as small as 5, and a burst of connections beyond it waits for SYN retransmits.
 class HttpServer : public httplib::Server {
-public:
+  public:
     void set_backlog(int backlog) {
         socket_t sock = svr_sock_;
         if (sock != INVALID_SOCKET) ::listen(sock, backlog);
@@ -1951,15 +1971,17 @@ inline std::optional<std::uint64_t> parse_byte_count(const std::string& s) {
 }  // namespace detail
 
 class Server {
-public:
+  public:
     // P2PRC's GET /50 serves a 50 MB file.
     static constexpr std::uint64_t p2prc_download_bytes = 50ull * 1000 * 1000;
 
     explicit Server(ServerOptions options = {}) : options_(std::move(options)) {
         if (options_.worker_threads == 0)
-            throw error(errc::invalid_argument, "ServerOptions::worker_threads is 0: expected at least 1");
+            throw error(errc::invalid_argument,
+                        "ServerOptions::worker_threads is 0: expected at least 1");
         if (options_.max_body_bytes == 0)
-            throw error(errc::invalid_argument, "ServerOptions::max_body_bytes is 0: expected at least 1");
+            throw error(errc::invalid_argument,
+                        "ServerOptions::max_body_bytes is 0: expected at least 1");
         pattern_.resize(64 * 1024);
         // Incompressible-looking bytes, so no layer on the way can shrink the test.
         std::uint32_t x = 0x9e3779b9u;
@@ -1969,7 +1991,8 @@ public:
             x ^= x << 5;
             c = static_cast<char>(x & 0xff);
         }
-        for (const char* path : {"/server_info", "/speedtest/download", "/50"}) routes_[path].builtin_get = true;
+        for (const char* path : {"/server_info", "/speedtest/download", "/50"})
+            routes_[path].builtin_get = true;
         for (const char* path : {"/speedtest/upload", "/upload"}) routes_[path].builtin_post = true;
     }
     ~Server() { stop(); }
@@ -1977,8 +2000,12 @@ public:
     Server& operator=(const Server&) = delete;
 
     // Adds a route (an exact path). Only before start(); a path may have a GET and a POST.
-    Server& get(const std::string& path, RouteHandler handler) { return add("GET", path, std::move(handler)); }
-    Server& post(const std::string& path, RouteHandler handler) { return add("POST", path, std::move(handler)); }
+    Server& get(const std::string& path, RouteHandler handler) {
+        return add("GET", path, std::move(handler));
+    }
+    Server& post(const std::string& path, RouteHandler handler) {
+        return add("POST", path, std::move(handler));
+    }
 
     // Binds and starts serving on an owned thread; returns once the socket is bound and
     // the accept loop runs. Throws p2prc::error (io_error) when the address cannot be bound.
@@ -1997,9 +2024,10 @@ public:
         if (port <= 0) {
             int e = errno;
             http_.reset();
-            throw error(errc::io_error, "cannot bind the HTTP server to " + options_.bind_address + " port " +
-                                            std::to_string(options_.port) +
-                                            (e ? std::string(": ") + std::strerror(e) : std::string()));
+            throw error(errc::io_error,
+                        "cannot bind the HTTP server to " + options_.bind_address + " port " +
+                            std::to_string(options_.port) +
+                            (e ? std::string(": ") + std::strerror(e) : std::string()));
         }
         port_ = static_cast<std::uint16_t>(port);
         http_->set_backlog(options_.listen_backlog);
@@ -2013,7 +2041,8 @@ public:
         while (!h->is_running() && std::chrono::steady_clock::now() < deadline)
             std::this_thread::sleep_for(std::chrono::milliseconds(1));
         watchdog_ = std::thread([this] { watch(); });
-        if (!h->is_running()) {
+        running_ = h->is_running();
+        if (!running_) {
             stop_locked();
             throw error(errc::io_error, "the HTTP server did not start listening within 10 s");
         }
@@ -2026,16 +2055,18 @@ public:
         stop_locked();
     }
 
-    bool running() const { return http_ && http_->is_running(); }
+    bool running() const { return running_; }
     // The bound port (after start()), 0 before.
     std::uint16_t port() const { return port_; }
     const ServerOptions& options() const { return options_; }
     // The /server_info document.
-    nlohmann::json info() const { return nlohmann::json::parse(info_); }
+    nlohmann::json info() const {
+        return nlohmann::json::parse(info_.empty() ? build_info(port_) : info_);
+    }
     ServerStats stats() const { return registry_.stats(); }
     std::size_t open_connections() const { return registry_.open_connections(); }
 
-private:
+  private:
     struct Route {
         RouteHandler get;
         RouteHandler post;
@@ -2047,14 +2078,16 @@ private:
         std::lock_guard<std::mutex> lock(control_);
         if (http_) throw error(errc::state_error, "routes must be added before start(): " + path);
         if (path.empty() || path[0] != '/')
-            throw error(errc::invalid_argument, "route path \"" + path + "\": expected an absolute path");
+            throw error(errc::invalid_argument,
+                        "route path \"" + path + "\": expected an absolute path");
         if (!handler) throw error(errc::invalid_argument, "route " + path + ": empty handler");
         auto& r = routes_[path];
         if (method == "GET") {
             if (r.builtin_get) throw error(errc::invalid_argument, "GET " + path + " is built in");
             r.get = std::move(handler);
         } else {
-            if (r.builtin_post) throw error(errc::invalid_argument, "POST " + path + " is built in");
+            if (r.builtin_post)
+                throw error(errc::invalid_argument, "POST " + path + " is built in");
             r.post = std::move(handler);
         }
         return *this;
@@ -2071,8 +2104,12 @@ private:
         return j.dump();
     }
 
-    static long ms_part_sec(std::chrono::milliseconds d) { return static_cast<long>(d.count() / 1000); }
-    static long ms_part_usec(std::chrono::milliseconds d) { return static_cast<long>((d.count() % 1000) * 1000); }
+    static long ms_part_sec(std::chrono::milliseconds d) {
+        return static_cast<long>(d.count() / 1000);
+    }
+    static long ms_part_usec(std::chrono::milliseconds d) {
+        return static_cast<long>((d.count() % 1000) * 1000);
+    }
 
     void configure(httplib::Server& h) {
         h.set_tcp_nodelay(true);
@@ -2083,7 +2120,8 @@ private:
             setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
         });
         h.set_read_timeout(ms_part_sec(options_.read_timeout), ms_part_usec(options_.read_timeout));
-        h.set_write_timeout(ms_part_sec(options_.write_timeout), ms_part_usec(options_.write_timeout));
+        h.set_write_timeout(ms_part_sec(options_.write_timeout),
+                            ms_part_usec(options_.write_timeout));
         h.set_keep_alive_max_count(options_.keep_alive_max_requests);
         // cpp-httplib takes whole seconds here; round up so a short setting is not 0.
         h.set_keep_alive_timeout(
@@ -2093,20 +2131,24 @@ private:
         detail::ConnectionRegistry* reg = &registry_;
         h.new_task_queue = [threads, reg] { return new detail::WatchedPool(threads, *reg); };
 
-        httplib::Server::HandlerWithResponse pre = [this](const httplib::Request& req, httplib::Response& res) {
+        httplib::Server::HandlerWithResponse pre = [this](const httplib::Request& req,
+                                                          httplib::Response& res) {
             return pre_route(req, res);
         };
         h.set_pre_routing_handler(pre);
-        httplib::Server::HandlerWithResponse on_error = [](const httplib::Request&, httplib::Response& res) {
+        httplib::Server::HandlerWithResponse on_error = [](const httplib::Request&,
+                                                           httplib::Response& res) {
             if (!res.body.empty()) return httplib::Server::HandlerResponse::Unhandled;
-            res.set_content(detail::json_error_body(detail::status_text(res.status)), "application/json");
+            res.set_content(detail::json_error_body(detail::status_text(res.status)),
+                            "application/json");
             return httplib::Server::HandlerResponse::Handled;
         };
         h.set_error_handler(on_error);
-        h.set_exception_handler([](const httplib::Request&, httplib::Response& res, std::exception_ptr) {
-            res.status = 500;
-            res.set_content(detail::json_error_body("internal error"), "application/json");
-        });
+        h.set_exception_handler(
+            [](const httplib::Request&, httplib::Response& res, std::exception_ptr) {
+                res.status = 500;
+                res.set_content(detail::json_error_body("internal error"), "application/json");
+            });
         h.set_logger([this](const httplib::Request& req, const httplib::Response& res) {
             bool close_after = res.get_header_value("Connection") == "close";
             registry_.request_done(detail::peer_key(req.remote_addr, req.remote_port), close_after);
@@ -2116,18 +2158,21 @@ private:
         builtin_get("/server_info", [this](const httplib::Request&, httplib::Response& res) {
             res.set_content(info_, "application/json");
         });
-        builtin_get("/speedtest/download", [this](const httplib::Request& req, httplib::Response& res) {
+        builtin_get("/speedtest/download", [this](const httplib::Request& req,
+                                                  httplib::Response& res) {
             if (!req.has_param("bytes")) {
                 res.status = 400;
-                res.set_content(detail::json_error_body("missing query parameter bytes=N"), "application/json");
+                res.set_content(detail::json_error_body("missing query parameter bytes=N"),
+                                "application/json");
                 return;
             }
             auto n = detail::parse_byte_count(req.get_param_value("bytes"));
             if (!n) {
                 res.status = 400;
-                res.set_content(detail::json_error_body("bytes=" + req.get_param_value("bytes").substr(0, 40) +
-                                                        ": expected a decimal byte count"),
-                                "application/json");
+                res.set_content(
+                    detail::json_error_body("bytes=" + req.get_param_value("bytes").substr(0, 40) +
+                                            ": expected a decimal byte count"),
+                    "application/json");
                 return;
             }
             serve_bytes(res, *n);
@@ -2136,8 +2181,9 @@ private:
             serve_bytes(res, p2prc_download_bytes);
         });
         for (const char* path : {"/speedtest/upload", "/upload"}) {
-            builtin_post(path, [this](const httplib::Request& req, httplib::Response& res,
-                                      const httplib::ContentReader& reader) { upload(req, res, reader); });
+            builtin_post(
+                path, [this](const httplib::Request& req, httplib::Response& res,
+                             const httplib::ContentReader& reader) { upload(req, res, reader); });
         }
 
         // Routes of higher layers.
@@ -2210,10 +2256,12 @@ private:
 
     // Decides what cpp-httplib must not do itself: answer unknown routes and wrong
     // methods as JSON, and refuse a declared body over the limit before reading it.
-    httplib::Server::HandlerResponse pre_route(const httplib::Request& req, httplib::Response& res) {
+    httplib::Server::HandlerResponse pre_route(const httplib::Request& req,
+                                               httplib::Response& res) {
         registry_.request_started(detail::peer_key(req.remote_addr, req.remote_port));
         auto it = routes_.find(req.path);
-        const bool has_body = req.has_header("Content-Length") || req.has_header("Transfer-Encoding");
+        const bool has_body =
+            req.has_header("Content-Length") || req.has_header("Transfer-Encoding");
         auto reject = [&](int status, const std::string& message) {
             res.status = status;
             if (has_body) res.set_header("Connection", "close");
@@ -2228,7 +2276,8 @@ private:
             std::string allow = (r.get || r.builtin_get) ? "GET" : "";
             if (r.post || r.builtin_post) allow += allow.empty() ? "POST" : ", POST";
             res.set_header("Allow", allow);
-            return reject(405, req.method.substr(0, 20) + " not allowed on " + req.path.substr(0, 200));
+            return reject(405,
+                          req.method.substr(0, 20) + " not allowed on " + req.path.substr(0, 200));
         }
         if (req.has_header("Content-Length")) {
             auto n = detail::parse_byte_count(req.get_header_value("Content-Length"));
@@ -2247,7 +2296,8 @@ private:
         r.path = req.path;
         for (const auto& [k, v] : req.params) r.params.emplace(k, v);
         for (const auto& [k, v] : req.headers) {
-            if (k == "REMOTE_ADDR" || k == "REMOTE_PORT" || k == "LOCAL_ADDR" || k == "LOCAL_PORT") continue;
+            if (k == "REMOTE_ADDR" || k == "REMOTE_PORT" || k == "LOCAL_ADDR" || k == "LOCAL_PORT")
+                continue;
             r.headers.emplace_back(k, v);
         }
         r.remote_address = req.remote_addr;
@@ -2258,14 +2308,16 @@ private:
         return r;
     }
 
-    static void run_handler(const RouteHandler& handler, const HttpRequest& r, httplib::Response& res) {
+    static void run_handler(const RouteHandler& handler, const HttpRequest& r,
+                            httplib::Response& res) {
         HttpResponse out;
         try {
             handler(r, out);
         } catch (const p2prc::error& e) {
             int status = e.code() == errc::limit_exceeded ? 413
-                       : (e.code() == errc::parse_error || e.code() == errc::invalid_argument) ? 400
-                                                                                               : 500;
+                         : (e.code() == errc::parse_error || e.code() == errc::invalid_argument)
+                             ? 400
+                             : 500;
             out.error(status, e.what());
         } catch (const std::exception& e) {
             out.error(500, std::string("internal error: ") + e.what());
@@ -2296,14 +2348,16 @@ private:
     // Reads and discards the body, counting bytes as they arrive. Answers
     // {"bytes", "seconds"} (first to last byte) and, with ?warmup_ms=W, the same for the
     // bytes that arrived W ms after the first one ("measured_bytes", "measured_seconds").
-    void upload(const httplib::Request& req, httplib::Response& res, const httplib::ContentReader& reader) {
+    void upload(const httplib::Request& req, httplib::Response& res,
+                const httplib::ContentReader& reader) {
         using Clock = std::chrono::steady_clock;
         std::uint64_t warmup_ms = 0;
         if (req.has_param("warmup_ms")) {
             auto w = detail::parse_byte_count(req.get_param_value("warmup_ms"));
             if (!w || *w > 60000) {
                 res.status = 400;
-                res.set_content(detail::json_error_body("warmup_ms: expected 0-60000"), "application/json");
+                res.set_content(detail::json_error_body("warmup_ms: expected 0-60000"),
+                                "application/json");
                 return;
             }
             warmup_ms = *w;
@@ -2342,7 +2396,8 @@ private:
         if (over) return too_large(res, max);
         if (!ok) {
             res.status = 400;
-            res.set_content(detail::json_error_body("could not read the request body"), "application/json");
+            res.set_content(detail::json_error_body("could not read the request body"),
+                            "application/json");
             return;
         }
         auto secs = [](Clock::duration d) { return std::chrono::duration<double>(d).count(); };
@@ -2350,7 +2405,8 @@ private:
         j["bytes"] = total;
         j["seconds"] = have_first ? secs(last - first) : 0.0;
         j["measured_bytes"] = warmed ? measured : total;
-        j["measured_seconds"] = warmed ? secs(last - warm) : (have_first ? secs(last - first) : 0.0);
+        j["measured_seconds"] =
+            warmed ? secs(last - warm) : (have_first ? secs(last - first) : 0.0);
         res.set_content(j.dump(), "application/json");
     }
 
@@ -2359,14 +2415,15 @@ private:
         while (!watch_stop_) {
             watch_cv_.wait_for(lock, std::chrono::milliseconds(50));
             if (watch_stop_) break;
-            registry_.enforce(options_.header_timeout, options_.keep_alive_timeout, options_.request_timeout,
-                              options_.overload_idle_timeout);
+            registry_.enforce(options_.header_timeout, options_.keep_alive_timeout,
+                              options_.request_timeout, options_.overload_idle_timeout);
         }
     }
 
     void stop_locked() {
         if (!http_) return;
         stopping_ = true;
+        running_ = false;
         http_->stop();          // closes the listening socket: the accept loop ends
         registry_.close_all();  // every connection sees EOF: every worker ends
         if (listener_.joinable()) listener_.join();  // joins the workers too
@@ -2386,6 +2443,7 @@ private:
     std::string info_;
     std::uint16_t port_ = 0;
     std::atomic<bool> stopping_{false};
+    std::atomic<bool> running_{false};
     detail::ConnectionRegistry registry_;
     std::unique_ptr<detail::HttpServer> http_;
     std::thread listener_;
@@ -2410,7 +2468,9 @@ private:
 // Throughput: download, then upload, for a fixed time or a byte budget; the first part
 // (warm-up: TCP slow start, buffers filling) is not counted. Download bytes are counted
 // as they arrive at the client; upload bytes as they arrive at the server, which reports
-// them (the client's own count would include whatever sits in socket buffers).
+// them (the client's own count would include whatever sits in socket buffers). A peer
+// without these routes (P2PRC's Go server answers 404) is measured on its own GET /50
+// and POST /upload instead; its upload figure then includes the request's round trip.
 //
 // refresh(): probes every peer of a table with at most `concurrency` probes in flight,
 // retries a failed peer once, records the figures and prunes the peers that stay
@@ -2449,23 +2509,31 @@ enum class ProbeFailure {
 
 inline const char* to_string(ProbeFailure f) noexcept {
     switch (f) {
-        case ProbeFailure::none: return "none";
-        case ProbeFailure::refused: return "refused";
-        case ProbeFailure::timeout: return "timeout";
-        case ProbeFailure::http_status: return "http_status";
-        case ProbeFailure::not_json: return "not_json";
-        case ProbeFailure::closed: return "closed";
-        case ProbeFailure::too_large: return "too_large";
-        case ProbeFailure::error: return "error";
+        case ProbeFailure::none:
+            return "none";
+        case ProbeFailure::refused:
+            return "refused";
+        case ProbeFailure::timeout:
+            return "timeout";
+        case ProbeFailure::http_status:
+            return "http_status";
+        case ProbeFailure::not_json:
+            return "not_json";
+        case ProbeFailure::closed:
+            return "closed";
+        case ProbeFailure::too_large:
+            return "too_large";
+        case ProbeFailure::error:
+            return "error";
     }
     return "unknown";
 }
 
 struct LatencyOptions {
-    int samples = 5;                              // timed requests after the warm-up
+    int samples = 5;  // timed requests after the warm-up
     std::string path = "/server_info";
     std::chrono::milliseconds connect_timeout{2000};
-    std::chrono::milliseconds read_timeout{2000};  // one receive
+    std::chrono::milliseconds read_timeout{2000};    // one receive
     std::chrono::milliseconds total_timeout{10000};  // the whole probe
     std::size_t max_body_bytes = 1 << 20;
 };
@@ -2482,9 +2550,9 @@ struct LatencyResult {
 
 struct ThroughputOptions {
     std::chrono::milliseconds duration{2000};  // counted time of each direction
-    std::uint64_t byte_budget = 0;             // when non-zero: stop each direction after this many bytes
-    std::chrono::milliseconds warmup{250};     // not counted
-    unsigned streams = 1;                      // parallel connections per direction
+    std::uint64_t byte_budget = 0;  // when non-zero: stop each direction after this many bytes
+    std::chrono::milliseconds warmup{250};  // not counted
+    unsigned streams = 1;                   // parallel connections per direction
     bool download = true;
     bool upload = true;
     std::uint64_t max_upload_request_bytes = 64u << 20;  // the server's body limit (P2PRC default)
@@ -2511,7 +2579,8 @@ inline double ms_between(ProbeClock::time_point a, ProbeClock::time_point b) {
     return std::chrono::duration<double, std::milli>(b - a).count();
 }
 
-inline std::unique_ptr<httplib::Client> probe_client(const Endpoint& e, std::chrono::milliseconds connect,
+inline std::unique_ptr<httplib::Client> probe_client(const Endpoint& e,
+                                                     std::chrono::milliseconds connect,
                                                      std::chrono::milliseconds read) {
     // cpp-httplib wants the bare address; the Host header gets the bracketed form.
     auto c = std::make_unique<httplib::Client>(e.host_string(), e.port);
@@ -2519,7 +2588,8 @@ inline std::unique_ptr<httplib::Client> probe_client(const Endpoint& e, std::chr
     c->set_tcp_nodelay(true);
     c->set_decompress(false);  // no Accept-Encoding: the peer sends the bytes as they are
     c->set_follow_location(false);
-    c->set_connection_timeout(connect.count() / 1000, static_cast<long>((connect.count() % 1000) * 1000));
+    c->set_connection_timeout(connect.count() / 1000,
+                              static_cast<long>((connect.count() % 1000) * 1000));
     c->set_read_timeout(read.count() / 1000, static_cast<long>((read.count() % 1000) * 1000));
     c->set_write_timeout(read.count() / 1000, static_cast<long>((read.count() % 1000) * 1000));
     return c;
@@ -2543,7 +2613,8 @@ inline std::pair<ProbeFailure, std::string> classify(httplib::Error err, double 
             return {ProbeFailure::timeout, "connect timed out"};
         case httplib::Error::Read:
             if (elapsed_ms + 50 >= double(read_timeout.count()))
-                return {ProbeFailure::timeout, "no answer within " + std::to_string(read_timeout.count()) + " ms"};
+                return {ProbeFailure::timeout,
+                        "no answer within " + std::to_string(read_timeout.count()) + " ms"};
             return {ProbeFailure::closed, "connection closed before an answer"};
         case httplib::Error::Write:
             return {ProbeFailure::closed, "connection closed while sending"};
@@ -2566,8 +2637,9 @@ inline void fill_stats(LatencyResult& r) {
 // outcomes; throws p2prc::error for bad options.
 inline LatencyResult probe_latency(const Endpoint& endpoint, const LatencyOptions& options = {}) {
     if (options.samples < 1 || options.samples > 1000)
-        throw error(errc::invalid_argument, "LatencyOptions::samples is " + std::to_string(options.samples) +
-                                                ": expected 1-1000");
+        throw error(
+            errc::invalid_argument,
+            "LatencyOptions::samples is " + std::to_string(options.samples) + ": expected 1-1000");
     using detail::ProbeClock;
     LatencyResult r;
     r.endpoint = endpoint;
@@ -2595,13 +2667,16 @@ inline LatencyResult probe_latency(const Endpoint& endpoint, const LatencyOption
         if (!res) {
             if (too_large) {
                 r.failure = ProbeFailure::too_large;
-                r.reason = "answer larger than " + std::to_string(options.max_body_bytes) + " bytes";
+                r.reason =
+                    "answer larger than " + std::to_string(options.max_body_bytes) + " bytes";
             } else if (late) {
                 r.failure = ProbeFailure::timeout;
-                r.reason = "probe took longer than " + std::to_string(options.total_timeout.count()) + " ms";
+                r.reason = "probe took longer than " +
+                           std::to_string(options.total_timeout.count()) + " ms";
             } else {
-                auto [f, text] = detail::classify(res.error(), detail::ms_between(t0, ProbeClock::now()),
-                                                  options.connect_timeout, options.read_timeout);
+                auto [f, text] =
+                    detail::classify(res.error(), detail::ms_between(t0, ProbeClock::now()),
+                                     options.connect_timeout, options.read_timeout);
                 r.failure = f;
                 r.reason = text;
             }
@@ -2625,7 +2700,8 @@ inline LatencyResult probe_latency(const Endpoint& endpoint, const LatencyOption
         if (i > 0) r.samples_ms.push_back(detail::ms_between(t0, t1));
         if (t1 > deadline && i < options.samples) {
             r.failure = ProbeFailure::timeout;
-            r.reason = "probe took longer than " + std::to_string(options.total_timeout.count()) + " ms";
+            r.reason =
+                "probe took longer than " + std::to_string(options.total_timeout.count()) + " ms";
             r.samples_ms.clear();
             return r;
         }
@@ -2674,7 +2750,8 @@ inline std::string speed_pattern() {
 
 inline void fail_stream(StreamFigures& f, const httplib::Result& res, ProbeClock::time_point t0,
                         const ThroughputOptions& o) {
-    auto [kind, text] = classify(res.error(), ms_between(t0, ProbeClock::now()), o.connect_timeout, o.read_timeout);
+    auto [kind, text] =
+        classify(res.error(), ms_between(t0, ProbeClock::now()), o.connect_timeout, o.read_timeout);
     f.failure = kind;
     f.reason = text;
 }
@@ -2688,12 +2765,16 @@ inline StreamFigures download_stream(const Endpoint& e, const ThroughputOptions&
     bool started = false, done = false;
     ProbeClock::time_point first{}, warm_end{}, stop_at{}, last{};
     std::uint64_t total = 0, counted = 0;
+    bool go_route = false;  // a P2PRC (Go) peer: only its fixed GET /50
     for (int request = 0; !done && request < 10000; ++request) {
-        const std::uint64_t want = o.byte_budget ? o.byte_budget - total : (1ull << 40);  // the server caps it
+        const std::uint64_t want =
+            o.byte_budget ? o.byte_budget - total : (1ull << 40);  // the server caps it
+        const std::string path =
+            go_route ? "/50" : "/speedtest/download?bytes=" + std::to_string(want);
         int status = 0;
         const auto t0 = ProbeClock::now();
         auto res = client->Get(
-            ("/speedtest/download?bytes=" + std::to_string(want)).c_str(), headers,
+            path.c_str(), headers,
             [&](const httplib::Response& r) {
                 status = r.status;
                 return r.status == 200;
@@ -2718,6 +2799,10 @@ inline StreamFigures download_stream(const Endpoint& e, const ThroughputOptions&
                 return true;
             });
         if (done) break;
+        if (status == 404 && !go_route && total == 0) {
+            go_route = true;
+            continue;
+        }
         if (status != 0 && status != 200) {
             f.failure = ProbeFailure::http_status;
             f.reason = "download: HTTP status " + std::to_string(status);
@@ -2741,7 +2826,8 @@ inline StreamFigures download_stream(const Endpoint& e, const ThroughputOptions&
         f.seconds = std::chrono::duration<double>(last - warm_end).count();
     } else {  // too few bytes to get past the warm-up: count them all
         f.bytes = total;
-        f.seconds = std::chrono::duration<double>((last > first ? last : ProbeClock::now()) - first).count();
+        f.seconds = std::chrono::duration<double>((last > first ? last : ProbeClock::now()) - first)
+                        .count();
     }
     return f;
 }
@@ -2749,7 +2835,40 @@ inline StreamFigures download_stream(const Endpoint& e, const ThroughputOptions&
 // One upload stream: POST /speedtest/upload with a chunked body until the time (or the
 // budget, or the server's body limit) is used up. The server counts what arrives and
 // leaves the warm-up out.
-inline StreamFigures upload_stream(const Endpoint& e, const ThroughputOptions& o, std::uint64_t limit) {
+// P2PRC's (Go) own upload route takes one multipart file and says nothing back that
+// can be counted: the client times the whole request. No warm-up is left out here.
+inline StreamFigures upload_go_route(const Endpoint& e, const ThroughputOptions& o,
+                                     std::uint64_t bytes) {
+    StreamFigures f;
+    auto client = probe_client(e, o.connect_timeout, o.read_timeout);
+    std::string content;
+    content.reserve(bytes);
+    static const std::string chunk = speed_pattern();
+    while (content.size() < bytes)
+        content.append(chunk, 0, std::min<std::size_t>(chunk.size(), bytes - content.size()));
+    httplib::MultipartFormDataItems items = {
+        {"file", std::move(content), "upload.bin", "application/octet-stream"}};
+    const auto t0 = ProbeClock::now();
+    auto res = client->Post("/upload", probe_headers(e), items);
+    const double secs = std::chrono::duration<double>(ProbeClock::now() - t0).count();
+    if (!res) {
+        fail_stream(f, res, t0, o);
+        f.reason = "upload: " + f.reason;
+        return f;
+    }
+    if (res->status != 200) {
+        f.failure = ProbeFailure::http_status;
+        f.reason = "upload: HTTP status " + std::to_string(res->status);
+        return f;
+    }
+    f.ok = true;
+    f.bytes = bytes;
+    f.seconds = secs;
+    return f;
+}
+
+inline StreamFigures upload_stream(const Endpoint& e, const ThroughputOptions& o,
+                                   std::uint64_t limit, std::uint64_t go_bytes) {
     StreamFigures f;
     auto client = probe_client(e, o.connect_timeout, o.read_timeout);
     auto headers = probe_headers(e);
@@ -2764,7 +2883,8 @@ inline StreamFigures upload_stream(const Endpoint& e, const ThroughputOptions& o
                 sink.done();
                 return true;
             }
-            const std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(chunk.size(), limit - sent));
+            const std::size_t n =
+                static_cast<std::size_t>(std::min<std::uint64_t>(chunk.size(), limit - sent));
             if (!sink.write(chunk.data(), n)) return false;
             sent += n;
             return true;
@@ -2775,14 +2895,16 @@ inline StreamFigures upload_stream(const Endpoint& e, const ThroughputOptions& o
         f.reason = "upload: " + f.reason;
         return f;
     }
+    if (res->status == 404) return upload_go_route(e, o, go_bytes);
     if (res->status != 200) {
         f.failure = ProbeFailure::http_status;
         f.reason = "upload: HTTP status " + std::to_string(res->status);
         return f;
     }
     auto j = nlohmann::json::parse(res->body, nullptr, false);
-    if (j.is_discarded() || !j.is_object() || !j.contains("measured_bytes") || !j.contains("measured_seconds") ||
-        !j["measured_bytes"].is_number() || !j["measured_seconds"].is_number()) {
+    if (j.is_discarded() || !j.is_object() || !j.contains("measured_bytes") ||
+        !j.contains("measured_seconds") || !j["measured_bytes"].is_number() ||
+        !j["measured_seconds"].is_number()) {
         f.failure = ProbeFailure::not_json;
         f.reason = "upload: the answer is not the expected JSON";
         return f;
@@ -2822,16 +2944,20 @@ inline StreamFigures parallel_streams(unsigned streams, Fn fn) {
 
 // Measures download then upload speed against the peer's speed-test routes. Never throws
 // for network outcomes.
-inline ThroughputResult probe_throughput(const Endpoint& endpoint, const ThroughputOptions& options = {}) {
+inline ThroughputResult probe_throughput(const Endpoint& endpoint,
+                                         const ThroughputOptions& options = {}) {
     if (options.streams < 1 || options.streams > 64)
-        throw error(errc::invalid_argument, "ThroughputOptions::streams is " + std::to_string(options.streams) +
-                                                ": expected 1-64");
+        throw error(
+            errc::invalid_argument,
+            "ThroughputOptions::streams is " + std::to_string(options.streams) + ": expected 1-64");
     if (options.duration.count() <= 0 && options.byte_budget == 0)
-        throw error(errc::invalid_argument, "ThroughputOptions: a duration or a byte budget is needed");
+        throw error(errc::invalid_argument,
+                    "ThroughputOptions: a duration or a byte budget is needed");
     ThroughputResult r;
     r.endpoint = endpoint;
     if (options.download) {
-        auto f = detail::parallel_streams(options.streams, [&] { return detail::download_stream(endpoint, options); });
+        auto f = detail::parallel_streams(
+            options.streams, [&] { return detail::download_stream(endpoint, options); });
         if (!f.ok) {
             r.failure = f.failure;
             r.reason = f.reason;
@@ -2845,16 +2971,26 @@ inline ThroughputResult probe_throughput(const Endpoint& endpoint, const Through
         std::uint64_t limit = options.max_upload_request_bytes;
         if (options.byte_budget) limit = std::min(limit, options.byte_budget);
         {
-            auto client = detail::probe_client(endpoint, options.connect_timeout, options.read_timeout);
+            auto client =
+                detail::probe_client(endpoint, options.connect_timeout, options.read_timeout);
             auto res = client->Get("/server_info", detail::probe_headers(endpoint));
             if (res && res->status == 200) {
                 auto j = nlohmann::json::parse(res->body, nullptr, false);
-                if (j.is_object() && j.contains("MaxBodyBytes") && j["MaxBodyBytes"].is_number_unsigned())
+                if (j.is_object() && j.contains("MaxBodyBytes") &&
+                    j["MaxBodyBytes"].is_number_unsigned())
                     limit = std::min(limit, j["MaxBodyBytes"].get<std::uint64_t>());
             }
         }
-        auto f = detail::parallel_streams(options.streams,
-                                          [&] { return detail::upload_stream(endpoint, options, limit); });
+        // For a Go peer's one-shot upload: about what the download rate moves in the
+        // duration, within 256 KiB - 64 MiB.
+        double guess = r.download_mbps ? *r.download_mbps * 1e6 / 8 *
+                                             std::chrono::duration<double>(options.duration).count()
+                                       : 4.0 * (1 << 20);
+        const auto go_bytes = std::min<std::uint64_t>(
+            limit, static_cast<std::uint64_t>(std::clamp(guess, 256.0 * 1024, 64.0 * (1 << 20))));
+        auto f = detail::parallel_streams(options.streams, [&] {
+            return detail::upload_stream(endpoint, options, limit, go_bytes);
+        });
         if (!f.ok) {
             r.failure = f.failure;
             r.reason = f.reason;
@@ -2869,7 +3005,8 @@ inline ThroughputResult probe_throughput(const Endpoint& endpoint, const Through
 
 inline ThroughputResult probe_throughput(const Peer& peer, const ThroughputOptions& options = {}) {
     auto e = peer.endpoint();
-    if (!e) throw error(errc::invalid_argument, "peer " + peer.label() + " has no address to probe");
+    if (!e)
+        throw error(errc::invalid_argument, "peer " + peer.label() + " has no address to probe");
     return probe_throughput(*e, options);
 }
 
@@ -2905,7 +3042,8 @@ struct RefreshReport {
 inline RefreshReport refresh(IpTable& table, const RefreshOptions& options = {}) {
     if (options.concurrency < 1 || options.concurrency > 4096)
         throw error(errc::invalid_argument, "RefreshOptions::concurrency is " +
-                                                std::to_string(options.concurrency) + ": expected 1-4096");
+                                                std::to_string(options.concurrency) +
+                                                ": expected 1-4096");
     const auto t0 = detail::ProbeClock::now();
     const std::vector<Peer> peers = table.peers();
     const std::size_t total = peers.size();
