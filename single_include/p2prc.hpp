@@ -1599,9 +1599,13 @@ class ConnectionRegistry {
   public:
     using Clock = std::chrono::steady_clock;
 
-    void reset(std::uint16_t port) {
+    // `listening` is the listening socket's address: a connection qualifies when its local
+    // port is the same and, unless the server listens on a wildcard address, its local
+    // address too (another server of the process may use the same port elsewhere).
+    void reset(const sockaddr_storage& listening) {
         std::lock_guard<std::mutex> lock(mutex_);
-        port_ = port;
+        listening_ = listening;
+        port_ = sockaddr_port(listening);
         closed_ = false;
         ignored_.clear();
     }
@@ -1609,6 +1613,11 @@ class ConnectionRegistry {
     // Called on the accepting thread right after accept(): finds the new connection.
     // Returns its id (the socket's inode), or 0 when it could not be found (no /proc,
     // or the peer already went away).
+    //
+    // Exactly one socket qualifies at that moment: the accepting thread adopts each
+    // connection before it accepts the next, and every socket that is not adopted is
+    // remembered as not to be adopted. TSan reports the scan's fstat() on descriptors of
+    // other threads as races on descriptors; they are reads of kernel state, not memory.
     std::uint64_t adopt() {
         DIR* dir = opendir("/proc/self/fd");
         if (!dir) return 0;
@@ -1629,16 +1638,12 @@ class ConnectionRegistry {
                 socklen_t ll = sizeof local, pl = sizeof peer;
                 if (getsockname(fd, reinterpret_cast<sockaddr*>(&local), &ll) != 0 ||
                     (local.ss_family != AF_INET && local.ss_family != AF_INET6) ||
-                    sockaddr_port(local) != port_)
+                    sockaddr_port(local) != port_ || !same_local_address(local))
                     continue;
                 if (getpeername(fd, reinterpret_cast<sockaddr*>(&peer), &pl) != 0) {
-                    if (errno == ENOTCONN) {
-                        int listening = 0;
-                        socklen_t il = sizeof listening;
-                        if (getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &il) == 0 &&
-                            listening)
-                            ignored_.insert(ino);  // the listening socket
-                    }
+                    // The listening socket, or a connection whose peer is gone already:
+                    // never a candidate again, so a later accept cannot be confused with it.
+                    forget(ino);
                     continue;
                 }
                 found = ino;
@@ -1651,7 +1656,10 @@ class ConnectionRegistry {
             // Our own descriptor for the socket: shutting it down can never hit a
             // descriptor number that the server closed and the process reused.
             int own = fcntl(found_fd, F_DUPFD_CLOEXEC, 0);
-            if (own < 0) return 0;
+            if (own < 0) {
+                forget(found);  // out of descriptors: serve it untracked
+                return 0;
+            }
             int one = 1;
             setsockopt(own, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
             Conn c;
@@ -1797,6 +1805,30 @@ class ConnectionRegistry {
         Clock::time_point started_at{};
     };
 
+    bool same_local_address(const sockaddr_storage& local) const {
+        if (listening_.ss_family == AF_INET) {
+            const auto& l = reinterpret_cast<const sockaddr_in&>(listening_);
+            if (l.sin_addr.s_addr == htonl(INADDR_ANY)) return true;
+            return local.ss_family == AF_INET &&
+                   reinterpret_cast<const sockaddr_in&>(local).sin_addr.s_addr == l.sin_addr.s_addr;
+        }
+        if (listening_.ss_family == AF_INET6) {
+            const auto& l = reinterpret_cast<const sockaddr_in6&>(listening_);
+            if (IN6_IS_ADDR_UNSPECIFIED(&l.sin6_addr)) return true;
+            return local.ss_family == AF_INET6 &&
+                   std::memcmp(&reinterpret_cast<const sockaddr_in6&>(local).sin6_addr,
+                               &l.sin6_addr, sizeof l.sin6_addr) == 0;
+        }
+        return true;
+    }
+
+    // Bounded: after many forgotten sockets the set restarts (closed sockets' inode
+    // numbers are not reused soon, and the listening socket is simply found again).
+    void forget(std::uint64_t ino) {
+        if (ignored_.size() >= 4096) ignored_.clear();
+        ignored_.insert(ino);
+    }
+
     Conn* find(const std::string& key) {
         auto p = by_peer_.find(key);
         if (p == by_peer_.end()) return nullptr;
@@ -1806,6 +1838,7 @@ class ConnectionRegistry {
 
     mutable std::mutex mutex_;
     std::uint16_t port_ = 0;
+    sockaddr_storage listening_{};
     bool closed_ = false;
     std::size_t pending_ = 0;
     std::size_t max_pending_ = 0;
@@ -1946,6 +1979,13 @@ class HttpServer : public httplib::Server {
         socket_t sock = svr_sock_;
         if (sock != INVALID_SOCKET) ::listen(sock, backlog);
     }
+    sockaddr_storage listening_address() const {
+        sockaddr_storage a{};
+        socklen_t len = sizeof a;
+        socket_t sock = svr_sock_;
+        if (sock != INVALID_SOCKET) getsockname(sock, reinterpret_cast<sockaddr*>(&a), &len);
+        return a;
+    }
 };
 
 inline std::string regex_escape(const std::string& s) {
@@ -2032,7 +2072,7 @@ class Server {
         port_ = static_cast<std::uint16_t>(port);
         http_->set_backlog(options_.listen_backlog);
         info_ = build_info(port_);
-        registry_.reset(port_);
+        registry_.reset(http_->listening_address());
         registry_.set_limits(options_.max_queued_connections, options_.worker_threads);
         stopping_ = false;
         httplib::Server* h = http_.get();

@@ -63,6 +63,7 @@ TEST_CASE("probe_latency: IPv6 endpoints are probed as [addr]:port") {
     auto r = p2prc::probe_latency(e);
     CHECK(r.reachable);
     CHECK(r.endpoint.to_string() == "[::1]:" + std::to_string(s.port()));
+    CHECK(s.stats().connections == 1);  // the server tracks IPv6 connections too
 }
 
 TEST_CASE("probe_latency: the failure says why") {
