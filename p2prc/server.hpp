@@ -13,7 +13,14 @@
 // is told of every connection on the accepting thread) by looking for the one socket of
 // the process that has the server's port as local port and is not yet known. With its own
 // handle on the socket it can bound a request's total time (header_timeout,
-// request_timeout) and shut every connection down at stop().
+// request_timeout) and shut every connection down at stop(). cpp-httplib serves one
+// connection per worker thread for the connection's whole life, so two more rules keep
+// workers for clients that talk: a connection reaches a worker only once its first bytes
+// are in, and while connections wait for a worker, an idle one (kept alive, or stalled in
+// its headers) gives its worker up after overload_idle_timeout.
+//
+// Linux only for these guards (they read /proc/self/fd); elsewhere the server still runs,
+// bounded by cpp-httplib's own per-receive timeouts.
 #pragma once
 
 #include "address.hpp"
@@ -209,6 +216,7 @@ class ConnectionRegistry {
         std::lock_guard<std::mutex> lock(mutex_);
         listening_ = listening;
         port_ = sockaddr_port(listening);
+        foreign_.clear();
         closed_ = false;
         ignored_.clear();
     }
@@ -236,13 +244,20 @@ class ConnectionRegistry {
                 struct stat st {};
                 if (fstat(fd, &st) != 0 || !S_ISSOCK(st.st_mode)) continue;
                 auto ino = static_cast<std::uint64_t>(st.st_ino);
-                if (conns_.count(ino) || ignored_.count(ino)) continue;
+                if (conns_.count(ino) || ignored_.count(ino) || foreign_.count(ino)) continue;
                 sockaddr_storage local{}, peer{};
                 socklen_t ll = sizeof local, pl = sizeof peer;
-                if (getsockname(fd, reinterpret_cast<sockaddr*>(&local), &ll) != 0 ||
-                    (local.ss_family != AF_INET && local.ss_family != AF_INET6) ||
-                    sockaddr_port(local) != port_ || !same_local_address(local))
+                if (getsockname(fd, reinterpret_cast<sockaddr*>(&local), &ll) != 0) continue;
+                if ((local.ss_family != AF_INET && local.ss_family != AF_INET6) ||
+                    sockaddr_port(local) != port_ || !same_local_address(local)) {
+                    // Bound elsewhere (a client socket, another server): never ours. Kept
+                    // so a process with many sockets pays for each one once, not per accept.
+                    if (local.ss_family == AF_UNIX || sockaddr_port(local) != 0) {
+                        if (foreign_.size() >= 65536) foreign_.clear();
+                        foreign_.insert(ino);
+                    }
                     continue;
+                }
                 if (getpeername(fd, reinterpret_cast<sockaddr*>(&peer), &pl) != 0) {
                     // The listening socket, or a connection whose peer is gone already:
                     // never a candidate again, so a later accept cannot be confused with it.
@@ -449,6 +464,7 @@ class ConnectionRegistry {
     std::unordered_map<std::uint64_t, Conn> conns_;
     std::unordered_map<std::string, std::uint64_t> by_peer_;
     std::unordered_set<std::uint64_t> ignored_;
+    std::unordered_set<std::uint64_t> foreign_;
     ServerStats stats_;
 };
 
