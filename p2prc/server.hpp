@@ -37,6 +37,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -83,6 +84,9 @@ struct ServerOptions {
     // While connections wait for a worker, a worker waiting this long on an idle
     // connection (kept alive, or with stalled headers) lets it go.
     std::chrono::milliseconds overload_idle_timeout{500};
+    // A request line and headers together (cpp-httplib alone bounds each line only once
+    // it has read all of it); 0: no bound.
+    std::size_t max_header_bytes = 64u << 10;
     std::size_t max_body_bytes = 64u << 20;         // every route; 413 beyond
     std::uint64_t max_download_bytes = 256u << 20;  // one speed-test download
     std::size_t keep_alive_max_requests = 100;
@@ -150,7 +154,8 @@ struct ServerStats {
     std::uint64_t header_timeouts = 0;   // cut for not sending their headers in time
     std::uint64_t request_timeouts = 0;  // cut for exceeding request_timeout
     std::uint64_t refused_queue_full = 0;
-    std::uint64_t overload_cuts = 0;  // idle connections let go because others waited
+    std::uint64_t overload_cuts = 0;     // idle connections let go because others waited
+    std::uint64_t header_overflows = 0;  // cut for sending more than max_header_bytes
 };
 
 namespace detail {
@@ -345,6 +350,7 @@ class ConnectionRegistry {
             c->active = false;
             c->served = true;
             c->since = Clock::now();
+            c->consumed_mark = consumed_bytes(c->fd);
             // An answer given without reading the body (413, 404): the unread bytes must
             // not be parsed as the next request.
             if (close_after) ::shutdown(c->fd, SHUT_RDWR);
@@ -355,8 +361,8 @@ class ConnectionRegistry {
     // Under load (connections wait for a worker), a worker that waits on a connection for
     // longer than `overload_idle` (an idle keep-alive, or headers that stall) lets it go.
     void enforce(std::chrono::milliseconds header_timeout, std::chrono::milliseconds keep_alive,
-                 std::chrono::milliseconds request_timeout,
-                 std::chrono::milliseconds overload_idle) {
+                 std::chrono::milliseconds request_timeout, std::chrono::milliseconds overload_idle,
+                 std::size_t max_header_bytes) {
         std::lock_guard<std::mutex> lock(mutex_);
         const auto now = Clock::now();
         const bool overloaded = pending_ > 0;
@@ -377,6 +383,18 @@ class ConnectionRegistry {
                     ::shutdown(c.fd, SHUT_RDWR);
                     c.cut = true;
                     ++stats_.header_timeouts;
+                    continue;
+                }
+                // cpp-httplib keeps reading a request line or header line until its end,
+                // however long: bound what a connection may make it read before a request
+                // starts (its read-ahead buffer is 4 KiB).
+                auto consumed = consumed_bytes(c.fd);
+                const std::uint64_t mark = c.consumed_mark.value_or(0);
+                if (max_header_bytes && consumed && *consumed > mark &&
+                    *consumed - mark > max_header_bytes + 4096) {
+                    ::shutdown(c.fd, SHUT_RDWR);
+                    c.cut = true;
+                    ++stats_.header_overflows;
                 }
             } else if (request_timeout.count() > 0 && age > request_timeout) {
                 ::shutdown(c.fd, SHUT_RDWR);
@@ -421,7 +439,24 @@ class ConnectionRegistry {
         bool cut = false;
         bool started = false;
         Clock::time_point started_at{};
+        std::optional<std::uint64_t> consumed_mark;  // bytes read when the wait began
     };
+
+    // Bytes the server has read from the socket so far: what TCP received minus what
+    // still waits in the socket. nullopt where the kernel does not say (before Linux 4.1).
+    static std::optional<std::uint64_t> consumed_bytes(int fd) {
+        // struct tcp_info as the kernel defines it (append-only ABI): tcpi_bytes_received
+        // is the u64 at offset 128. glibc's own struct stops before it.
+        alignas(8) unsigned char info[256] = {};
+        socklen_t len = sizeof info;
+        if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, info, &len) != 0 || len < 136)
+            return std::nullopt;
+        std::uint64_t received = 0;
+        std::memcpy(&received, info + 128, sizeof received);
+        int queued = 0;
+        if (ioctl(fd, FIONREAD, &queued) != 0 || queued < 0) return std::nullopt;
+        return received >= std::uint64_t(queued) ? received - std::uint64_t(queued) : 0;
+    }
 
     bool same_local_address(const sockaddr_storage& local) const {
         if (listening_.ss_family == AF_INET) {
@@ -1075,7 +1110,8 @@ class Server {
             watch_cv_.wait_for(lock, std::chrono::milliseconds(50));
             if (watch_stop_) break;
             registry_.enforce(options_.header_timeout, options_.keep_alive_timeout,
-                              options_.request_timeout, options_.overload_idle_timeout);
+                              options_.request_timeout, options_.overload_idle_timeout,
+                              options_.max_header_bytes);
         }
     }
 

@@ -213,3 +213,27 @@ TEST_CASE("abuse: under load, idle keep-alive connections give their worker to w
     REQUIRE(again);
     CHECK(again->status == 200);
 }
+
+TEST_CASE("abuse: an endless request line is cut at the header bound, not read forever") {
+    auto o = loopback();
+    o.max_header_bytes = 16 * 1024;
+    o.header_timeout = 20s;
+    p2prc::Server s(o);
+    s.start();
+    p2prc_test::RawConn c(s.port());
+    REQUIRE(c.ok());
+    c.send("GET /");
+    const std::string junk(64 * 1024, 'a');
+    // At most 64 MiB, stopping as soon as the server closes.
+    bool closed = false;
+    for (int i = 0; i < 1024 && !closed; ++i) {
+        if (!c.send(junk)) closed = true;
+        if (i % 16 == 15) {
+            c.read_all(std::chrono::milliseconds(20), 4096);
+            closed = closed || c.peer_closed();
+        }
+    }
+    CHECK(closed);
+    CHECK(s.stats().header_overflows == 1);
+    CHECK(get_ok(s.port()));
+}
