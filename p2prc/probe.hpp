@@ -387,15 +387,25 @@ inline StreamFigures upload_go_route(const Endpoint& e, const ThroughputOptions&
                                      std::uint64_t bytes) {
     StreamFigures f;
     auto client = probe_client(e, o.connect_timeout, o.read_timeout);
-    std::string content;
-    content.reserve(bytes);
+    // The multipart body is written out here rather than with cpp-httplib's form types,
+    // whose names differ between its versions.
     static const std::string chunk = speed_pattern();
-    while (content.size() < bytes)
-        content.append(chunk, 0, std::min<std::size_t>(chunk.size(), bytes - content.size()));
-    httplib::MultipartFormDataItems items = {
-        {"file", std::move(content), "upload.bin", "application/octet-stream"}};
+    const std::string boundary = "p2prc-speedtest-7f3a9c2e1b5d4e60";
+    std::string body =
+        "--" + boundary +
+        "\r\nContent-Disposition: form-data; name=\"file\"; filename=\"upload.bin\"\r\n"
+        "Content-Type: application/octet-stream\r\n\r\n";
+    body.reserve(body.size() + bytes + 64);
+    for (std::uint64_t added = 0; added < bytes;) {
+        const auto n =
+            static_cast<std::size_t>(std::min<std::uint64_t>(chunk.size(), bytes - added));
+        body.append(chunk, 0, n);
+        added += n;
+    }
+    body += "\r\n--" + boundary + "--\r\n";
     const auto t0 = ProbeClock::now();
-    auto res = client->Post("/upload", probe_headers(e), items);
+    auto res = client->Post("/upload", probe_headers(e), body,
+                            "multipart/form-data; boundary=" + boundary);
     const double secs = std::chrono::duration<double>(ProbeClock::now() - t0).count();
     if (!res) {
         fail_stream(f, res, t0, o);

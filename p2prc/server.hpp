@@ -901,7 +901,8 @@ class Server {
                     bool ok;
                     if (req.is_multipart_form_data()) {
                         ok = reader(
-                            [&](const httplib::MultipartFormData& f) {
+                            [&](const auto&
+                                    f) {  // a form part (its type is named differently by version)
                                 if (r.files.size() >= 64) return false;
                                 r.files.push_back({f.name, f.filename, f.content_type, {}});
                                 return true;
@@ -1082,7 +1083,7 @@ class Server {
         };
         bool ok;
         if (req.is_multipart_form_data()) {
-            ok = reader([&](const httplib::MultipartFormData&) { return true; },
+            ok = reader([&](const auto&) { return true; },
                         [&](const char*, std::size_t n) { return count(n); });
         } else {
             ok = reader([&](const char*, std::size_t n) { return count(n); });
