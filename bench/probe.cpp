@@ -46,18 +46,22 @@ int main() {
     std::vector<double> singles;
     for (int i = 0; i < 5; ++i) {
         auto t0 = Clock::now();
-        auto r = p2prc::probe_latency(p2prc::Endpoint{p2prc::IpAddress::from_string("127.0.0.1"), proxy.port(0)});
+        auto r = p2prc::probe_latency(
+            p2prc::Endpoint{p2prc::IpAddress::from_string("127.0.0.1"), proxy.port(0)});
         singles.push_back(std::chrono::duration<double>(Clock::now() - t0).count());
         if (!r.reachable) {
             std::printf("single probe failed: %s\n", r.reason.c_str());
             return 1;
         }
-        if (i == 0) std::printf("single probe: min %.2f ms, median %.2f ms (50 ms injected)\n", r.min_ms, r.median_ms);
+        if (i == 0)
+            std::printf("single probe: min %.2f ms, median %.2f ms (50 ms injected)\n", r.min_ms,
+                        r.median_ms);
     }
     std::sort(singles.begin(), singles.end());
     const double single = singles[2];
     std::printf("single probe time: %.3f s (median of 5)\n", single);
-    std::printf("sequential sweep (the Go original's way), estimated: %.1f s = %dx\n", single * kPeers, kPeers);
+    std::printf("sequential sweep (the Go original's way), estimated: %.1f s = %dx\n",
+                single * kPeers, kPeers);
 
     for (std::size_t concurrency : {std::size_t(32), std::size_t(64), std::size_t(200)}) {
         auto table = make_table();
@@ -71,9 +75,11 @@ int main() {
             lo = std::min(lo, e.latency.min_ms);
             hi = std::max(hi, e.latency.min_ms);
         }
-        std::printf("sweep of %d peers, concurrency %3zu: %.3f s = %.2fx a single probe "
-                    "(kept %zu, pruned %zu, recorded latency %.1f-%.1f ms)\n",
-                    kPeers, concurrency, sweep, sweep / single, report.kept.size(), report.pruned.size(), lo, hi);
+        std::printf(
+            "sweep of %d peers, concurrency %3zu: %.3f s = %.2fx a single probe "
+            "(kept %zu, pruned %zu, recorded latency %.1f-%.1f ms)\n",
+            kPeers, concurrency, sweep, sweep / single, report.kept.size(), report.pruned.size(),
+            lo, hi);
     }
     return 0;
 }

@@ -9,7 +9,9 @@
 // Throughput: download, then upload, for a fixed time or a byte budget; the first part
 // (warm-up: TCP slow start, buffers filling) is not counted. Download bytes are counted
 // as they arrive at the client; upload bytes as they arrive at the server, which reports
-// them (the client's own count would include whatever sits in socket buffers).
+// them (the client's own count would include whatever sits in socket buffers). A peer
+// without these routes (P2PRC's Go server answers 404) is measured on its own GET /50
+// and POST /upload instead; its upload figure then includes the request's round trip.
 //
 // refresh(): probes every peer of a table with at most `concurrency` probes in flight,
 // retries a failed peer once, records the figures and prunes the peers that stay
@@ -53,23 +55,31 @@ enum class ProbeFailure {
 
 inline const char* to_string(ProbeFailure f) noexcept {
     switch (f) {
-        case ProbeFailure::none: return "none";
-        case ProbeFailure::refused: return "refused";
-        case ProbeFailure::timeout: return "timeout";
-        case ProbeFailure::http_status: return "http_status";
-        case ProbeFailure::not_json: return "not_json";
-        case ProbeFailure::closed: return "closed";
-        case ProbeFailure::too_large: return "too_large";
-        case ProbeFailure::error: return "error";
+        case ProbeFailure::none:
+            return "none";
+        case ProbeFailure::refused:
+            return "refused";
+        case ProbeFailure::timeout:
+            return "timeout";
+        case ProbeFailure::http_status:
+            return "http_status";
+        case ProbeFailure::not_json:
+            return "not_json";
+        case ProbeFailure::closed:
+            return "closed";
+        case ProbeFailure::too_large:
+            return "too_large";
+        case ProbeFailure::error:
+            return "error";
     }
     return "unknown";
 }
 
 struct LatencyOptions {
-    int samples = 5;                              // timed requests after the warm-up
+    int samples = 5;  // timed requests after the warm-up
     std::string path = "/server_info";
     std::chrono::milliseconds connect_timeout{2000};
-    std::chrono::milliseconds read_timeout{2000};  // one receive
+    std::chrono::milliseconds read_timeout{2000};    // one receive
     std::chrono::milliseconds total_timeout{10000};  // the whole probe
     std::size_t max_body_bytes = 1 << 20;
 };
@@ -86,9 +96,9 @@ struct LatencyResult {
 
 struct ThroughputOptions {
     std::chrono::milliseconds duration{2000};  // counted time of each direction
-    std::uint64_t byte_budget = 0;             // when non-zero: stop each direction after this many bytes
-    std::chrono::milliseconds warmup{250};     // not counted
-    unsigned streams = 1;                      // parallel connections per direction
+    std::uint64_t byte_budget = 0;  // when non-zero: stop each direction after this many bytes
+    std::chrono::milliseconds warmup{250};  // not counted
+    unsigned streams = 1;                   // parallel connections per direction
     bool download = true;
     bool upload = true;
     std::uint64_t max_upload_request_bytes = 64u << 20;  // the server's body limit (P2PRC default)
@@ -115,7 +125,8 @@ inline double ms_between(ProbeClock::time_point a, ProbeClock::time_point b) {
     return std::chrono::duration<double, std::milli>(b - a).count();
 }
 
-inline std::unique_ptr<httplib::Client> probe_client(const Endpoint& e, std::chrono::milliseconds connect,
+inline std::unique_ptr<httplib::Client> probe_client(const Endpoint& e,
+                                                     std::chrono::milliseconds connect,
                                                      std::chrono::milliseconds read) {
     // cpp-httplib wants the bare address; the Host header gets the bracketed form.
     auto c = std::make_unique<httplib::Client>(e.host_string(), e.port);
@@ -123,7 +134,8 @@ inline std::unique_ptr<httplib::Client> probe_client(const Endpoint& e, std::chr
     c->set_tcp_nodelay(true);
     c->set_decompress(false);  // no Accept-Encoding: the peer sends the bytes as they are
     c->set_follow_location(false);
-    c->set_connection_timeout(connect.count() / 1000, static_cast<long>((connect.count() % 1000) * 1000));
+    c->set_connection_timeout(connect.count() / 1000,
+                              static_cast<long>((connect.count() % 1000) * 1000));
     c->set_read_timeout(read.count() / 1000, static_cast<long>((read.count() % 1000) * 1000));
     c->set_write_timeout(read.count() / 1000, static_cast<long>((read.count() % 1000) * 1000));
     return c;
@@ -147,7 +159,8 @@ inline std::pair<ProbeFailure, std::string> classify(httplib::Error err, double 
             return {ProbeFailure::timeout, "connect timed out"};
         case httplib::Error::Read:
             if (elapsed_ms + 50 >= double(read_timeout.count()))
-                return {ProbeFailure::timeout, "no answer within " + std::to_string(read_timeout.count()) + " ms"};
+                return {ProbeFailure::timeout,
+                        "no answer within " + std::to_string(read_timeout.count()) + " ms"};
             return {ProbeFailure::closed, "connection closed before an answer"};
         case httplib::Error::Write:
             return {ProbeFailure::closed, "connection closed while sending"};
@@ -170,8 +183,9 @@ inline void fill_stats(LatencyResult& r) {
 // outcomes; throws p2prc::error for bad options.
 inline LatencyResult probe_latency(const Endpoint& endpoint, const LatencyOptions& options = {}) {
     if (options.samples < 1 || options.samples > 1000)
-        throw error(errc::invalid_argument, "LatencyOptions::samples is " + std::to_string(options.samples) +
-                                                ": expected 1-1000");
+        throw error(
+            errc::invalid_argument,
+            "LatencyOptions::samples is " + std::to_string(options.samples) + ": expected 1-1000");
     using detail::ProbeClock;
     LatencyResult r;
     r.endpoint = endpoint;
@@ -199,13 +213,16 @@ inline LatencyResult probe_latency(const Endpoint& endpoint, const LatencyOption
         if (!res) {
             if (too_large) {
                 r.failure = ProbeFailure::too_large;
-                r.reason = "answer larger than " + std::to_string(options.max_body_bytes) + " bytes";
+                r.reason =
+                    "answer larger than " + std::to_string(options.max_body_bytes) + " bytes";
             } else if (late) {
                 r.failure = ProbeFailure::timeout;
-                r.reason = "probe took longer than " + std::to_string(options.total_timeout.count()) + " ms";
+                r.reason = "probe took longer than " +
+                           std::to_string(options.total_timeout.count()) + " ms";
             } else {
-                auto [f, text] = detail::classify(res.error(), detail::ms_between(t0, ProbeClock::now()),
-                                                  options.connect_timeout, options.read_timeout);
+                auto [f, text] =
+                    detail::classify(res.error(), detail::ms_between(t0, ProbeClock::now()),
+                                     options.connect_timeout, options.read_timeout);
                 r.failure = f;
                 r.reason = text;
             }
@@ -229,7 +246,8 @@ inline LatencyResult probe_latency(const Endpoint& endpoint, const LatencyOption
         if (i > 0) r.samples_ms.push_back(detail::ms_between(t0, t1));
         if (t1 > deadline && i < options.samples) {
             r.failure = ProbeFailure::timeout;
-            r.reason = "probe took longer than " + std::to_string(options.total_timeout.count()) + " ms";
+            r.reason =
+                "probe took longer than " + std::to_string(options.total_timeout.count()) + " ms";
             r.samples_ms.clear();
             return r;
         }
@@ -278,7 +296,8 @@ inline std::string speed_pattern() {
 
 inline void fail_stream(StreamFigures& f, const httplib::Result& res, ProbeClock::time_point t0,
                         const ThroughputOptions& o) {
-    auto [kind, text] = classify(res.error(), ms_between(t0, ProbeClock::now()), o.connect_timeout, o.read_timeout);
+    auto [kind, text] =
+        classify(res.error(), ms_between(t0, ProbeClock::now()), o.connect_timeout, o.read_timeout);
     f.failure = kind;
     f.reason = text;
 }
@@ -292,12 +311,16 @@ inline StreamFigures download_stream(const Endpoint& e, const ThroughputOptions&
     bool started = false, done = false;
     ProbeClock::time_point first{}, warm_end{}, stop_at{}, last{};
     std::uint64_t total = 0, counted = 0;
+    bool go_route = false;  // a P2PRC (Go) peer: only its fixed GET /50
     for (int request = 0; !done && request < 10000; ++request) {
-        const std::uint64_t want = o.byte_budget ? o.byte_budget - total : (1ull << 40);  // the server caps it
+        const std::uint64_t want =
+            o.byte_budget ? o.byte_budget - total : (1ull << 40);  // the server caps it
+        const std::string path =
+            go_route ? "/50" : "/speedtest/download?bytes=" + std::to_string(want);
         int status = 0;
         const auto t0 = ProbeClock::now();
         auto res = client->Get(
-            ("/speedtest/download?bytes=" + std::to_string(want)).c_str(), headers,
+            path.c_str(), headers,
             [&](const httplib::Response& r) {
                 status = r.status;
                 return r.status == 200;
@@ -322,6 +345,10 @@ inline StreamFigures download_stream(const Endpoint& e, const ThroughputOptions&
                 return true;
             });
         if (done) break;
+        if (status == 404 && !go_route && total == 0) {
+            go_route = true;
+            continue;
+        }
         if (status != 0 && status != 200) {
             f.failure = ProbeFailure::http_status;
             f.reason = "download: HTTP status " + std::to_string(status);
@@ -345,7 +372,8 @@ inline StreamFigures download_stream(const Endpoint& e, const ThroughputOptions&
         f.seconds = std::chrono::duration<double>(last - warm_end).count();
     } else {  // too few bytes to get past the warm-up: count them all
         f.bytes = total;
-        f.seconds = std::chrono::duration<double>((last > first ? last : ProbeClock::now()) - first).count();
+        f.seconds = std::chrono::duration<double>((last > first ? last : ProbeClock::now()) - first)
+                        .count();
     }
     return f;
 }
@@ -353,7 +381,50 @@ inline StreamFigures download_stream(const Endpoint& e, const ThroughputOptions&
 // One upload stream: POST /speedtest/upload with a chunked body until the time (or the
 // budget, or the server's body limit) is used up. The server counts what arrives and
 // leaves the warm-up out.
-inline StreamFigures upload_stream(const Endpoint& e, const ThroughputOptions& o, std::uint64_t limit) {
+// P2PRC's (Go) own upload route takes one multipart file and says nothing back that
+// can be counted: the client times the whole request. No warm-up is left out here.
+inline StreamFigures upload_go_route(const Endpoint& e, const ThroughputOptions& o,
+                                     std::uint64_t bytes) {
+    StreamFigures f;
+    auto client = probe_client(e, o.connect_timeout, o.read_timeout);
+    // The multipart body is written out here rather than with cpp-httplib's form types,
+    // whose names differ between its versions.
+    static const std::string chunk = speed_pattern();
+    const std::string boundary = "p2prc-speedtest-7f3a9c2e1b5d4e60";
+    std::string body =
+        "--" + boundary +
+        "\r\nContent-Disposition: form-data; name=\"file\"; filename=\"upload.bin\"\r\n"
+        "Content-Type: application/octet-stream\r\n\r\n";
+    body.reserve(body.size() + bytes + 64);
+    for (std::uint64_t added = 0; added < bytes;) {
+        const auto n =
+            static_cast<std::size_t>(std::min<std::uint64_t>(chunk.size(), bytes - added));
+        body.append(chunk, 0, n);
+        added += n;
+    }
+    body += "\r\n--" + boundary + "--\r\n";
+    const auto t0 = ProbeClock::now();
+    auto res = client->Post("/upload", probe_headers(e), body,
+                            "multipart/form-data; boundary=" + boundary);
+    const double secs = std::chrono::duration<double>(ProbeClock::now() - t0).count();
+    if (!res) {
+        fail_stream(f, res, t0, o);
+        f.reason = "upload: " + f.reason;
+        return f;
+    }
+    if (res->status != 200) {
+        f.failure = ProbeFailure::http_status;
+        f.reason = "upload: HTTP status " + std::to_string(res->status);
+        return f;
+    }
+    f.ok = true;
+    f.bytes = bytes;
+    f.seconds = secs;
+    return f;
+}
+
+inline StreamFigures upload_stream(const Endpoint& e, const ThroughputOptions& o,
+                                   std::uint64_t limit, std::uint64_t go_bytes) {
     StreamFigures f;
     auto client = probe_client(e, o.connect_timeout, o.read_timeout);
     auto headers = probe_headers(e);
@@ -368,7 +439,8 @@ inline StreamFigures upload_stream(const Endpoint& e, const ThroughputOptions& o
                 sink.done();
                 return true;
             }
-            const std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(chunk.size(), limit - sent));
+            const std::size_t n =
+                static_cast<std::size_t>(std::min<std::uint64_t>(chunk.size(), limit - sent));
             if (!sink.write(chunk.data(), n)) return false;
             sent += n;
             return true;
@@ -379,14 +451,16 @@ inline StreamFigures upload_stream(const Endpoint& e, const ThroughputOptions& o
         f.reason = "upload: " + f.reason;
         return f;
     }
+    if (res->status == 404) return upload_go_route(e, o, go_bytes);
     if (res->status != 200) {
         f.failure = ProbeFailure::http_status;
         f.reason = "upload: HTTP status " + std::to_string(res->status);
         return f;
     }
     auto j = nlohmann::json::parse(res->body, nullptr, false);
-    if (j.is_discarded() || !j.is_object() || !j.contains("measured_bytes") || !j.contains("measured_seconds") ||
-        !j["measured_bytes"].is_number() || !j["measured_seconds"].is_number()) {
+    if (j.is_discarded() || !j.is_object() || !j.contains("measured_bytes") ||
+        !j.contains("measured_seconds") || !j["measured_bytes"].is_number() ||
+        !j["measured_seconds"].is_number()) {
         f.failure = ProbeFailure::not_json;
         f.reason = "upload: the answer is not the expected JSON";
         return f;
@@ -426,16 +500,20 @@ inline StreamFigures parallel_streams(unsigned streams, Fn fn) {
 
 // Measures download then upload speed against the peer's speed-test routes. Never throws
 // for network outcomes.
-inline ThroughputResult probe_throughput(const Endpoint& endpoint, const ThroughputOptions& options = {}) {
+inline ThroughputResult probe_throughput(const Endpoint& endpoint,
+                                         const ThroughputOptions& options = {}) {
     if (options.streams < 1 || options.streams > 64)
-        throw error(errc::invalid_argument, "ThroughputOptions::streams is " + std::to_string(options.streams) +
-                                                ": expected 1-64");
+        throw error(
+            errc::invalid_argument,
+            "ThroughputOptions::streams is " + std::to_string(options.streams) + ": expected 1-64");
     if (options.duration.count() <= 0 && options.byte_budget == 0)
-        throw error(errc::invalid_argument, "ThroughputOptions: a duration or a byte budget is needed");
+        throw error(errc::invalid_argument,
+                    "ThroughputOptions: a duration or a byte budget is needed");
     ThroughputResult r;
     r.endpoint = endpoint;
     if (options.download) {
-        auto f = detail::parallel_streams(options.streams, [&] { return detail::download_stream(endpoint, options); });
+        auto f = detail::parallel_streams(
+            options.streams, [&] { return detail::download_stream(endpoint, options); });
         if (!f.ok) {
             r.failure = f.failure;
             r.reason = f.reason;
@@ -449,16 +527,26 @@ inline ThroughputResult probe_throughput(const Endpoint& endpoint, const Through
         std::uint64_t limit = options.max_upload_request_bytes;
         if (options.byte_budget) limit = std::min(limit, options.byte_budget);
         {
-            auto client = detail::probe_client(endpoint, options.connect_timeout, options.read_timeout);
+            auto client =
+                detail::probe_client(endpoint, options.connect_timeout, options.read_timeout);
             auto res = client->Get("/server_info", detail::probe_headers(endpoint));
             if (res && res->status == 200) {
                 auto j = nlohmann::json::parse(res->body, nullptr, false);
-                if (j.is_object() && j.contains("MaxBodyBytes") && j["MaxBodyBytes"].is_number_unsigned())
+                if (j.is_object() && j.contains("MaxBodyBytes") &&
+                    j["MaxBodyBytes"].is_number_unsigned())
                     limit = std::min(limit, j["MaxBodyBytes"].get<std::uint64_t>());
             }
         }
-        auto f = detail::parallel_streams(options.streams,
-                                          [&] { return detail::upload_stream(endpoint, options, limit); });
+        // For a Go peer's one-shot upload: about what the download rate moves in the
+        // duration, within 256 KiB - 64 MiB.
+        double guess = r.download_mbps ? *r.download_mbps * 1e6 / 8 *
+                                             std::chrono::duration<double>(options.duration).count()
+                                       : 4.0 * (1 << 20);
+        const auto go_bytes = std::min<std::uint64_t>(
+            limit, static_cast<std::uint64_t>(std::clamp(guess, 256.0 * 1024, 64.0 * (1 << 20))));
+        auto f = detail::parallel_streams(options.streams, [&] {
+            return detail::upload_stream(endpoint, options, limit, go_bytes);
+        });
         if (!f.ok) {
             r.failure = f.failure;
             r.reason = f.reason;
@@ -473,7 +561,8 @@ inline ThroughputResult probe_throughput(const Endpoint& endpoint, const Through
 
 inline ThroughputResult probe_throughput(const Peer& peer, const ThroughputOptions& options = {}) {
     auto e = peer.endpoint();
-    if (!e) throw error(errc::invalid_argument, "peer " + peer.label() + " has no address to probe");
+    if (!e)
+        throw error(errc::invalid_argument, "peer " + peer.label() + " has no address to probe");
     return probe_throughput(*e, options);
 }
 
@@ -509,7 +598,8 @@ struct RefreshReport {
 inline RefreshReport refresh(IpTable& table, const RefreshOptions& options = {}) {
     if (options.concurrency < 1 || options.concurrency > 4096)
         throw error(errc::invalid_argument, "RefreshOptions::concurrency is " +
-                                                std::to_string(options.concurrency) + ": expected 1-4096");
+                                                std::to_string(options.concurrency) +
+                                                ": expected 1-4096");
     const auto t0 = detail::ProbeClock::now();
     const std::vector<Peer> peers = table.peers();
     const std::size_t total = peers.size();

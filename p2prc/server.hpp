@@ -13,7 +13,14 @@
 // is told of every connection on the accepting thread) by looking for the one socket of
 // the process that has the server's port as local port and is not yet known. With its own
 // handle on the socket it can bound a request's total time (header_timeout,
-// request_timeout) and shut every connection down at stop().
+// request_timeout) and shut every connection down at stop(). cpp-httplib serves one
+// connection per worker thread for the connection's whole life, so two more rules keep
+// workers for clients that talk: a connection reaches a worker only once its first bytes
+// are in, and while connections wait for a worker, an idle one (kept alive, or stalled in
+// its headers) gives its worker up after overload_idle_timeout.
+//
+// Linux only for these guards (they read /proc/self/fd); elsewhere the server still runs,
+// bounded by cpp-httplib's own per-receive timeouts.
 #pragma once
 
 #include "address.hpp"
@@ -30,6 +37,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -61,7 +69,7 @@ struct ServerOptions {
     std::uint16_t port = 0;                // 0: pick a free port; Server::port() tells which
     std::string name;                      // reported in /server_info
     std::vector<std::string> advertised_addresses;  // reported in /server_info
-    std::string disk_path = ".";                   // the filesystem /server_info reports
+    std::string disk_path = ".";                    // the filesystem /server_info reports
 
     std::chrono::milliseconds read_timeout{5000};   // one receive
     std::chrono::milliseconds write_timeout{5000};  // one send
@@ -76,7 +84,10 @@ struct ServerOptions {
     // While connections wait for a worker, a worker waiting this long on an idle
     // connection (kept alive, or with stalled headers) lets it go.
     std::chrono::milliseconds overload_idle_timeout{500};
-    std::size_t max_body_bytes = 64u << 20;    // every route; 413 beyond
+    // A request line and headers together (cpp-httplib alone bounds each line only once
+    // it has read all of it); 0: no bound.
+    std::size_t max_header_bytes = 64u << 10;
+    std::size_t max_body_bytes = 64u << 20;         // every route; 413 beyond
     std::uint64_t max_download_bytes = 256u << 20;  // one speed-test download
     std::size_t keep_alive_max_requests = 100;
     int listen_backlog = 512;
@@ -143,7 +154,8 @@ struct ServerStats {
     std::uint64_t header_timeouts = 0;   // cut for not sending their headers in time
     std::uint64_t request_timeouts = 0;  // cut for exceeding request_timeout
     std::uint64_t refused_queue_full = 0;
-    std::uint64_t overload_cuts = 0;  // idle connections let go because others waited
+    std::uint64_t overload_cuts = 0;     // idle connections let go because others waited
+    std::uint64_t header_overflows = 0;  // cut for sending more than max_header_bytes
 };
 
 namespace detail {
@@ -154,25 +166,36 @@ inline std::string json_error_body(const std::string& message) {
 
 inline const char* status_text(int status) {
     switch (status) {
-        case 400: return "bad request";
-        case 404: return "no such route";
-        case 405: return "method not allowed";
-        case 408: return "request timeout";
-        case 411: return "length required";
-        case 413: return "request body too large";
-        case 414: return "request URI too long";
-        case 416: return "range not satisfiable";
-        case 500: return "internal error";
-        case 503: return "service unavailable";
-        default: return status >= 500 ? "server error" : "client error";
+        case 400:
+            return "bad request";
+        case 404:
+            return "no such route";
+        case 405:
+            return "method not allowed";
+        case 408:
+            return "request timeout";
+        case 411:
+            return "length required";
+        case 413:
+            return "request body too large";
+        case 414:
+            return "request URI too long";
+        case 416:
+            return "range not satisfiable";
+        case 500:
+            return "internal error";
+        case 503:
+            return "service unavailable";
+        default:
+            return status >= 500 ? "server error" : "client error";
     }
 }
 
 // "ip:port" exactly as cpp-httplib spells Request::remote_addr/remote_port.
 inline std::string peer_key(const sockaddr_storage& sa, socklen_t len) {
     char host[NI_MAXHOST], serv[NI_MAXSERV];
-    if (getnameinfo(reinterpret_cast<const sockaddr*>(&sa), len, host, sizeof host, serv, sizeof serv,
-                    NI_NUMERICHOST | NI_NUMERICSERV) != 0)
+    if (getnameinfo(reinterpret_cast<const sockaddr*>(&sa), len, host, sizeof host, serv,
+                    sizeof serv, NI_NUMERICHOST | NI_NUMERICSERV) != 0)
         return {};
     return std::string(host) + "|" + serv;
 }
@@ -188,12 +211,17 @@ inline std::uint16_t sockaddr_port(const sockaddr_storage& sa) {
 
 // The server's own handle on each accepted connection (see the file comment).
 class ConnectionRegistry {
-public:
+  public:
     using Clock = std::chrono::steady_clock;
 
-    void reset(std::uint16_t port) {
+    // `listening` is the listening socket's address: a connection qualifies when its local
+    // port is the same and, unless the server listens on a wildcard address, its local
+    // address too (another server of the process may use the same port elsewhere).
+    void reset(const sockaddr_storage& listening) {
         std::lock_guard<std::mutex> lock(mutex_);
-        port_ = port;
+        listening_ = listening;
+        port_ = sockaddr_port(listening);
+        foreign_.clear();
         closed_ = false;
         ignored_.clear();
     }
@@ -201,6 +229,11 @@ public:
     // Called on the accepting thread right after accept(): finds the new connection.
     // Returns its id (the socket's inode), or 0 when it could not be found (no /proc,
     // or the peer already went away).
+    //
+    // Exactly one socket qualifies at that moment: the accepting thread adopts each
+    // connection before it accepts the next, and every socket that is not adopted is
+    // remembered as not to be adopted. TSan reports the scan's fstat() on descriptors of
+    // other threads as races on descriptors; they are reads of kernel state, not memory.
     std::uint64_t adopt() {
         DIR* dir = opendir("/proc/self/fd");
         if (!dir) return 0;
@@ -216,20 +249,24 @@ public:
                 struct stat st {};
                 if (fstat(fd, &st) != 0 || !S_ISSOCK(st.st_mode)) continue;
                 auto ino = static_cast<std::uint64_t>(st.st_ino);
-                if (conns_.count(ino) || ignored_.count(ino)) continue;
+                if (conns_.count(ino) || ignored_.count(ino) || foreign_.count(ino)) continue;
                 sockaddr_storage local{}, peer{};
                 socklen_t ll = sizeof local, pl = sizeof peer;
-                if (getsockname(fd, reinterpret_cast<sockaddr*>(&local), &ll) != 0 ||
-                    (local.ss_family != AF_INET && local.ss_family != AF_INET6) ||
-                    sockaddr_port(local) != port_)
-                    continue;
-                if (getpeername(fd, reinterpret_cast<sockaddr*>(&peer), &pl) != 0) {
-                    if (errno == ENOTCONN) {
-                        int listening = 0;
-                        socklen_t il = sizeof listening;
-                        if (getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &il) == 0 && listening)
-                            ignored_.insert(ino);  // the listening socket
+                if (getsockname(fd, reinterpret_cast<sockaddr*>(&local), &ll) != 0) continue;
+                if ((local.ss_family != AF_INET && local.ss_family != AF_INET6) ||
+                    sockaddr_port(local) != port_ || !same_local_address(local)) {
+                    // Bound elsewhere (a client socket, another server): never ours. Kept
+                    // so a process with many sockets pays for each one once, not per accept.
+                    if (local.ss_family == AF_UNIX || sockaddr_port(local) != 0) {
+                        if (foreign_.size() >= 65536) foreign_.clear();
+                        foreign_.insert(ino);
                     }
+                    continue;
+                }
+                if (getpeername(fd, reinterpret_cast<sockaddr*>(&peer), &pl) != 0) {
+                    // The listening socket, or a connection whose peer is gone already:
+                    // never a candidate again, so a later accept cannot be confused with it.
+                    forget(ino);
                     continue;
                 }
                 found = ino;
@@ -242,7 +279,10 @@ public:
             // Our own descriptor for the socket: shutting it down can never hit a
             // descriptor number that the server closed and the process reused.
             int own = fcntl(found_fd, F_DUPFD_CLOEXEC, 0);
-            if (own < 0) return 0;
+            if (own < 0) {
+                forget(found);  // out of descriptors: serve it untracked
+                return 0;
+            }
             int one = 1;
             setsockopt(own, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
             Conn c;
@@ -310,6 +350,7 @@ public:
             c->active = false;
             c->served = true;
             c->since = Clock::now();
+            c->consumed_mark = consumed_bytes(c->fd);
             // An answer given without reading the body (413, 404): the unread bytes must
             // not be parsed as the next request.
             if (close_after) ::shutdown(c->fd, SHUT_RDWR);
@@ -320,25 +361,40 @@ public:
     // Under load (connections wait for a worker), a worker that waits on a connection for
     // longer than `overload_idle` (an idle keep-alive, or headers that stall) lets it go.
     void enforce(std::chrono::milliseconds header_timeout, std::chrono::milliseconds keep_alive,
-                 std::chrono::milliseconds request_timeout, std::chrono::milliseconds overload_idle) {
+                 std::chrono::milliseconds request_timeout, std::chrono::milliseconds overload_idle,
+                 std::size_t max_header_bytes) {
         std::lock_guard<std::mutex> lock(mutex_);
         const auto now = Clock::now();
         const bool overloaded = pending_ > 0;
         for (auto& [id, c] : conns_) {
             if (c.cut) continue;
             auto age = now - c.since;
-            if (overloaded && c.started && !c.active && now - std::max(c.since, c.started_at) > overload_idle) {
+            if (overloaded && c.started && !c.active &&
+                now - std::max(c.since, c.started_at) > overload_idle) {
                 ::shutdown(c.fd, SHUT_RDWR);
                 c.cut = true;
                 ++stats_.overload_cuts;
                 continue;
             }
             if (!c.active) {
-                auto limit = header_timeout + (c.served ? keep_alive : std::chrono::milliseconds(0));
+                auto limit =
+                    header_timeout + (c.served ? keep_alive : std::chrono::milliseconds(0));
                 if (age > limit) {
                     ::shutdown(c.fd, SHUT_RDWR);
                     c.cut = true;
                     ++stats_.header_timeouts;
+                    continue;
+                }
+                // cpp-httplib keeps reading a request line or header line until its end,
+                // however long: bound what a connection may make it read before a request
+                // starts (its read-ahead buffer is 4 KiB).
+                auto consumed = consumed_bytes(c.fd);
+                const std::uint64_t mark = c.consumed_mark.value_or(0);
+                if (max_header_bytes && consumed && *consumed > mark &&
+                    *consumed - mark > max_header_bytes + 4096) {
+                    ::shutdown(c.fd, SHUT_RDWR);
+                    c.cut = true;
+                    ++stats_.header_overflows;
                 }
             } else if (request_timeout.count() > 0 && age > request_timeout) {
                 ::shutdown(c.fd, SHUT_RDWR);
@@ -373,7 +429,7 @@ public:
         for (auto& [id, c] : conns_) ::close(c.fd);
     }
 
-private:
+  private:
     struct Conn {
         int fd = -1;
         std::string key;
@@ -383,7 +439,48 @@ private:
         bool cut = false;
         bool started = false;
         Clock::time_point started_at{};
+        std::optional<std::uint64_t> consumed_mark;  // bytes read when the wait began
     };
+
+    // Bytes the server has read from the socket so far: what TCP received minus what
+    // still waits in the socket. nullopt where the kernel does not say (before Linux 4.1).
+    static std::optional<std::uint64_t> consumed_bytes(int fd) {
+        // struct tcp_info as the kernel defines it (append-only ABI): tcpi_bytes_received
+        // is the u64 at offset 128. glibc's own struct stops before it.
+        alignas(8) unsigned char info[256] = {};
+        socklen_t len = sizeof info;
+        if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, info, &len) != 0 || len < 136)
+            return std::nullopt;
+        std::uint64_t received = 0;
+        std::memcpy(&received, info + 128, sizeof received);
+        int queued = 0;
+        if (ioctl(fd, FIONREAD, &queued) != 0 || queued < 0) return std::nullopt;
+        return received >= std::uint64_t(queued) ? received - std::uint64_t(queued) : 0;
+    }
+
+    bool same_local_address(const sockaddr_storage& local) const {
+        if (listening_.ss_family == AF_INET) {
+            const auto& l = reinterpret_cast<const sockaddr_in&>(listening_);
+            if (l.sin_addr.s_addr == htonl(INADDR_ANY)) return true;
+            return local.ss_family == AF_INET &&
+                   reinterpret_cast<const sockaddr_in&>(local).sin_addr.s_addr == l.sin_addr.s_addr;
+        }
+        if (listening_.ss_family == AF_INET6) {
+            const auto& l = reinterpret_cast<const sockaddr_in6&>(listening_);
+            if (IN6_IS_ADDR_UNSPECIFIED(&l.sin6_addr)) return true;
+            return local.ss_family == AF_INET6 &&
+                   std::memcmp(&reinterpret_cast<const sockaddr_in6&>(local).sin6_addr,
+                               &l.sin6_addr, sizeof l.sin6_addr) == 0;
+        }
+        return true;
+    }
+
+    // Bounded: after many forgotten sockets the set restarts (closed sockets' inode
+    // numbers are not reused soon, and the listening socket is simply found again).
+    void forget(std::uint64_t ino) {
+        if (ignored_.size() >= 4096) ignored_.clear();
+        ignored_.insert(ino);
+    }
 
     Conn* find(const std::string& key) {
         auto p = by_peer_.find(key);
@@ -394,6 +491,7 @@ private:
 
     mutable std::mutex mutex_;
     std::uint16_t port_ = 0;
+    sockaddr_storage listening_{};
     bool closed_ = false;
     std::size_t pending_ = 0;
     std::size_t max_pending_ = 0;
@@ -401,6 +499,7 @@ private:
     std::unordered_map<std::uint64_t, Conn> conns_;
     std::unordered_map<std::string, std::uint64_t> by_peer_;
     std::unordered_set<std::uint64_t> ignored_;
+    std::unordered_set<std::uint64_t> foreign_;
     ServerStats stats_;
 };
 
@@ -409,10 +508,12 @@ private:
 // so connections that open and send nothing never hold a worker. TaskQueue::enqueue
 // returns void in older cpp-httplib and bool in newer; the override follows the base.
 class WatchedPool : public httplib::TaskQueue {
-    using EnqueueResult = decltype(std::declval<httplib::TaskQueue&>().enqueue(std::function<void()>()));
+    using EnqueueResult =
+        decltype(std::declval<httplib::TaskQueue&>().enqueue(std::function<void()>()));
 
-public:
-    WatchedPool(std::size_t threads, ConnectionRegistry& registry) : pool_(threads), registry_(registry) {
+  public:
+    WatchedPool(std::size_t threads, ConnectionRegistry& registry)
+        : pool_(threads), registry_(registry) {
         if (pipe2(wake_, O_CLOEXEC | O_NONBLOCK) != 0) wake_[0] = wake_[1] = -1;
         if (wake_[0] >= 0) gate_ = std::thread([this] { gate_loop(); });
     }
@@ -444,7 +545,7 @@ public:
         pool_.shutdown();
     }
 
-private:
+  private:
     struct Gated {
         std::uint64_t id;
         int fd;
@@ -527,10 +628,17 @@ private:
 // cpp-httplib's listening socket, to widen its accept queue: the compiled-in backlog can
 // be as small as 5, and a burst of connections beyond it waits for SYN retransmits.
 class HttpServer : public httplib::Server {
-public:
+  public:
     void set_backlog(int backlog) {
         socket_t sock = svr_sock_;
         if (sock != INVALID_SOCKET) ::listen(sock, backlog);
+    }
+    sockaddr_storage listening_address() const {
+        sockaddr_storage a{};
+        socklen_t len = sizeof a;
+        socket_t sock = svr_sock_;
+        if (sock != INVALID_SOCKET) getsockname(sock, reinterpret_cast<sockaddr*>(&a), &len);
+        return a;
     }
 };
 
@@ -557,15 +665,17 @@ inline std::optional<std::uint64_t> parse_byte_count(const std::string& s) {
 }  // namespace detail
 
 class Server {
-public:
+  public:
     // P2PRC's GET /50 serves a 50 MB file.
     static constexpr std::uint64_t p2prc_download_bytes = 50ull * 1000 * 1000;
 
     explicit Server(ServerOptions options = {}) : options_(std::move(options)) {
         if (options_.worker_threads == 0)
-            throw error(errc::invalid_argument, "ServerOptions::worker_threads is 0: expected at least 1");
+            throw error(errc::invalid_argument,
+                        "ServerOptions::worker_threads is 0: expected at least 1");
         if (options_.max_body_bytes == 0)
-            throw error(errc::invalid_argument, "ServerOptions::max_body_bytes is 0: expected at least 1");
+            throw error(errc::invalid_argument,
+                        "ServerOptions::max_body_bytes is 0: expected at least 1");
         pattern_.resize(64 * 1024);
         // Incompressible-looking bytes, so no layer on the way can shrink the test.
         std::uint32_t x = 0x9e3779b9u;
@@ -575,7 +685,8 @@ public:
             x ^= x << 5;
             c = static_cast<char>(x & 0xff);
         }
-        for (const char* path : {"/server_info", "/speedtest/download", "/50"}) routes_[path].builtin_get = true;
+        for (const char* path : {"/server_info", "/speedtest/download", "/50"})
+            routes_[path].builtin_get = true;
         for (const char* path : {"/speedtest/upload", "/upload"}) routes_[path].builtin_post = true;
     }
     ~Server() { stop(); }
@@ -583,8 +694,12 @@ public:
     Server& operator=(const Server&) = delete;
 
     // Adds a route (an exact path). Only before start(); a path may have a GET and a POST.
-    Server& get(const std::string& path, RouteHandler handler) { return add("GET", path, std::move(handler)); }
-    Server& post(const std::string& path, RouteHandler handler) { return add("POST", path, std::move(handler)); }
+    Server& get(const std::string& path, RouteHandler handler) {
+        return add("GET", path, std::move(handler));
+    }
+    Server& post(const std::string& path, RouteHandler handler) {
+        return add("POST", path, std::move(handler));
+    }
 
     // Binds and starts serving on an owned thread; returns once the socket is bound and
     // the accept loop runs. Throws p2prc::error (io_error) when the address cannot be bound.
@@ -603,14 +718,15 @@ public:
         if (port <= 0) {
             int e = errno;
             http_.reset();
-            throw error(errc::io_error, "cannot bind the HTTP server to " + options_.bind_address + " port " +
-                                            std::to_string(options_.port) +
-                                            (e ? std::string(": ") + std::strerror(e) : std::string()));
+            throw error(errc::io_error,
+                        "cannot bind the HTTP server to " + options_.bind_address + " port " +
+                            std::to_string(options_.port) +
+                            (e ? std::string(": ") + std::strerror(e) : std::string()));
         }
         port_ = static_cast<std::uint16_t>(port);
         http_->set_backlog(options_.listen_backlog);
         info_ = build_info(port_);
-        registry_.reset(port_);
+        registry_.reset(http_->listening_address());
         registry_.set_limits(options_.max_queued_connections, options_.worker_threads);
         stopping_ = false;
         httplib::Server* h = http_.get();
@@ -619,7 +735,8 @@ public:
         while (!h->is_running() && std::chrono::steady_clock::now() < deadline)
             std::this_thread::sleep_for(std::chrono::milliseconds(1));
         watchdog_ = std::thread([this] { watch(); });
-        if (!h->is_running()) {
+        running_ = h->is_running();
+        if (!running_) {
             stop_locked();
             throw error(errc::io_error, "the HTTP server did not start listening within 10 s");
         }
@@ -632,16 +749,18 @@ public:
         stop_locked();
     }
 
-    bool running() const { return http_ && http_->is_running(); }
+    bool running() const { return running_; }
     // The bound port (after start()), 0 before.
     std::uint16_t port() const { return port_; }
     const ServerOptions& options() const { return options_; }
     // The /server_info document.
-    nlohmann::json info() const { return nlohmann::json::parse(info_); }
+    nlohmann::json info() const {
+        return nlohmann::json::parse(info_.empty() ? build_info(port_) : info_);
+    }
     ServerStats stats() const { return registry_.stats(); }
     std::size_t open_connections() const { return registry_.open_connections(); }
 
-private:
+  private:
     struct Route {
         RouteHandler get;
         RouteHandler post;
@@ -653,14 +772,16 @@ private:
         std::lock_guard<std::mutex> lock(control_);
         if (http_) throw error(errc::state_error, "routes must be added before start(): " + path);
         if (path.empty() || path[0] != '/')
-            throw error(errc::invalid_argument, "route path \"" + path + "\": expected an absolute path");
+            throw error(errc::invalid_argument,
+                        "route path \"" + path + "\": expected an absolute path");
         if (!handler) throw error(errc::invalid_argument, "route " + path + ": empty handler");
         auto& r = routes_[path];
         if (method == "GET") {
             if (r.builtin_get) throw error(errc::invalid_argument, "GET " + path + " is built in");
             r.get = std::move(handler);
         } else {
-            if (r.builtin_post) throw error(errc::invalid_argument, "POST " + path + " is built in");
+            if (r.builtin_post)
+                throw error(errc::invalid_argument, "POST " + path + " is built in");
             r.post = std::move(handler);
         }
         return *this;
@@ -677,8 +798,12 @@ private:
         return j.dump();
     }
 
-    static long ms_part_sec(std::chrono::milliseconds d) { return static_cast<long>(d.count() / 1000); }
-    static long ms_part_usec(std::chrono::milliseconds d) { return static_cast<long>((d.count() % 1000) * 1000); }
+    static long ms_part_sec(std::chrono::milliseconds d) {
+        return static_cast<long>(d.count() / 1000);
+    }
+    static long ms_part_usec(std::chrono::milliseconds d) {
+        return static_cast<long>((d.count() % 1000) * 1000);
+    }
 
     void configure(httplib::Server& h) {
         h.set_tcp_nodelay(true);
@@ -689,7 +814,8 @@ private:
             setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
         });
         h.set_read_timeout(ms_part_sec(options_.read_timeout), ms_part_usec(options_.read_timeout));
-        h.set_write_timeout(ms_part_sec(options_.write_timeout), ms_part_usec(options_.write_timeout));
+        h.set_write_timeout(ms_part_sec(options_.write_timeout),
+                            ms_part_usec(options_.write_timeout));
         h.set_keep_alive_max_count(options_.keep_alive_max_requests);
         // cpp-httplib takes whole seconds here; round up so a short setting is not 0.
         h.set_keep_alive_timeout(
@@ -699,20 +825,24 @@ private:
         detail::ConnectionRegistry* reg = &registry_;
         h.new_task_queue = [threads, reg] { return new detail::WatchedPool(threads, *reg); };
 
-        httplib::Server::HandlerWithResponse pre = [this](const httplib::Request& req, httplib::Response& res) {
+        httplib::Server::HandlerWithResponse pre = [this](const httplib::Request& req,
+                                                          httplib::Response& res) {
             return pre_route(req, res);
         };
         h.set_pre_routing_handler(pre);
-        httplib::Server::HandlerWithResponse on_error = [](const httplib::Request&, httplib::Response& res) {
+        httplib::Server::HandlerWithResponse on_error = [](const httplib::Request&,
+                                                           httplib::Response& res) {
             if (!res.body.empty()) return httplib::Server::HandlerResponse::Unhandled;
-            res.set_content(detail::json_error_body(detail::status_text(res.status)), "application/json");
+            res.set_content(detail::json_error_body(detail::status_text(res.status)),
+                            "application/json");
             return httplib::Server::HandlerResponse::Handled;
         };
         h.set_error_handler(on_error);
-        h.set_exception_handler([](const httplib::Request&, httplib::Response& res, std::exception_ptr) {
-            res.status = 500;
-            res.set_content(detail::json_error_body("internal error"), "application/json");
-        });
+        h.set_exception_handler(
+            [](const httplib::Request&, httplib::Response& res, std::exception_ptr) {
+                res.status = 500;
+                res.set_content(detail::json_error_body("internal error"), "application/json");
+            });
         h.set_logger([this](const httplib::Request& req, const httplib::Response& res) {
             bool close_after = res.get_header_value("Connection") == "close";
             registry_.request_done(detail::peer_key(req.remote_addr, req.remote_port), close_after);
@@ -722,18 +852,21 @@ private:
         builtin_get("/server_info", [this](const httplib::Request&, httplib::Response& res) {
             res.set_content(info_, "application/json");
         });
-        builtin_get("/speedtest/download", [this](const httplib::Request& req, httplib::Response& res) {
+        builtin_get("/speedtest/download", [this](const httplib::Request& req,
+                                                  httplib::Response& res) {
             if (!req.has_param("bytes")) {
                 res.status = 400;
-                res.set_content(detail::json_error_body("missing query parameter bytes=N"), "application/json");
+                res.set_content(detail::json_error_body("missing query parameter bytes=N"),
+                                "application/json");
                 return;
             }
             auto n = detail::parse_byte_count(req.get_param_value("bytes"));
             if (!n) {
                 res.status = 400;
-                res.set_content(detail::json_error_body("bytes=" + req.get_param_value("bytes").substr(0, 40) +
-                                                        ": expected a decimal byte count"),
-                                "application/json");
+                res.set_content(
+                    detail::json_error_body("bytes=" + req.get_param_value("bytes").substr(0, 40) +
+                                            ": expected a decimal byte count"),
+                    "application/json");
                 return;
             }
             serve_bytes(res, *n);
@@ -742,8 +875,9 @@ private:
             serve_bytes(res, p2prc_download_bytes);
         });
         for (const char* path : {"/speedtest/upload", "/upload"}) {
-            builtin_post(path, [this](const httplib::Request& req, httplib::Response& res,
-                                      const httplib::ContentReader& reader) { upload(req, res, reader); });
+            builtin_post(
+                path, [this](const httplib::Request& req, httplib::Response& res,
+                             const httplib::ContentReader& reader) { upload(req, res, reader); });
         }
 
         // Routes of higher layers.
@@ -767,7 +901,8 @@ private:
                     bool ok;
                     if (req.is_multipart_form_data()) {
                         ok = reader(
-                            [&](const httplib::MultipartFormData& f) {
+                            [&](const auto&
+                                    f) {  // a form part (its type is named differently by version)
                                 if (r.files.size() >= 64) return false;
                                 r.files.push_back({f.name, f.filename, f.content_type, {}});
                                 return true;
@@ -816,10 +951,12 @@ private:
 
     // Decides what cpp-httplib must not do itself: answer unknown routes and wrong
     // methods as JSON, and refuse a declared body over the limit before reading it.
-    httplib::Server::HandlerResponse pre_route(const httplib::Request& req, httplib::Response& res) {
+    httplib::Server::HandlerResponse pre_route(const httplib::Request& req,
+                                               httplib::Response& res) {
         registry_.request_started(detail::peer_key(req.remote_addr, req.remote_port));
         auto it = routes_.find(req.path);
-        const bool has_body = req.has_header("Content-Length") || req.has_header("Transfer-Encoding");
+        const bool has_body =
+            req.has_header("Content-Length") || req.has_header("Transfer-Encoding");
         auto reject = [&](int status, const std::string& message) {
             res.status = status;
             if (has_body) res.set_header("Connection", "close");
@@ -834,7 +971,8 @@ private:
             std::string allow = (r.get || r.builtin_get) ? "GET" : "";
             if (r.post || r.builtin_post) allow += allow.empty() ? "POST" : ", POST";
             res.set_header("Allow", allow);
-            return reject(405, req.method.substr(0, 20) + " not allowed on " + req.path.substr(0, 200));
+            return reject(405,
+                          req.method.substr(0, 20) + " not allowed on " + req.path.substr(0, 200));
         }
         if (req.has_header("Content-Length")) {
             auto n = detail::parse_byte_count(req.get_header_value("Content-Length"));
@@ -853,7 +991,8 @@ private:
         r.path = req.path;
         for (const auto& [k, v] : req.params) r.params.emplace(k, v);
         for (const auto& [k, v] : req.headers) {
-            if (k == "REMOTE_ADDR" || k == "REMOTE_PORT" || k == "LOCAL_ADDR" || k == "LOCAL_PORT") continue;
+            if (k == "REMOTE_ADDR" || k == "REMOTE_PORT" || k == "LOCAL_ADDR" || k == "LOCAL_PORT")
+                continue;
             r.headers.emplace_back(k, v);
         }
         r.remote_address = req.remote_addr;
@@ -864,14 +1003,16 @@ private:
         return r;
     }
 
-    static void run_handler(const RouteHandler& handler, const HttpRequest& r, httplib::Response& res) {
+    static void run_handler(const RouteHandler& handler, const HttpRequest& r,
+                            httplib::Response& res) {
         HttpResponse out;
         try {
             handler(r, out);
         } catch (const p2prc::error& e) {
             int status = e.code() == errc::limit_exceeded ? 413
-                       : (e.code() == errc::parse_error || e.code() == errc::invalid_argument) ? 400
-                                                                                               : 500;
+                         : (e.code() == errc::parse_error || e.code() == errc::invalid_argument)
+                             ? 400
+                             : 500;
             out.error(status, e.what());
         } catch (const std::exception& e) {
             out.error(500, std::string("internal error: ") + e.what());
@@ -902,14 +1043,16 @@ private:
     // Reads and discards the body, counting bytes as they arrive. Answers
     // {"bytes", "seconds"} (first to last byte) and, with ?warmup_ms=W, the same for the
     // bytes that arrived W ms after the first one ("measured_bytes", "measured_seconds").
-    void upload(const httplib::Request& req, httplib::Response& res, const httplib::ContentReader& reader) {
+    void upload(const httplib::Request& req, httplib::Response& res,
+                const httplib::ContentReader& reader) {
         using Clock = std::chrono::steady_clock;
         std::uint64_t warmup_ms = 0;
         if (req.has_param("warmup_ms")) {
             auto w = detail::parse_byte_count(req.get_param_value("warmup_ms"));
             if (!w || *w > 60000) {
                 res.status = 400;
-                res.set_content(detail::json_error_body("warmup_ms: expected 0-60000"), "application/json");
+                res.set_content(detail::json_error_body("warmup_ms: expected 0-60000"),
+                                "application/json");
                 return;
             }
             warmup_ms = *w;
@@ -940,7 +1083,7 @@ private:
         };
         bool ok;
         if (req.is_multipart_form_data()) {
-            ok = reader([&](const httplib::MultipartFormData&) { return true; },
+            ok = reader([&](const auto&) { return true; },
                         [&](const char*, std::size_t n) { return count(n); });
         } else {
             ok = reader([&](const char*, std::size_t n) { return count(n); });
@@ -948,7 +1091,8 @@ private:
         if (over) return too_large(res, max);
         if (!ok) {
             res.status = 400;
-            res.set_content(detail::json_error_body("could not read the request body"), "application/json");
+            res.set_content(detail::json_error_body("could not read the request body"),
+                            "application/json");
             return;
         }
         auto secs = [](Clock::duration d) { return std::chrono::duration<double>(d).count(); };
@@ -956,7 +1100,8 @@ private:
         j["bytes"] = total;
         j["seconds"] = have_first ? secs(last - first) : 0.0;
         j["measured_bytes"] = warmed ? measured : total;
-        j["measured_seconds"] = warmed ? secs(last - warm) : (have_first ? secs(last - first) : 0.0);
+        j["measured_seconds"] =
+            warmed ? secs(last - warm) : (have_first ? secs(last - first) : 0.0);
         res.set_content(j.dump(), "application/json");
     }
 
@@ -965,14 +1110,16 @@ private:
         while (!watch_stop_) {
             watch_cv_.wait_for(lock, std::chrono::milliseconds(50));
             if (watch_stop_) break;
-            registry_.enforce(options_.header_timeout, options_.keep_alive_timeout, options_.request_timeout,
-                              options_.overload_idle_timeout);
+            registry_.enforce(options_.header_timeout, options_.keep_alive_timeout,
+                              options_.request_timeout, options_.overload_idle_timeout,
+                              options_.max_header_bytes);
         }
     }
 
     void stop_locked() {
         if (!http_) return;
         stopping_ = true;
+        running_ = false;
         http_->stop();          // closes the listening socket: the accept loop ends
         registry_.close_all();  // every connection sees EOF: every worker ends
         if (listener_.joinable()) listener_.join();  // joins the workers too
@@ -992,6 +1139,7 @@ private:
     std::string info_;
     std::uint16_t port_ = 0;
     std::atomic<bool> stopping_{false};
+    std::atomic<bool> running_{false};
     detail::ConnectionRegistry registry_;
     std::unique_ptr<detail::HttpServer> http_;
     std::thread listener_;

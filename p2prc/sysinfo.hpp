@@ -41,9 +41,9 @@ struct GpuInfo {
 
 struct SystemInfo {
     std::string hostname;
-    std::string platform;      // e.g. "Debian GNU/Linux 12 (bookworm)"
-    std::string cpu;           // model name of the first CPU
-    unsigned cores = 0;        // logical cores
+    std::string platform;        // e.g. "Debian GNU/Linux 12 (bookworm)"
+    std::string cpu;             // model name of the first CPU
+    unsigned cores = 0;          // logical cores
     std::uint64_t ram_mib = 0;   // total memory
     std::uint64_t disk_mib = 0;  // total size of the filesystem holding the given folder
     std::uint64_t disk_free_mib = 0;
@@ -63,7 +63,8 @@ struct SystemInfo {
         if (gpus) {
             nlohmann::json list = nlohmann::json::array();
             for (const auto& g : *gpus)
-                list.push_back({{"Name", g.name}, {"MemoryMiB", g.memory_mib}, {"Driver", g.driver}});
+                list.push_back(
+                    {{"Name", g.name}, {"MemoryMiB", g.memory_mib}, {"Driver", g.driver}});
             j["GPU"] = {{"Count", gpus->size()}, {"Devices", std::move(list)}};
         } else {
             j["GPU"] = nullptr;
@@ -75,7 +76,8 @@ struct SystemInfo {
 namespace detail {
 
 // Reads at most `limit` bytes of a small text file (the /proc files are tiny).
-inline std::optional<std::string> read_small_file(const std::string& path, std::size_t limit = 1 << 20) {
+inline std::optional<std::string> read_small_file(const std::string& path,
+                                                  std::size_t limit = 1 << 20) {
     std::ifstream in(path, std::ios::binary);
     if (!in) return std::nullopt;
     std::string out(limit, '\0');
@@ -92,7 +94,8 @@ inline std::string trim(std::string s) {
 }
 
 // The value of `key` in a "key: value" (cpuinfo, meminfo) or KEY=value (os-release) file.
-inline std::optional<std::string> text_field(const std::string& text, const std::string& key, char sep) {
+inline std::optional<std::string> text_field(const std::string& text, const std::string& key,
+                                             char sep) {
     std::istringstream in(text);
     std::string line;
     while (std::getline(in, line)) {
@@ -228,9 +231,9 @@ inline std::optional<std::string> run_bounded(const std::vector<std::string>& ar
 inline std::optional<std::vector<GpuInfo>> nvidia_gpus() {
     auto exe = find_on_path("nvidia-smi");
     if (exe.empty()) return std::nullopt;
-    auto out = run_bounded({exe, "--query-gpu=name,memory.total,driver_version",
-                            "--format=csv,noheader,nounits"},
-                           std::chrono::seconds(3), 64 * 1024);
+    auto out = run_bounded(
+        {exe, "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader,nounits"},
+        std::chrono::seconds(3), 64 * 1024);
     if (!out) return std::nullopt;
     std::vector<GpuInfo> gpus;
     std::istringstream in(*out);

@@ -1856,9 +1856,9 @@ struct GpuInfo {
 
 struct SystemInfo {
     std::string hostname;
-    std::string platform;      // e.g. "Debian GNU/Linux 12 (bookworm)"
-    std::string cpu;           // model name of the first CPU
-    unsigned cores = 0;        // logical cores
+    std::string platform;        // e.g. "Debian GNU/Linux 12 (bookworm)"
+    std::string cpu;             // model name of the first CPU
+    unsigned cores = 0;          // logical cores
     std::uint64_t ram_mib = 0;   // total memory
     std::uint64_t disk_mib = 0;  // total size of the filesystem holding the given folder
     std::uint64_t disk_free_mib = 0;
@@ -1878,7 +1878,8 @@ struct SystemInfo {
         if (gpus) {
             nlohmann::json list = nlohmann::json::array();
             for (const auto& g : *gpus)
-                list.push_back({{"Name", g.name}, {"MemoryMiB", g.memory_mib}, {"Driver", g.driver}});
+                list.push_back(
+                    {{"Name", g.name}, {"MemoryMiB", g.memory_mib}, {"Driver", g.driver}});
             j["GPU"] = {{"Count", gpus->size()}, {"Devices", std::move(list)}};
         } else {
             j["GPU"] = nullptr;
@@ -1890,7 +1891,8 @@ struct SystemInfo {
 namespace detail {
 
 // Reads at most `limit` bytes of a small text file (the /proc files are tiny).
-inline std::optional<std::string> read_small_file(const std::string& path, std::size_t limit = 1 << 20) {
+inline std::optional<std::string> read_small_file(const std::string& path,
+                                                  std::size_t limit = 1 << 20) {
     std::ifstream in(path, std::ios::binary);
     if (!in) return std::nullopt;
     std::string out(limit, '\0');
@@ -1907,7 +1909,8 @@ inline std::string trim(std::string s) {
 }
 
 // The value of `key` in a "key: value" (cpuinfo, meminfo) or KEY=value (os-release) file.
-inline std::optional<std::string> text_field(const std::string& text, const std::string& key, char sep) {
+inline std::optional<std::string> text_field(const std::string& text, const std::string& key,
+                                             char sep) {
     std::istringstream in(text);
     std::string line;
     while (std::getline(in, line)) {
@@ -2043,9 +2046,9 @@ inline std::optional<std::string> run_bounded(const std::vector<std::string>& ar
 inline std::optional<std::vector<GpuInfo>> nvidia_gpus() {
     auto exe = find_on_path("nvidia-smi");
     if (exe.empty()) return std::nullopt;
-    auto out = run_bounded({exe, "--query-gpu=name,memory.total,driver_version",
-                            "--format=csv,noheader,nounits"},
-                           std::chrono::seconds(3), 64 * 1024);
+    auto out = run_bounded(
+        {exe, "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader,nounits"},
+        std::chrono::seconds(3), 64 * 1024);
     if (!out) return std::nullopt;
     std::vector<GpuInfo> gpus;
     std::istringstream in(*out);
@@ -2109,7 +2112,14 @@ inline SystemInfo system_info(const std::string& path_for_disk = ".") {
 // is told of every connection on the accepting thread) by looking for the one socket of
 // the process that has the server's port as local port and is not yet known. With its own
 // handle on the socket it can bound a request's total time (header_timeout,
-// request_timeout) and shut every connection down at stop().
+// request_timeout) and shut every connection down at stop(). cpp-httplib serves one
+// connection per worker thread for the connection's whole life, so two more rules keep
+// workers for clients that talk: a connection reaches a worker only once its first bytes
+// are in, and while connections wait for a worker, an idle one (kept alive, or stalled in
+// its headers) gives its worker up after overload_idle_timeout.
+//
+// Linux only for these guards (they read /proc/self/fd); elsewhere the server still runs,
+// bounded by cpp-httplib's own per-receive timeouts.
 
 
 #include <httplib.h>
@@ -2121,6 +2131,7 @@ inline SystemInfo system_info(const std::string& path_for_disk = ".") {
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -2152,7 +2163,7 @@ struct ServerOptions {
     std::uint16_t port = 0;                // 0: pick a free port; Server::port() tells which
     std::string name;                      // reported in /server_info
     std::vector<std::string> advertised_addresses;  // reported in /server_info
-    std::string disk_path = ".";                   // the filesystem /server_info reports
+    std::string disk_path = ".";                    // the filesystem /server_info reports
 
     std::chrono::milliseconds read_timeout{5000};   // one receive
     std::chrono::milliseconds write_timeout{5000};  // one send
@@ -2167,7 +2178,10 @@ struct ServerOptions {
     // While connections wait for a worker, a worker waiting this long on an idle
     // connection (kept alive, or with stalled headers) lets it go.
     std::chrono::milliseconds overload_idle_timeout{500};
-    std::size_t max_body_bytes = 64u << 20;    // every route; 413 beyond
+    // A request line and headers together (cpp-httplib alone bounds each line only once
+    // it has read all of it); 0: no bound.
+    std::size_t max_header_bytes = 64u << 10;
+    std::size_t max_body_bytes = 64u << 20;         // every route; 413 beyond
     std::uint64_t max_download_bytes = 256u << 20;  // one speed-test download
     std::size_t keep_alive_max_requests = 100;
     int listen_backlog = 512;
@@ -2234,7 +2248,8 @@ struct ServerStats {
     std::uint64_t header_timeouts = 0;   // cut for not sending their headers in time
     std::uint64_t request_timeouts = 0;  // cut for exceeding request_timeout
     std::uint64_t refused_queue_full = 0;
-    std::uint64_t overload_cuts = 0;  // idle connections let go because others waited
+    std::uint64_t overload_cuts = 0;     // idle connections let go because others waited
+    std::uint64_t header_overflows = 0;  // cut for sending more than max_header_bytes
 };
 
 namespace detail {
@@ -2245,25 +2260,36 @@ inline std::string json_error_body(const std::string& message) {
 
 inline const char* status_text(int status) {
     switch (status) {
-        case 400: return "bad request";
-        case 404: return "no such route";
-        case 405: return "method not allowed";
-        case 408: return "request timeout";
-        case 411: return "length required";
-        case 413: return "request body too large";
-        case 414: return "request URI too long";
-        case 416: return "range not satisfiable";
-        case 500: return "internal error";
-        case 503: return "service unavailable";
-        default: return status >= 500 ? "server error" : "client error";
+        case 400:
+            return "bad request";
+        case 404:
+            return "no such route";
+        case 405:
+            return "method not allowed";
+        case 408:
+            return "request timeout";
+        case 411:
+            return "length required";
+        case 413:
+            return "request body too large";
+        case 414:
+            return "request URI too long";
+        case 416:
+            return "range not satisfiable";
+        case 500:
+            return "internal error";
+        case 503:
+            return "service unavailable";
+        default:
+            return status >= 500 ? "server error" : "client error";
     }
 }
 
 // "ip:port" exactly as cpp-httplib spells Request::remote_addr/remote_port.
 inline std::string peer_key(const sockaddr_storage& sa, socklen_t len) {
     char host[NI_MAXHOST], serv[NI_MAXSERV];
-    if (getnameinfo(reinterpret_cast<const sockaddr*>(&sa), len, host, sizeof host, serv, sizeof serv,
-                    NI_NUMERICHOST | NI_NUMERICSERV) != 0)
+    if (getnameinfo(reinterpret_cast<const sockaddr*>(&sa), len, host, sizeof host, serv,
+                    sizeof serv, NI_NUMERICHOST | NI_NUMERICSERV) != 0)
         return {};
     return std::string(host) + "|" + serv;
 }
@@ -2279,12 +2305,17 @@ inline std::uint16_t sockaddr_port(const sockaddr_storage& sa) {
 
 // The server's own handle on each accepted connection (see the file comment).
 class ConnectionRegistry {
-public:
+  public:
     using Clock = std::chrono::steady_clock;
 
-    void reset(std::uint16_t port) {
+    // `listening` is the listening socket's address: a connection qualifies when its local
+    // port is the same and, unless the server listens on a wildcard address, its local
+    // address too (another server of the process may use the same port elsewhere).
+    void reset(const sockaddr_storage& listening) {
         std::lock_guard<std::mutex> lock(mutex_);
-        port_ = port;
+        listening_ = listening;
+        port_ = sockaddr_port(listening);
+        foreign_.clear();
         closed_ = false;
         ignored_.clear();
     }
@@ -2292,6 +2323,11 @@ public:
     // Called on the accepting thread right after accept(): finds the new connection.
     // Returns its id (the socket's inode), or 0 when it could not be found (no /proc,
     // or the peer already went away).
+    //
+    // Exactly one socket qualifies at that moment: the accepting thread adopts each
+    // connection before it accepts the next, and every socket that is not adopted is
+    // remembered as not to be adopted. TSan reports the scan's fstat() on descriptors of
+    // other threads as races on descriptors; they are reads of kernel state, not memory.
     std::uint64_t adopt() {
         DIR* dir = opendir("/proc/self/fd");
         if (!dir) return 0;
@@ -2307,20 +2343,24 @@ public:
                 struct stat st {};
                 if (fstat(fd, &st) != 0 || !S_ISSOCK(st.st_mode)) continue;
                 auto ino = static_cast<std::uint64_t>(st.st_ino);
-                if (conns_.count(ino) || ignored_.count(ino)) continue;
+                if (conns_.count(ino) || ignored_.count(ino) || foreign_.count(ino)) continue;
                 sockaddr_storage local{}, peer{};
                 socklen_t ll = sizeof local, pl = sizeof peer;
-                if (getsockname(fd, reinterpret_cast<sockaddr*>(&local), &ll) != 0 ||
-                    (local.ss_family != AF_INET && local.ss_family != AF_INET6) ||
-                    sockaddr_port(local) != port_)
-                    continue;
-                if (getpeername(fd, reinterpret_cast<sockaddr*>(&peer), &pl) != 0) {
-                    if (errno == ENOTCONN) {
-                        int listening = 0;
-                        socklen_t il = sizeof listening;
-                        if (getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &il) == 0 && listening)
-                            ignored_.insert(ino);  // the listening socket
+                if (getsockname(fd, reinterpret_cast<sockaddr*>(&local), &ll) != 0) continue;
+                if ((local.ss_family != AF_INET && local.ss_family != AF_INET6) ||
+                    sockaddr_port(local) != port_ || !same_local_address(local)) {
+                    // Bound elsewhere (a client socket, another server): never ours. Kept
+                    // so a process with many sockets pays for each one once, not per accept.
+                    if (local.ss_family == AF_UNIX || sockaddr_port(local) != 0) {
+                        if (foreign_.size() >= 65536) foreign_.clear();
+                        foreign_.insert(ino);
                     }
+                    continue;
+                }
+                if (getpeername(fd, reinterpret_cast<sockaddr*>(&peer), &pl) != 0) {
+                    // The listening socket, or a connection whose peer is gone already:
+                    // never a candidate again, so a later accept cannot be confused with it.
+                    forget(ino);
                     continue;
                 }
                 found = ino;
@@ -2333,7 +2373,10 @@ public:
             // Our own descriptor for the socket: shutting it down can never hit a
             // descriptor number that the server closed and the process reused.
             int own = fcntl(found_fd, F_DUPFD_CLOEXEC, 0);
-            if (own < 0) return 0;
+            if (own < 0) {
+                forget(found);  // out of descriptors: serve it untracked
+                return 0;
+            }
             int one = 1;
             setsockopt(own, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
             Conn c;
@@ -2401,6 +2444,7 @@ public:
             c->active = false;
             c->served = true;
             c->since = Clock::now();
+            c->consumed_mark = consumed_bytes(c->fd);
             // An answer given without reading the body (413, 404): the unread bytes must
             // not be parsed as the next request.
             if (close_after) ::shutdown(c->fd, SHUT_RDWR);
@@ -2411,25 +2455,40 @@ public:
     // Under load (connections wait for a worker), a worker that waits on a connection for
     // longer than `overload_idle` (an idle keep-alive, or headers that stall) lets it go.
     void enforce(std::chrono::milliseconds header_timeout, std::chrono::milliseconds keep_alive,
-                 std::chrono::milliseconds request_timeout, std::chrono::milliseconds overload_idle) {
+                 std::chrono::milliseconds request_timeout, std::chrono::milliseconds overload_idle,
+                 std::size_t max_header_bytes) {
         std::lock_guard<std::mutex> lock(mutex_);
         const auto now = Clock::now();
         const bool overloaded = pending_ > 0;
         for (auto& [id, c] : conns_) {
             if (c.cut) continue;
             auto age = now - c.since;
-            if (overloaded && c.started && !c.active && now - std::max(c.since, c.started_at) > overload_idle) {
+            if (overloaded && c.started && !c.active &&
+                now - std::max(c.since, c.started_at) > overload_idle) {
                 ::shutdown(c.fd, SHUT_RDWR);
                 c.cut = true;
                 ++stats_.overload_cuts;
                 continue;
             }
             if (!c.active) {
-                auto limit = header_timeout + (c.served ? keep_alive : std::chrono::milliseconds(0));
+                auto limit =
+                    header_timeout + (c.served ? keep_alive : std::chrono::milliseconds(0));
                 if (age > limit) {
                     ::shutdown(c.fd, SHUT_RDWR);
                     c.cut = true;
                     ++stats_.header_timeouts;
+                    continue;
+                }
+                // cpp-httplib keeps reading a request line or header line until its end,
+                // however long: bound what a connection may make it read before a request
+                // starts (its read-ahead buffer is 4 KiB).
+                auto consumed = consumed_bytes(c.fd);
+                const std::uint64_t mark = c.consumed_mark.value_or(0);
+                if (max_header_bytes && consumed && *consumed > mark &&
+                    *consumed - mark > max_header_bytes + 4096) {
+                    ::shutdown(c.fd, SHUT_RDWR);
+                    c.cut = true;
+                    ++stats_.header_overflows;
                 }
             } else if (request_timeout.count() > 0 && age > request_timeout) {
                 ::shutdown(c.fd, SHUT_RDWR);
@@ -2464,7 +2523,7 @@ public:
         for (auto& [id, c] : conns_) ::close(c.fd);
     }
 
-private:
+  private:
     struct Conn {
         int fd = -1;
         std::string key;
@@ -2474,7 +2533,48 @@ private:
         bool cut = false;
         bool started = false;
         Clock::time_point started_at{};
+        std::optional<std::uint64_t> consumed_mark;  // bytes read when the wait began
     };
+
+    // Bytes the server has read from the socket so far: what TCP received minus what
+    // still waits in the socket. nullopt where the kernel does not say (before Linux 4.1).
+    static std::optional<std::uint64_t> consumed_bytes(int fd) {
+        // struct tcp_info as the kernel defines it (append-only ABI): tcpi_bytes_received
+        // is the u64 at offset 128. glibc's own struct stops before it.
+        alignas(8) unsigned char info[256] = {};
+        socklen_t len = sizeof info;
+        if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, info, &len) != 0 || len < 136)
+            return std::nullopt;
+        std::uint64_t received = 0;
+        std::memcpy(&received, info + 128, sizeof received);
+        int queued = 0;
+        if (ioctl(fd, FIONREAD, &queued) != 0 || queued < 0) return std::nullopt;
+        return received >= std::uint64_t(queued) ? received - std::uint64_t(queued) : 0;
+    }
+
+    bool same_local_address(const sockaddr_storage& local) const {
+        if (listening_.ss_family == AF_INET) {
+            const auto& l = reinterpret_cast<const sockaddr_in&>(listening_);
+            if (l.sin_addr.s_addr == htonl(INADDR_ANY)) return true;
+            return local.ss_family == AF_INET &&
+                   reinterpret_cast<const sockaddr_in&>(local).sin_addr.s_addr == l.sin_addr.s_addr;
+        }
+        if (listening_.ss_family == AF_INET6) {
+            const auto& l = reinterpret_cast<const sockaddr_in6&>(listening_);
+            if (IN6_IS_ADDR_UNSPECIFIED(&l.sin6_addr)) return true;
+            return local.ss_family == AF_INET6 &&
+                   std::memcmp(&reinterpret_cast<const sockaddr_in6&>(local).sin6_addr,
+                               &l.sin6_addr, sizeof l.sin6_addr) == 0;
+        }
+        return true;
+    }
+
+    // Bounded: after many forgotten sockets the set restarts (closed sockets' inode
+    // numbers are not reused soon, and the listening socket is simply found again).
+    void forget(std::uint64_t ino) {
+        if (ignored_.size() >= 4096) ignored_.clear();
+        ignored_.insert(ino);
+    }
 
     Conn* find(const std::string& key) {
         auto p = by_peer_.find(key);
@@ -2485,6 +2585,7 @@ private:
 
     mutable std::mutex mutex_;
     std::uint16_t port_ = 0;
+    sockaddr_storage listening_{};
     bool closed_ = false;
     std::size_t pending_ = 0;
     std::size_t max_pending_ = 0;
@@ -2492,6 +2593,7 @@ private:
     std::unordered_map<std::uint64_t, Conn> conns_;
     std::unordered_map<std::string, std::uint64_t> by_peer_;
     std::unordered_set<std::uint64_t> ignored_;
+    std::unordered_set<std::uint64_t> foreign_;
     ServerStats stats_;
 };
 
@@ -2500,10 +2602,12 @@ private:
 // so connections that open and send nothing never hold a worker. TaskQueue::enqueue
 // returns void in older cpp-httplib and bool in newer; the override follows the base.
 class WatchedPool : public httplib::TaskQueue {
-    using EnqueueResult = decltype(std::declval<httplib::TaskQueue&>().enqueue(std::function<void()>()));
+    using EnqueueResult =
+        decltype(std::declval<httplib::TaskQueue&>().enqueue(std::function<void()>()));
 
-public:
-    WatchedPool(std::size_t threads, ConnectionRegistry& registry) : pool_(threads), registry_(registry) {
+  public:
+    WatchedPool(std::size_t threads, ConnectionRegistry& registry)
+        : pool_(threads), registry_(registry) {
         if (pipe2(wake_, O_CLOEXEC | O_NONBLOCK) != 0) wake_[0] = wake_[1] = -1;
         if (wake_[0] >= 0) gate_ = std::thread([this] { gate_loop(); });
     }
@@ -2535,7 +2639,7 @@ public:
         pool_.shutdown();
     }
 
-private:
+  private:
     struct Gated {
         std::uint64_t id;
         int fd;
@@ -2618,10 +2722,17 @@ private:
 // cpp-httplib's listening socket, to widen its accept queue: the compiled-in backlog can
 // be as small as 5, and a burst of connections beyond it waits for SYN retransmits.
 class HttpServer : public httplib::Server {
-public:
+  public:
     void set_backlog(int backlog) {
         socket_t sock = svr_sock_;
         if (sock != INVALID_SOCKET) ::listen(sock, backlog);
+    }
+    sockaddr_storage listening_address() const {
+        sockaddr_storage a{};
+        socklen_t len = sizeof a;
+        socket_t sock = svr_sock_;
+        if (sock != INVALID_SOCKET) getsockname(sock, reinterpret_cast<sockaddr*>(&a), &len);
+        return a;
     }
 };
 
@@ -2648,15 +2759,17 @@ inline std::optional<std::uint64_t> parse_byte_count(const std::string& s) {
 }  // namespace detail
 
 class Server {
-public:
+  public:
     // P2PRC's GET /50 serves a 50 MB file.
     static constexpr std::uint64_t p2prc_download_bytes = 50ull * 1000 * 1000;
 
     explicit Server(ServerOptions options = {}) : options_(std::move(options)) {
         if (options_.worker_threads == 0)
-            throw error(errc::invalid_argument, "ServerOptions::worker_threads is 0: expected at least 1");
+            throw error(errc::invalid_argument,
+                        "ServerOptions::worker_threads is 0: expected at least 1");
         if (options_.max_body_bytes == 0)
-            throw error(errc::invalid_argument, "ServerOptions::max_body_bytes is 0: expected at least 1");
+            throw error(errc::invalid_argument,
+                        "ServerOptions::max_body_bytes is 0: expected at least 1");
         pattern_.resize(64 * 1024);
         // Incompressible-looking bytes, so no layer on the way can shrink the test.
         std::uint32_t x = 0x9e3779b9u;
@@ -2666,7 +2779,8 @@ public:
             x ^= x << 5;
             c = static_cast<char>(x & 0xff);
         }
-        for (const char* path : {"/server_info", "/speedtest/download", "/50"}) routes_[path].builtin_get = true;
+        for (const char* path : {"/server_info", "/speedtest/download", "/50"})
+            routes_[path].builtin_get = true;
         for (const char* path : {"/speedtest/upload", "/upload"}) routes_[path].builtin_post = true;
     }
     ~Server() { stop(); }
@@ -2674,8 +2788,12 @@ public:
     Server& operator=(const Server&) = delete;
 
     // Adds a route (an exact path). Only before start(); a path may have a GET and a POST.
-    Server& get(const std::string& path, RouteHandler handler) { return add("GET", path, std::move(handler)); }
-    Server& post(const std::string& path, RouteHandler handler) { return add("POST", path, std::move(handler)); }
+    Server& get(const std::string& path, RouteHandler handler) {
+        return add("GET", path, std::move(handler));
+    }
+    Server& post(const std::string& path, RouteHandler handler) {
+        return add("POST", path, std::move(handler));
+    }
 
     // Binds and starts serving on an owned thread; returns once the socket is bound and
     // the accept loop runs. Throws p2prc::error (io_error) when the address cannot be bound.
@@ -2694,14 +2812,15 @@ public:
         if (port <= 0) {
             int e = errno;
             http_.reset();
-            throw error(errc::io_error, "cannot bind the HTTP server to " + options_.bind_address + " port " +
-                                            std::to_string(options_.port) +
-                                            (e ? std::string(": ") + std::strerror(e) : std::string()));
+            throw error(errc::io_error,
+                        "cannot bind the HTTP server to " + options_.bind_address + " port " +
+                            std::to_string(options_.port) +
+                            (e ? std::string(": ") + std::strerror(e) : std::string()));
         }
         port_ = static_cast<std::uint16_t>(port);
         http_->set_backlog(options_.listen_backlog);
         info_ = build_info(port_);
-        registry_.reset(port_);
+        registry_.reset(http_->listening_address());
         registry_.set_limits(options_.max_queued_connections, options_.worker_threads);
         stopping_ = false;
         httplib::Server* h = http_.get();
@@ -2710,7 +2829,8 @@ public:
         while (!h->is_running() && std::chrono::steady_clock::now() < deadline)
             std::this_thread::sleep_for(std::chrono::milliseconds(1));
         watchdog_ = std::thread([this] { watch(); });
-        if (!h->is_running()) {
+        running_ = h->is_running();
+        if (!running_) {
             stop_locked();
             throw error(errc::io_error, "the HTTP server did not start listening within 10 s");
         }
@@ -2723,16 +2843,18 @@ public:
         stop_locked();
     }
 
-    bool running() const { return http_ && http_->is_running(); }
+    bool running() const { return running_; }
     // The bound port (after start()), 0 before.
     std::uint16_t port() const { return port_; }
     const ServerOptions& options() const { return options_; }
     // The /server_info document.
-    nlohmann::json info() const { return nlohmann::json::parse(info_); }
+    nlohmann::json info() const {
+        return nlohmann::json::parse(info_.empty() ? build_info(port_) : info_);
+    }
     ServerStats stats() const { return registry_.stats(); }
     std::size_t open_connections() const { return registry_.open_connections(); }
 
-private:
+  private:
     struct Route {
         RouteHandler get;
         RouteHandler post;
@@ -2744,14 +2866,16 @@ private:
         std::lock_guard<std::mutex> lock(control_);
         if (http_) throw error(errc::state_error, "routes must be added before start(): " + path);
         if (path.empty() || path[0] != '/')
-            throw error(errc::invalid_argument, "route path \"" + path + "\": expected an absolute path");
+            throw error(errc::invalid_argument,
+                        "route path \"" + path + "\": expected an absolute path");
         if (!handler) throw error(errc::invalid_argument, "route " + path + ": empty handler");
         auto& r = routes_[path];
         if (method == "GET") {
             if (r.builtin_get) throw error(errc::invalid_argument, "GET " + path + " is built in");
             r.get = std::move(handler);
         } else {
-            if (r.builtin_post) throw error(errc::invalid_argument, "POST " + path + " is built in");
+            if (r.builtin_post)
+                throw error(errc::invalid_argument, "POST " + path + " is built in");
             r.post = std::move(handler);
         }
         return *this;
@@ -2768,8 +2892,12 @@ private:
         return j.dump();
     }
 
-    static long ms_part_sec(std::chrono::milliseconds d) { return static_cast<long>(d.count() / 1000); }
-    static long ms_part_usec(std::chrono::milliseconds d) { return static_cast<long>((d.count() % 1000) * 1000); }
+    static long ms_part_sec(std::chrono::milliseconds d) {
+        return static_cast<long>(d.count() / 1000);
+    }
+    static long ms_part_usec(std::chrono::milliseconds d) {
+        return static_cast<long>((d.count() % 1000) * 1000);
+    }
 
     void configure(httplib::Server& h) {
         h.set_tcp_nodelay(true);
@@ -2780,7 +2908,8 @@ private:
             setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
         });
         h.set_read_timeout(ms_part_sec(options_.read_timeout), ms_part_usec(options_.read_timeout));
-        h.set_write_timeout(ms_part_sec(options_.write_timeout), ms_part_usec(options_.write_timeout));
+        h.set_write_timeout(ms_part_sec(options_.write_timeout),
+                            ms_part_usec(options_.write_timeout));
         h.set_keep_alive_max_count(options_.keep_alive_max_requests);
         // cpp-httplib takes whole seconds here; round up so a short setting is not 0.
         h.set_keep_alive_timeout(
@@ -2790,20 +2919,24 @@ private:
         detail::ConnectionRegistry* reg = &registry_;
         h.new_task_queue = [threads, reg] { return new detail::WatchedPool(threads, *reg); };
 
-        httplib::Server::HandlerWithResponse pre = [this](const httplib::Request& req, httplib::Response& res) {
+        httplib::Server::HandlerWithResponse pre = [this](const httplib::Request& req,
+                                                          httplib::Response& res) {
             return pre_route(req, res);
         };
         h.set_pre_routing_handler(pre);
-        httplib::Server::HandlerWithResponse on_error = [](const httplib::Request&, httplib::Response& res) {
+        httplib::Server::HandlerWithResponse on_error = [](const httplib::Request&,
+                                                           httplib::Response& res) {
             if (!res.body.empty()) return httplib::Server::HandlerResponse::Unhandled;
-            res.set_content(detail::json_error_body(detail::status_text(res.status)), "application/json");
+            res.set_content(detail::json_error_body(detail::status_text(res.status)),
+                            "application/json");
             return httplib::Server::HandlerResponse::Handled;
         };
         h.set_error_handler(on_error);
-        h.set_exception_handler([](const httplib::Request&, httplib::Response& res, std::exception_ptr) {
-            res.status = 500;
-            res.set_content(detail::json_error_body("internal error"), "application/json");
-        });
+        h.set_exception_handler(
+            [](const httplib::Request&, httplib::Response& res, std::exception_ptr) {
+                res.status = 500;
+                res.set_content(detail::json_error_body("internal error"), "application/json");
+            });
         h.set_logger([this](const httplib::Request& req, const httplib::Response& res) {
             bool close_after = res.get_header_value("Connection") == "close";
             registry_.request_done(detail::peer_key(req.remote_addr, req.remote_port), close_after);
@@ -2813,18 +2946,21 @@ private:
         builtin_get("/server_info", [this](const httplib::Request&, httplib::Response& res) {
             res.set_content(info_, "application/json");
         });
-        builtin_get("/speedtest/download", [this](const httplib::Request& req, httplib::Response& res) {
+        builtin_get("/speedtest/download", [this](const httplib::Request& req,
+                                                  httplib::Response& res) {
             if (!req.has_param("bytes")) {
                 res.status = 400;
-                res.set_content(detail::json_error_body("missing query parameter bytes=N"), "application/json");
+                res.set_content(detail::json_error_body("missing query parameter bytes=N"),
+                                "application/json");
                 return;
             }
             auto n = detail::parse_byte_count(req.get_param_value("bytes"));
             if (!n) {
                 res.status = 400;
-                res.set_content(detail::json_error_body("bytes=" + req.get_param_value("bytes").substr(0, 40) +
-                                                        ": expected a decimal byte count"),
-                                "application/json");
+                res.set_content(
+                    detail::json_error_body("bytes=" + req.get_param_value("bytes").substr(0, 40) +
+                                            ": expected a decimal byte count"),
+                    "application/json");
                 return;
             }
             serve_bytes(res, *n);
@@ -2833,8 +2969,9 @@ private:
             serve_bytes(res, p2prc_download_bytes);
         });
         for (const char* path : {"/speedtest/upload", "/upload"}) {
-            builtin_post(path, [this](const httplib::Request& req, httplib::Response& res,
-                                      const httplib::ContentReader& reader) { upload(req, res, reader); });
+            builtin_post(
+                path, [this](const httplib::Request& req, httplib::Response& res,
+                             const httplib::ContentReader& reader) { upload(req, res, reader); });
         }
 
         // Routes of higher layers.
@@ -2858,7 +2995,8 @@ private:
                     bool ok;
                     if (req.is_multipart_form_data()) {
                         ok = reader(
-                            [&](const httplib::MultipartFormData& f) {
+                            [&](const auto&
+                                    f) {  // a form part (its type is named differently by version)
                                 if (r.files.size() >= 64) return false;
                                 r.files.push_back({f.name, f.filename, f.content_type, {}});
                                 return true;
@@ -2907,10 +3045,12 @@ private:
 
     // Decides what cpp-httplib must not do itself: answer unknown routes and wrong
     // methods as JSON, and refuse a declared body over the limit before reading it.
-    httplib::Server::HandlerResponse pre_route(const httplib::Request& req, httplib::Response& res) {
+    httplib::Server::HandlerResponse pre_route(const httplib::Request& req,
+                                               httplib::Response& res) {
         registry_.request_started(detail::peer_key(req.remote_addr, req.remote_port));
         auto it = routes_.find(req.path);
-        const bool has_body = req.has_header("Content-Length") || req.has_header("Transfer-Encoding");
+        const bool has_body =
+            req.has_header("Content-Length") || req.has_header("Transfer-Encoding");
         auto reject = [&](int status, const std::string& message) {
             res.status = status;
             if (has_body) res.set_header("Connection", "close");
@@ -2925,7 +3065,8 @@ private:
             std::string allow = (r.get || r.builtin_get) ? "GET" : "";
             if (r.post || r.builtin_post) allow += allow.empty() ? "POST" : ", POST";
             res.set_header("Allow", allow);
-            return reject(405, req.method.substr(0, 20) + " not allowed on " + req.path.substr(0, 200));
+            return reject(405,
+                          req.method.substr(0, 20) + " not allowed on " + req.path.substr(0, 200));
         }
         if (req.has_header("Content-Length")) {
             auto n = detail::parse_byte_count(req.get_header_value("Content-Length"));
@@ -2944,7 +3085,8 @@ private:
         r.path = req.path;
         for (const auto& [k, v] : req.params) r.params.emplace(k, v);
         for (const auto& [k, v] : req.headers) {
-            if (k == "REMOTE_ADDR" || k == "REMOTE_PORT" || k == "LOCAL_ADDR" || k == "LOCAL_PORT") continue;
+            if (k == "REMOTE_ADDR" || k == "REMOTE_PORT" || k == "LOCAL_ADDR" || k == "LOCAL_PORT")
+                continue;
             r.headers.emplace_back(k, v);
         }
         r.remote_address = req.remote_addr;
@@ -2955,14 +3097,16 @@ private:
         return r;
     }
 
-    static void run_handler(const RouteHandler& handler, const HttpRequest& r, httplib::Response& res) {
+    static void run_handler(const RouteHandler& handler, const HttpRequest& r,
+                            httplib::Response& res) {
         HttpResponse out;
         try {
             handler(r, out);
         } catch (const p2prc::error& e) {
             int status = e.code() == errc::limit_exceeded ? 413
-                       : (e.code() == errc::parse_error || e.code() == errc::invalid_argument) ? 400
-                                                                                               : 500;
+                         : (e.code() == errc::parse_error || e.code() == errc::invalid_argument)
+                             ? 400
+                             : 500;
             out.error(status, e.what());
         } catch (const std::exception& e) {
             out.error(500, std::string("internal error: ") + e.what());
@@ -2993,14 +3137,16 @@ private:
     // Reads and discards the body, counting bytes as they arrive. Answers
     // {"bytes", "seconds"} (first to last byte) and, with ?warmup_ms=W, the same for the
     // bytes that arrived W ms after the first one ("measured_bytes", "measured_seconds").
-    void upload(const httplib::Request& req, httplib::Response& res, const httplib::ContentReader& reader) {
+    void upload(const httplib::Request& req, httplib::Response& res,
+                const httplib::ContentReader& reader) {
         using Clock = std::chrono::steady_clock;
         std::uint64_t warmup_ms = 0;
         if (req.has_param("warmup_ms")) {
             auto w = detail::parse_byte_count(req.get_param_value("warmup_ms"));
             if (!w || *w > 60000) {
                 res.status = 400;
-                res.set_content(detail::json_error_body("warmup_ms: expected 0-60000"), "application/json");
+                res.set_content(detail::json_error_body("warmup_ms: expected 0-60000"),
+                                "application/json");
                 return;
             }
             warmup_ms = *w;
@@ -3031,7 +3177,7 @@ private:
         };
         bool ok;
         if (req.is_multipart_form_data()) {
-            ok = reader([&](const httplib::MultipartFormData&) { return true; },
+            ok = reader([&](const auto&) { return true; },
                         [&](const char*, std::size_t n) { return count(n); });
         } else {
             ok = reader([&](const char*, std::size_t n) { return count(n); });
@@ -3039,7 +3185,8 @@ private:
         if (over) return too_large(res, max);
         if (!ok) {
             res.status = 400;
-            res.set_content(detail::json_error_body("could not read the request body"), "application/json");
+            res.set_content(detail::json_error_body("could not read the request body"),
+                            "application/json");
             return;
         }
         auto secs = [](Clock::duration d) { return std::chrono::duration<double>(d).count(); };
@@ -3047,7 +3194,8 @@ private:
         j["bytes"] = total;
         j["seconds"] = have_first ? secs(last - first) : 0.0;
         j["measured_bytes"] = warmed ? measured : total;
-        j["measured_seconds"] = warmed ? secs(last - warm) : (have_first ? secs(last - first) : 0.0);
+        j["measured_seconds"] =
+            warmed ? secs(last - warm) : (have_first ? secs(last - first) : 0.0);
         res.set_content(j.dump(), "application/json");
     }
 
@@ -3056,14 +3204,16 @@ private:
         while (!watch_stop_) {
             watch_cv_.wait_for(lock, std::chrono::milliseconds(50));
             if (watch_stop_) break;
-            registry_.enforce(options_.header_timeout, options_.keep_alive_timeout, options_.request_timeout,
-                              options_.overload_idle_timeout);
+            registry_.enforce(options_.header_timeout, options_.keep_alive_timeout,
+                              options_.request_timeout, options_.overload_idle_timeout,
+                              options_.max_header_bytes);
         }
     }
 
     void stop_locked() {
         if (!http_) return;
         stopping_ = true;
+        running_ = false;
         http_->stop();          // closes the listening socket: the accept loop ends
         registry_.close_all();  // every connection sees EOF: every worker ends
         if (listener_.joinable()) listener_.join();  // joins the workers too
@@ -3083,6 +3233,7 @@ private:
     std::string info_;
     std::uint16_t port_ = 0;
     std::atomic<bool> stopping_{false};
+    std::atomic<bool> running_{false};
     detail::ConnectionRegistry registry_;
     std::unique_ptr<detail::HttpServer> http_;
     std::thread listener_;
@@ -3107,7 +3258,9 @@ private:
 // Throughput: download, then upload, for a fixed time or a byte budget; the first part
 // (warm-up: TCP slow start, buffers filling) is not counted. Download bytes are counted
 // as they arrive at the client; upload bytes as they arrive at the server, which reports
-// them (the client's own count would include whatever sits in socket buffers).
+// them (the client's own count would include whatever sits in socket buffers). A peer
+// without these routes (P2PRC's Go server answers 404) is measured on its own GET /50
+// and POST /upload instead; its upload figure then includes the request's round trip.
 //
 // refresh(): probes every peer of a table with at most `concurrency` probes in flight,
 // retries a failed peer once, records the figures and prunes the peers that stay
@@ -3146,23 +3299,31 @@ enum class ProbeFailure {
 
 inline const char* to_string(ProbeFailure f) noexcept {
     switch (f) {
-        case ProbeFailure::none: return "none";
-        case ProbeFailure::refused: return "refused";
-        case ProbeFailure::timeout: return "timeout";
-        case ProbeFailure::http_status: return "http_status";
-        case ProbeFailure::not_json: return "not_json";
-        case ProbeFailure::closed: return "closed";
-        case ProbeFailure::too_large: return "too_large";
-        case ProbeFailure::error: return "error";
+        case ProbeFailure::none:
+            return "none";
+        case ProbeFailure::refused:
+            return "refused";
+        case ProbeFailure::timeout:
+            return "timeout";
+        case ProbeFailure::http_status:
+            return "http_status";
+        case ProbeFailure::not_json:
+            return "not_json";
+        case ProbeFailure::closed:
+            return "closed";
+        case ProbeFailure::too_large:
+            return "too_large";
+        case ProbeFailure::error:
+            return "error";
     }
     return "unknown";
 }
 
 struct LatencyOptions {
-    int samples = 5;                              // timed requests after the warm-up
+    int samples = 5;  // timed requests after the warm-up
     std::string path = "/server_info";
     std::chrono::milliseconds connect_timeout{2000};
-    std::chrono::milliseconds read_timeout{2000};  // one receive
+    std::chrono::milliseconds read_timeout{2000};    // one receive
     std::chrono::milliseconds total_timeout{10000};  // the whole probe
     std::size_t max_body_bytes = 1 << 20;
 };
@@ -3179,9 +3340,9 @@ struct LatencyResult {
 
 struct ThroughputOptions {
     std::chrono::milliseconds duration{2000};  // counted time of each direction
-    std::uint64_t byte_budget = 0;             // when non-zero: stop each direction after this many bytes
-    std::chrono::milliseconds warmup{250};     // not counted
-    unsigned streams = 1;                      // parallel connections per direction
+    std::uint64_t byte_budget = 0;  // when non-zero: stop each direction after this many bytes
+    std::chrono::milliseconds warmup{250};  // not counted
+    unsigned streams = 1;                   // parallel connections per direction
     bool download = true;
     bool upload = true;
     std::uint64_t max_upload_request_bytes = 64u << 20;  // the server's body limit (P2PRC default)
@@ -3208,7 +3369,8 @@ inline double ms_between(ProbeClock::time_point a, ProbeClock::time_point b) {
     return std::chrono::duration<double, std::milli>(b - a).count();
 }
 
-inline std::unique_ptr<httplib::Client> probe_client(const Endpoint& e, std::chrono::milliseconds connect,
+inline std::unique_ptr<httplib::Client> probe_client(const Endpoint& e,
+                                                     std::chrono::milliseconds connect,
                                                      std::chrono::milliseconds read) {
     // cpp-httplib wants the bare address; the Host header gets the bracketed form.
     auto c = std::make_unique<httplib::Client>(e.host_string(), e.port);
@@ -3216,7 +3378,8 @@ inline std::unique_ptr<httplib::Client> probe_client(const Endpoint& e, std::chr
     c->set_tcp_nodelay(true);
     c->set_decompress(false);  // no Accept-Encoding: the peer sends the bytes as they are
     c->set_follow_location(false);
-    c->set_connection_timeout(connect.count() / 1000, static_cast<long>((connect.count() % 1000) * 1000));
+    c->set_connection_timeout(connect.count() / 1000,
+                              static_cast<long>((connect.count() % 1000) * 1000));
     c->set_read_timeout(read.count() / 1000, static_cast<long>((read.count() % 1000) * 1000));
     c->set_write_timeout(read.count() / 1000, static_cast<long>((read.count() % 1000) * 1000));
     return c;
@@ -3240,7 +3403,8 @@ inline std::pair<ProbeFailure, std::string> classify(httplib::Error err, double 
             return {ProbeFailure::timeout, "connect timed out"};
         case httplib::Error::Read:
             if (elapsed_ms + 50 >= double(read_timeout.count()))
-                return {ProbeFailure::timeout, "no answer within " + std::to_string(read_timeout.count()) + " ms"};
+                return {ProbeFailure::timeout,
+                        "no answer within " + std::to_string(read_timeout.count()) + " ms"};
             return {ProbeFailure::closed, "connection closed before an answer"};
         case httplib::Error::Write:
             return {ProbeFailure::closed, "connection closed while sending"};
@@ -3263,8 +3427,9 @@ inline void fill_stats(LatencyResult& r) {
 // outcomes; throws p2prc::error for bad options.
 inline LatencyResult probe_latency(const Endpoint& endpoint, const LatencyOptions& options = {}) {
     if (options.samples < 1 || options.samples > 1000)
-        throw error(errc::invalid_argument, "LatencyOptions::samples is " + std::to_string(options.samples) +
-                                                ": expected 1-1000");
+        throw error(
+            errc::invalid_argument,
+            "LatencyOptions::samples is " + std::to_string(options.samples) + ": expected 1-1000");
     using detail::ProbeClock;
     LatencyResult r;
     r.endpoint = endpoint;
@@ -3292,13 +3457,16 @@ inline LatencyResult probe_latency(const Endpoint& endpoint, const LatencyOption
         if (!res) {
             if (too_large) {
                 r.failure = ProbeFailure::too_large;
-                r.reason = "answer larger than " + std::to_string(options.max_body_bytes) + " bytes";
+                r.reason =
+                    "answer larger than " + std::to_string(options.max_body_bytes) + " bytes";
             } else if (late) {
                 r.failure = ProbeFailure::timeout;
-                r.reason = "probe took longer than " + std::to_string(options.total_timeout.count()) + " ms";
+                r.reason = "probe took longer than " +
+                           std::to_string(options.total_timeout.count()) + " ms";
             } else {
-                auto [f, text] = detail::classify(res.error(), detail::ms_between(t0, ProbeClock::now()),
-                                                  options.connect_timeout, options.read_timeout);
+                auto [f, text] =
+                    detail::classify(res.error(), detail::ms_between(t0, ProbeClock::now()),
+                                     options.connect_timeout, options.read_timeout);
                 r.failure = f;
                 r.reason = text;
             }
@@ -3322,7 +3490,8 @@ inline LatencyResult probe_latency(const Endpoint& endpoint, const LatencyOption
         if (i > 0) r.samples_ms.push_back(detail::ms_between(t0, t1));
         if (t1 > deadline && i < options.samples) {
             r.failure = ProbeFailure::timeout;
-            r.reason = "probe took longer than " + std::to_string(options.total_timeout.count()) + " ms";
+            r.reason =
+                "probe took longer than " + std::to_string(options.total_timeout.count()) + " ms";
             r.samples_ms.clear();
             return r;
         }
@@ -3371,7 +3540,8 @@ inline std::string speed_pattern() {
 
 inline void fail_stream(StreamFigures& f, const httplib::Result& res, ProbeClock::time_point t0,
                         const ThroughputOptions& o) {
-    auto [kind, text] = classify(res.error(), ms_between(t0, ProbeClock::now()), o.connect_timeout, o.read_timeout);
+    auto [kind, text] =
+        classify(res.error(), ms_between(t0, ProbeClock::now()), o.connect_timeout, o.read_timeout);
     f.failure = kind;
     f.reason = text;
 }
@@ -3385,12 +3555,16 @@ inline StreamFigures download_stream(const Endpoint& e, const ThroughputOptions&
     bool started = false, done = false;
     ProbeClock::time_point first{}, warm_end{}, stop_at{}, last{};
     std::uint64_t total = 0, counted = 0;
+    bool go_route = false;  // a P2PRC (Go) peer: only its fixed GET /50
     for (int request = 0; !done && request < 10000; ++request) {
-        const std::uint64_t want = o.byte_budget ? o.byte_budget - total : (1ull << 40);  // the server caps it
+        const std::uint64_t want =
+            o.byte_budget ? o.byte_budget - total : (1ull << 40);  // the server caps it
+        const std::string path =
+            go_route ? "/50" : "/speedtest/download?bytes=" + std::to_string(want);
         int status = 0;
         const auto t0 = ProbeClock::now();
         auto res = client->Get(
-            ("/speedtest/download?bytes=" + std::to_string(want)).c_str(), headers,
+            path.c_str(), headers,
             [&](const httplib::Response& r) {
                 status = r.status;
                 return r.status == 200;
@@ -3415,6 +3589,10 @@ inline StreamFigures download_stream(const Endpoint& e, const ThroughputOptions&
                 return true;
             });
         if (done) break;
+        if (status == 404 && !go_route && total == 0) {
+            go_route = true;
+            continue;
+        }
         if (status != 0 && status != 200) {
             f.failure = ProbeFailure::http_status;
             f.reason = "download: HTTP status " + std::to_string(status);
@@ -3438,7 +3616,8 @@ inline StreamFigures download_stream(const Endpoint& e, const ThroughputOptions&
         f.seconds = std::chrono::duration<double>(last - warm_end).count();
     } else {  // too few bytes to get past the warm-up: count them all
         f.bytes = total;
-        f.seconds = std::chrono::duration<double>((last > first ? last : ProbeClock::now()) - first).count();
+        f.seconds = std::chrono::duration<double>((last > first ? last : ProbeClock::now()) - first)
+                        .count();
     }
     return f;
 }
@@ -3446,7 +3625,50 @@ inline StreamFigures download_stream(const Endpoint& e, const ThroughputOptions&
 // One upload stream: POST /speedtest/upload with a chunked body until the time (or the
 // budget, or the server's body limit) is used up. The server counts what arrives and
 // leaves the warm-up out.
-inline StreamFigures upload_stream(const Endpoint& e, const ThroughputOptions& o, std::uint64_t limit) {
+// P2PRC's (Go) own upload route takes one multipart file and says nothing back that
+// can be counted: the client times the whole request. No warm-up is left out here.
+inline StreamFigures upload_go_route(const Endpoint& e, const ThroughputOptions& o,
+                                     std::uint64_t bytes) {
+    StreamFigures f;
+    auto client = probe_client(e, o.connect_timeout, o.read_timeout);
+    // The multipart body is written out here rather than with cpp-httplib's form types,
+    // whose names differ between its versions.
+    static const std::string chunk = speed_pattern();
+    const std::string boundary = "p2prc-speedtest-7f3a9c2e1b5d4e60";
+    std::string body =
+        "--" + boundary +
+        "\r\nContent-Disposition: form-data; name=\"file\"; filename=\"upload.bin\"\r\n"
+        "Content-Type: application/octet-stream\r\n\r\n";
+    body.reserve(body.size() + bytes + 64);
+    for (std::uint64_t added = 0; added < bytes;) {
+        const auto n =
+            static_cast<std::size_t>(std::min<std::uint64_t>(chunk.size(), bytes - added));
+        body.append(chunk, 0, n);
+        added += n;
+    }
+    body += "\r\n--" + boundary + "--\r\n";
+    const auto t0 = ProbeClock::now();
+    auto res = client->Post("/upload", probe_headers(e), body,
+                            "multipart/form-data; boundary=" + boundary);
+    const double secs = std::chrono::duration<double>(ProbeClock::now() - t0).count();
+    if (!res) {
+        fail_stream(f, res, t0, o);
+        f.reason = "upload: " + f.reason;
+        return f;
+    }
+    if (res->status != 200) {
+        f.failure = ProbeFailure::http_status;
+        f.reason = "upload: HTTP status " + std::to_string(res->status);
+        return f;
+    }
+    f.ok = true;
+    f.bytes = bytes;
+    f.seconds = secs;
+    return f;
+}
+
+inline StreamFigures upload_stream(const Endpoint& e, const ThroughputOptions& o,
+                                   std::uint64_t limit, std::uint64_t go_bytes) {
     StreamFigures f;
     auto client = probe_client(e, o.connect_timeout, o.read_timeout);
     auto headers = probe_headers(e);
@@ -3461,7 +3683,8 @@ inline StreamFigures upload_stream(const Endpoint& e, const ThroughputOptions& o
                 sink.done();
                 return true;
             }
-            const std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(chunk.size(), limit - sent));
+            const std::size_t n =
+                static_cast<std::size_t>(std::min<std::uint64_t>(chunk.size(), limit - sent));
             if (!sink.write(chunk.data(), n)) return false;
             sent += n;
             return true;
@@ -3472,14 +3695,16 @@ inline StreamFigures upload_stream(const Endpoint& e, const ThroughputOptions& o
         f.reason = "upload: " + f.reason;
         return f;
     }
+    if (res->status == 404) return upload_go_route(e, o, go_bytes);
     if (res->status != 200) {
         f.failure = ProbeFailure::http_status;
         f.reason = "upload: HTTP status " + std::to_string(res->status);
         return f;
     }
     auto j = nlohmann::json::parse(res->body, nullptr, false);
-    if (j.is_discarded() || !j.is_object() || !j.contains("measured_bytes") || !j.contains("measured_seconds") ||
-        !j["measured_bytes"].is_number() || !j["measured_seconds"].is_number()) {
+    if (j.is_discarded() || !j.is_object() || !j.contains("measured_bytes") ||
+        !j.contains("measured_seconds") || !j["measured_bytes"].is_number() ||
+        !j["measured_seconds"].is_number()) {
         f.failure = ProbeFailure::not_json;
         f.reason = "upload: the answer is not the expected JSON";
         return f;
@@ -3519,16 +3744,20 @@ inline StreamFigures parallel_streams(unsigned streams, Fn fn) {
 
 // Measures download then upload speed against the peer's speed-test routes. Never throws
 // for network outcomes.
-inline ThroughputResult probe_throughput(const Endpoint& endpoint, const ThroughputOptions& options = {}) {
+inline ThroughputResult probe_throughput(const Endpoint& endpoint,
+                                         const ThroughputOptions& options = {}) {
     if (options.streams < 1 || options.streams > 64)
-        throw error(errc::invalid_argument, "ThroughputOptions::streams is " + std::to_string(options.streams) +
-                                                ": expected 1-64");
+        throw error(
+            errc::invalid_argument,
+            "ThroughputOptions::streams is " + std::to_string(options.streams) + ": expected 1-64");
     if (options.duration.count() <= 0 && options.byte_budget == 0)
-        throw error(errc::invalid_argument, "ThroughputOptions: a duration or a byte budget is needed");
+        throw error(errc::invalid_argument,
+                    "ThroughputOptions: a duration or a byte budget is needed");
     ThroughputResult r;
     r.endpoint = endpoint;
     if (options.download) {
-        auto f = detail::parallel_streams(options.streams, [&] { return detail::download_stream(endpoint, options); });
+        auto f = detail::parallel_streams(
+            options.streams, [&] { return detail::download_stream(endpoint, options); });
         if (!f.ok) {
             r.failure = f.failure;
             r.reason = f.reason;
@@ -3542,16 +3771,26 @@ inline ThroughputResult probe_throughput(const Endpoint& endpoint, const Through
         std::uint64_t limit = options.max_upload_request_bytes;
         if (options.byte_budget) limit = std::min(limit, options.byte_budget);
         {
-            auto client = detail::probe_client(endpoint, options.connect_timeout, options.read_timeout);
+            auto client =
+                detail::probe_client(endpoint, options.connect_timeout, options.read_timeout);
             auto res = client->Get("/server_info", detail::probe_headers(endpoint));
             if (res && res->status == 200) {
                 auto j = nlohmann::json::parse(res->body, nullptr, false);
-                if (j.is_object() && j.contains("MaxBodyBytes") && j["MaxBodyBytes"].is_number_unsigned())
+                if (j.is_object() && j.contains("MaxBodyBytes") &&
+                    j["MaxBodyBytes"].is_number_unsigned())
                     limit = std::min(limit, j["MaxBodyBytes"].get<std::uint64_t>());
             }
         }
-        auto f = detail::parallel_streams(options.streams,
-                                          [&] { return detail::upload_stream(endpoint, options, limit); });
+        // For a Go peer's one-shot upload: about what the download rate moves in the
+        // duration, within 256 KiB - 64 MiB.
+        double guess = r.download_mbps ? *r.download_mbps * 1e6 / 8 *
+                                             std::chrono::duration<double>(options.duration).count()
+                                       : 4.0 * (1 << 20);
+        const auto go_bytes = std::min<std::uint64_t>(
+            limit, static_cast<std::uint64_t>(std::clamp(guess, 256.0 * 1024, 64.0 * (1 << 20))));
+        auto f = detail::parallel_streams(options.streams, [&] {
+            return detail::upload_stream(endpoint, options, limit, go_bytes);
+        });
         if (!f.ok) {
             r.failure = f.failure;
             r.reason = f.reason;
@@ -3566,7 +3805,8 @@ inline ThroughputResult probe_throughput(const Endpoint& endpoint, const Through
 
 inline ThroughputResult probe_throughput(const Peer& peer, const ThroughputOptions& options = {}) {
     auto e = peer.endpoint();
-    if (!e) throw error(errc::invalid_argument, "peer " + peer.label() + " has no address to probe");
+    if (!e)
+        throw error(errc::invalid_argument, "peer " + peer.label() + " has no address to probe");
     return probe_throughput(*e, options);
 }
 
@@ -3602,7 +3842,8 @@ struct RefreshReport {
 inline RefreshReport refresh(IpTable& table, const RefreshOptions& options = {}) {
     if (options.concurrency < 1 || options.concurrency > 4096)
         throw error(errc::invalid_argument, "RefreshOptions::concurrency is " +
-                                                std::to_string(options.concurrency) + ": expected 1-4096");
+                                                std::to_string(options.concurrency) +
+                                                ": expected 1-4096");
     const auto t0 = detail::ProbeClock::now();
     const std::vector<Peer> peers = table.peers();
     const std::size_t total = peers.size();

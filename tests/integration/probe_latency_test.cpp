@@ -18,7 +18,9 @@ p2prc::ServerOptions loopback(const char* addr = "127.0.0.1") {
     return o;
 }
 
-p2prc::Endpoint local(std::uint16_t port) { return p2prc::Endpoint{p2prc::IpAddress::from_string("127.0.0.1"), port}; }
+p2prc::Endpoint local(std::uint16_t port) {
+    return p2prc::Endpoint{p2prc::IpAddress::from_string("127.0.0.1"), port};
+}
 
 p2prc::LatencyOptions quick() {
     p2prc::LatencyOptions o;
@@ -61,6 +63,7 @@ TEST_CASE("probe_latency: IPv6 endpoints are probed as [addr]:port") {
     auto r = p2prc::probe_latency(e);
     CHECK(r.reachable);
     CHECK(r.endpoint.to_string() == "[::1]:" + std::to_string(s.port()));
+    CHECK(s.stats().connections == 1);  // the server tracks IPv6 connections too
 }
 
 TEST_CASE("probe_latency: the failure says why") {
@@ -106,7 +109,8 @@ TEST_CASE("delay proxy + probe_latency: the added round trip is measured within 
     REQUIRE(direct.reachable);
     for (int one_way_ms : {5, 25, 50}) {
         CAPTURE(one_way_ms);
-        p2prc_test::DelayProxy proxy(p2prc_test::ProxyRoute{s.port(), std::chrono::milliseconds(one_way_ms), 0});
+        p2prc_test::DelayProxy proxy(
+            p2prc_test::ProxyRoute{s.port(), std::chrono::milliseconds(one_way_ms), 0});
         const double expected = 2.0 * one_way_ms;  // one request and one answer cross the proxy
         auto r = p2prc::probe_latency(local(proxy.port()));
         REQUIRE(r.reachable);

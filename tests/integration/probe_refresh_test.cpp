@@ -32,7 +32,8 @@ p2prc::RefreshOptions quick() {
 
 }  // namespace
 
-TEST_CASE("refresh: dead, silent, failing and lying peers are pruned with the reason; live ones kept") {
+TEST_CASE(
+    "refresh: dead, silent, failing and lying peers are pruned with the reason; live ones kept") {
     p2prc::ServerOptions so;
     so.bind_address = "127.0.0.1";
     so.worker_threads = 4;

@@ -6,13 +6,17 @@
 #include "support/fake_peer.hpp"
 
 #include <chrono>
+#include <atomic>
 #include <cmath>
+#include <thread>
 
 using namespace std::chrono_literals;
 
 namespace {
 
-p2prc::Endpoint local(std::uint16_t port) { return p2prc::Endpoint{p2prc::IpAddress::from_string("127.0.0.1"), port}; }
+p2prc::Endpoint local(std::uint16_t port) {
+    return p2prc::Endpoint{p2prc::IpAddress::from_string("127.0.0.1"), port};
+}
 
 p2prc::ServerOptions loopback() {
     p2prc::ServerOptions o;
@@ -82,4 +86,38 @@ TEST_CASE("probe_throughput: failures are values") {
     CHECK(missing.failure == p2prc::ProbeFailure::http_status);
     o.streams = 0;
     CHECK_THROWS_AS(p2prc::probe_throughput(local(other.port()), o), p2prc::error);
+}
+
+TEST_CASE("probe_throughput: a P2PRC (Go) peer is measured on its GET /50 and POST /upload") {
+    // The Go server's speed-test routes: a fixed file download and a multipart upload.
+    httplib::Server go;
+    std::atomic<int> fifty{0}, uploads{0};
+    std::atomic<std::size_t> uploaded{0};
+    const std::string file(2 << 20, 'f');
+    go.Get("/50", [&](const httplib::Request&, httplib::Response& res) {
+        ++fifty;
+        res.set_content(file, "application/zip");
+    });
+    go.Post("/upload", [&](const httplib::Request& req, httplib::Response& res) {
+        ++uploads;
+        if (req.has_file("file")) uploaded += req.get_file_value("file").content.size();
+        res.set_content("ok", "text/plain");
+    });
+    const int port = go.bind_to_any_port("127.0.0.1");
+    REQUIRE(port > 0);
+    std::thread t([&] { go.listen_after_bind(); });
+    for (int i = 0; i < 2000 && !go.is_running(); ++i) std::this_thread::sleep_for(1ms);
+
+    p2prc::ThroughputOptions o;
+    o.duration = 300ms;
+    o.warmup = 50ms;
+    auto r = p2prc::probe_throughput(local(static_cast<std::uint16_t>(port)), o);
+    go.stop();
+    t.join();
+    REQUIRE_MESSAGE(r.ok, r.reason);
+    CHECK(*r.download_mbps > 0);
+    CHECK(*r.upload_mbps > 0);
+    CHECK(fifty >= 1);
+    CHECK(uploads == 1);
+    CHECK(uploaded == r.upload_bytes);
 }

@@ -43,11 +43,13 @@ TEST_CASE("abuse: 200 concurrent clients are all answered") {
         REQUIRE(conns.back()->ok());
     }
     // Every connection is open before any request is sent: 200 at once.
-    for (auto& c : conns) REQUIRE(c->send("GET /server_info HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"));
+    for (auto& c : conns)
+        REQUIRE(c->send("GET /server_info HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"));
     int answered = 0;
     for (auto& c : conns) {
         auto resp = c->read_all(20s, 64 * 1024);
-        if (p2prc_test::status_of(resp) == 200 && nlohmann::json::accept(p2prc_test::body_of(resp))) ++answered;
+        if (p2prc_test::status_of(resp) == 200 && nlohmann::json::accept(p2prc_test::body_of(resp)))
+            ++answered;
     }
     CHECK(answered == kClients);
     CHECK(s.stats().connections >= kClients);
@@ -68,7 +70,8 @@ TEST_CASE("abuse: a client sending one byte a second is cut, and others are serv
     Clock::time_point cut_at{};
     const auto t0 = Clock::now();
     std::thread trickler([&] {
-        const std::string request = "GET /server_info HTTP/1.1\r\nHost: x\r\nX-Pad: aaaaaaaaaaaaaaaaaaaa\r\n\r\n";
+        const std::string request =
+            "GET /server_info HTTP/1.1\r\nHost: x\r\nX-Pad: aaaaaaaaaaaaaaaaaaaa\r\n\r\n";
         for (std::size_t i = 0; i < request.size() && i < 20; ++i) {  // at most 20 s
             if (!slow.send(request.substr(i, 1))) break;
             // The server cuts the connection: reading sees EOF (or a reset).
@@ -144,8 +147,10 @@ TEST_CASE("abuse: stop() under load returns promptly") {
                                            return !quit.load();
                                        })
                                : c.Get("/server_info");
-                if (r) ++requests;
-                else if (quit) break;
+                if (r)
+                    ++requests;
+                else if (quit)
+                    break;
             }
         });
     }
@@ -207,4 +212,28 @@ TEST_CASE("abuse: under load, idle keep-alive connections give their worker to w
     auto again = a.Get("/server_info");
     REQUIRE(again);
     CHECK(again->status == 200);
+}
+
+TEST_CASE("abuse: an endless request line is cut at the header bound, not read forever") {
+    auto o = loopback();
+    o.max_header_bytes = 16 * 1024;
+    o.header_timeout = 20s;
+    p2prc::Server s(o);
+    s.start();
+    p2prc_test::RawConn c(s.port());
+    REQUIRE(c.ok());
+    c.send("GET /");
+    const std::string junk(64 * 1024, 'a');
+    // At most 64 MiB, stopping as soon as the server closes.
+    bool closed = false;
+    for (int i = 0; i < 1024 && !closed; ++i) {
+        if (!c.send(junk)) closed = true;
+        if (i % 16 == 15) {
+            c.read_all(std::chrono::milliseconds(20), 4096);
+            closed = closed || c.peer_closed();
+        }
+    }
+    CHECK(closed);
+    CHECK(s.stats().header_overflows == 1);
+    CHECK(get_ok(s.port()));
 }

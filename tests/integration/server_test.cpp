@@ -49,8 +49,8 @@ TEST_CASE("server: port 0 picks a free port; /server_info has P2PRC's keys and o
     CHECK(r->status == 200);
     CHECK(r->get_header_value("Content-Type") == "application/json");
     auto j = json_of(r);
-    for (const char* key : {"Hostname", "Platform", "CPU", "RAM", "Disk", "GPU", "Cores", "Name", "Version",
-                            "ServerPort", "Addresses"})
+    for (const char* key : {"Hostname", "Platform", "CPU", "RAM", "Disk", "GPU", "Cores", "Name",
+                            "Version", "ServerPort", "Addresses"})
         CHECK_MESSAGE(j.contains(key), key);
     CHECK(j["Name"] == "test-node");
     CHECK(j["Version"] == P2PRC_VERSION_STRING);
@@ -170,7 +170,8 @@ TEST_CASE("server: upload counts exactly, with a length, chunked and multipart")
     CHECK(chunked->status == 200);
     CHECK(json_of(chunked)["bytes"] == 300000);
 
-    httplib::MultipartFormDataItems items = {{"file", std::string(5000, 'z'), "50.txt", "text/plain"}};
+    httplib::MultipartFormDataItems items = {
+        {"file", std::string(5000, 'z'), "50.txt", "text/plain"}};
     auto multi = c.Post("/upload", items);
     REQUIRE(multi);
     CHECK(multi->status == 200);
@@ -198,7 +199,8 @@ TEST_CASE("server: routes of higher layers see the peer and a bounded body") {
     CHECK_THROWS_AS(s.get("/server_info", [](const p2prc::HttpRequest&, p2prc::HttpResponse&) {}),
                     p2prc::error);
     s.start();
-    CHECK_THROWS_AS(s.get("/late", [](const p2prc::HttpRequest&, p2prc::HttpResponse&) {}), p2prc::error);
+    CHECK_THROWS_AS(s.get("/late", [](const p2prc::HttpRequest&, p2prc::HttpResponse&) {}),
+                    p2prc::error);
     auto c = client_for(s);
     auto r = c.Get("/hello?who=you");
     REQUIRE(r);
@@ -214,7 +216,8 @@ TEST_CASE("server: routes of higher layers see the peer and a bounded body") {
     REQUIRE(boom);
     CHECK(boom->status == 400);
     CHECK(json_of(boom)["error"] == "bad echo");
-    httplib::MultipartFormDataItems items = {{"json", "{\"ip_address\":[]}", "table.json", "application/json"}};
+    httplib::MultipartFormDataItems items = {
+        {"json", "{\"ip_address\":[]}", "table.json", "application/json"}};
     auto m = c.Post("/echo", items);
     REQUIRE(m);
     CHECK(m->status == 200);
@@ -226,14 +229,16 @@ TEST_CASE("server: a body over the limit is refused with 413 on every route") {
     auto o = loopback_options();
     o.max_body_bytes = 1000;
     p2prc::Server s(o);
-    s.post("/echo", [](const p2prc::HttpRequest& req, p2prc::HttpResponse& res) { res.body = req.body; });
+    s.post("/echo",
+           [](const p2prc::HttpRequest& req, p2prc::HttpResponse& res) { res.body = req.body; });
     s.start();
     for (const char* path : {"/echo", "/speedtest/upload", "/upload"}) {
         CAPTURE(path);
         // Declared length over the limit: refused before the body is read.
         p2prc_test::RawConn raw(s.port());
         REQUIRE(raw.ok());
-        raw.send(std::string("POST ") + path + " HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n");
+        raw.send(std::string("POST ") + path +
+                 " HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n");
         auto resp = raw.read_until("}", 3s);
         CHECK(p2prc_test::status_of(resp) == 413);
         CHECK(p2prc_test::body_of(resp).find("\"error\"") != std::string::npos);

@@ -8,8 +8,9 @@
 //            2*D longer than without the proxy.
 //   rate R:  (bytes/s, 0 = unlimited) a token bucket; the bytes written in any interval
 //            of length T are at most R*T + burst, burst = max(16 KiB, 5 ms of R).
-// Each connection has its own pair of buckets. At most 256 KiB wait in the proxy per direction; beyond that it stops reading, so the
-// sender feels the limit (TCP backpressure) as it would on a real slow link.
+// Each connection has its own pair of buckets. At most 256 KiB wait in the proxy per direction;
+// beyond that it stops reading, so the sender feels the limit (TCP backpressure) as it would on a
+// real slow link.
 //
 // One thread serves every route and connection (poll-driven), so a benchmark can put
 // hundreds of peers behind it.
@@ -44,7 +45,7 @@ struct ProxyRoute {
 };
 
 class DelayProxy {
-public:
+  public:
     using Clock = std::chrono::steady_clock;
 
     explicit DelayProxy(const std::vector<ProxyRoute>& routes) {
@@ -58,7 +59,8 @@ public:
             sockaddr_in a{};
             a.sin_family = AF_INET;
             a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-            if (::bind(l.fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 || ::listen(l.fd, 512) != 0)
+            if (::bind(l.fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 ||
+                ::listen(l.fd, 512) != 0)
                 throw std::runtime_error("proxy: cannot listen");
             socklen_t len = sizeof a;
             getsockname(l.fd, reinterpret_cast<sockaddr*>(&a), &len);
@@ -85,7 +87,7 @@ public:
     std::uint16_t port(std::size_t i = 0) const { return listeners_.at(i).port; }
     std::size_t accepted() const { return accepted_; }
 
-private:
+  private:
     static constexpr std::size_t kMaxQueued = 256 * 1024;
     static constexpr std::size_t kReadChunk = 64 * 1024;
 
@@ -103,8 +105,8 @@ private:
         int from = -1, to = -1;
         std::deque<Chunk> queue;
         std::size_t queued = 0;
-        bool eof = false;        // `from` reached EOF
-        bool shut = false;       // EOF passed on to `to`
+        bool eof = false;   // `from` reached EOF
+        bool shut = false;  // EOF passed on to `to`
         double tokens = 0;
         Clock::time_point refilled;
         bool want_write = false;  // `to` is full: wait for POLLOUT
@@ -122,7 +124,9 @@ private:
         c.client = c.server = -1;
     }
 
-    double burst(const ProxyRoute& r) const { return std::max(16384.0, r.rate_bytes_per_second * 0.005); }
+    double burst(const ProxyRoute& r) const {
+        return std::max(16384.0, r.rate_bytes_per_second * 0.005);
+    }
 
     void accept_from(Listener& l) {
         for (int i = 0; i < 64; ++i) {
@@ -189,7 +193,8 @@ private:
                 d.refilled = now;
                 if (d.tokens < 1.0) {
                     double need = std::min<double>(double(left), 4096.0) - d.tokens;
-                    return now + std::chrono::microseconds(static_cast<long long>(need / rate * 1e6) + 1);
+                    return now +
+                           std::chrono::microseconds(static_cast<long long>(need / rate * 1e6) + 1);
                 }
                 allowed = std::min(left, static_cast<std::size_t>(d.tokens));
             }
@@ -247,7 +252,9 @@ private:
             timespec ts{};
             timespec* tsp = nullptr;
             if (next != Clock::time_point::max()) {
-                auto left = std::chrono::duration_cast<std::chrono::nanoseconds>(next - Clock::now()).count();
+                auto left =
+                    std::chrono::duration_cast<std::chrono::nanoseconds>(next - Clock::now())
+                        .count();
                 if (left < 0) left = 0;
                 ts.tv_sec = static_cast<time_t>(left / 1000000000);
                 ts.tv_nsec = static_cast<long>(left % 1000000000);
@@ -272,8 +279,10 @@ private:
                     const bool is_client = fds[k].fd == c.client;
                     if (fds[k].revents & (POLLIN | POLLHUP | POLLERR)) {
                         Direction& d = is_client ? c.up : c.down;
-                        if (!d.eof && d.queued < kMaxQueued) read_side(c, d);
-                        else if (fds[k].revents & POLLERR) c.dead = true;
+                        if (!d.eof && d.queued < kMaxQueued)
+                            read_side(c, d);
+                        else if (fds[k].revents & POLLERR)
+                            c.dead = true;
                     }
                 }
             }
@@ -289,8 +298,9 @@ private:
             }
             for (auto& cp : conns_)
                 if (cp->dead) close_conn(*cp);
-            conns_.erase(std::remove_if(conns_.begin(), conns_.end(), [](const auto& c) { return c->dead; }),
-                         conns_.end());
+            conns_.erase(
+                std::remove_if(conns_.begin(), conns_.end(), [](const auto& c) { return c->dead; }),
+                conns_.end());
         }
     }
 

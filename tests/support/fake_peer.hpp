@@ -18,7 +18,7 @@ namespace p2prc_test {
 
 // An HTTP server on 127.0.0.1 whose GET /server_info answers `status` with `body`.
 class FakePeer {
-public:
+  public:
     FakePeer(int status, std::string body, std::string content_type) {
         http_.Get("/server_info", [=](const httplib::Request&, httplib::Response& res) {
             res.status = status;
@@ -37,7 +37,7 @@ public:
     }
     std::uint16_t port() const { return port_; }
 
-private:
+  private:
     httplib::Server http_;
     std::uint16_t port_ = 0;
     std::thread thread_;
@@ -46,7 +46,7 @@ private:
 // A socket that listens and never accepts: the kernel completes the handshake, then
 // nothing ever answers.
 class SilentPeer {
-public:
+  public:
     SilentPeer() {
         fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
         sockaddr_in a{};
@@ -61,7 +61,7 @@ public:
     ~SilentPeer() { ::close(fd_); }
     std::uint16_t port() const { return port_; }
 
-private:
+  private:
     int fd_ = -1;
     std::uint16_t port_ = 0;
 };

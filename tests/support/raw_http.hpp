@@ -15,7 +15,7 @@
 namespace p2prc_test {
 
 class RawConn {
-public:
+  public:
     explicit RawConn(std::uint16_t port) {
         fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
         sockaddr_in a{};
@@ -51,7 +51,8 @@ public:
         std::string out;
         auto deadline = std::chrono::steady_clock::now() + timeout;
         while (out.size() < limit) {
-            auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+            auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+                deadline - std::chrono::steady_clock::now());
             if (left.count() <= 0) break;
             pollfd p{fd_, POLLIN, 0};
             if (::poll(&p, 1, static_cast<int>(left.count())) <= 0) break;
@@ -70,7 +71,8 @@ public:
         std::string out;
         auto deadline = std::chrono::steady_clock::now() + timeout;
         while (out.find(needle) == std::string::npos && out.size() < (1 << 20)) {
-            auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+            auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+                deadline - std::chrono::steady_clock::now());
             if (left.count() <= 0) break;
             pollfd p{fd_, POLLIN, 0};
             if (::poll(&p, 1, static_cast<int>(left.count())) <= 0) break;
@@ -86,7 +88,7 @@ public:
     }
     bool peer_closed() const { return closed_; }
 
-private:
+  private:
     int fd_ = -1;
     bool closed_ = false;
 };

@@ -34,7 +34,8 @@ TEST_CASE("the bounded runner captures output, and kills what runs too long") {
     REQUIRE(out);
     CHECK(*out == "hello\n");
     auto t0 = std::chrono::steady_clock::now();
-    auto slow = p2prc::detail::run_bounded({"/bin/sleep", "5"}, std::chrono::milliseconds(200), 1024);
+    auto slow =
+        p2prc::detail::run_bounded({"/bin/sleep", "5"}, std::chrono::milliseconds(200), 1024);
     CHECK_FALSE(slow);
     CHECK(std::chrono::steady_clock::now() - t0 < std::chrono::seconds(3));
     // Output over the bound is refused, not buffered without end.
