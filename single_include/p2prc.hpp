@@ -1232,7 +1232,7 @@ struct NodeLimits {
     std::uint32_t probe_timeout_ms = 3000;     // one latency probe
     std::size_t probe_concurrency = 32;        // probes in flight at once
     std::uint32_t liveness_budget_ms = 3000;   // POST /IpTable: time to check new entries
-    std::size_t discovery_hops = 3;            // rounds of gossip
+    std::size_t discovery_hops = 3;            // discover: hops beyond the bootstrap servers
     std::uint32_t discovery_budget_s = 60;     // a whole discover() run
     std::size_t discovery_concurrency = 8;     // peers contacted at once while discovering
     std::size_t server_threads = 8;            // HTTP worker threads
@@ -1632,7 +1632,7 @@ inline const std::vector<ConfigKey>& config_keys() {
             "time POST /IpTable spends checking new entries", 1, 600000,
             [](auto& c) -> auto& { return c.limits.liveness_budget_ms; }));
         v.push_back(integer_key(
-            "limits.discovery_hops", "--discovery-hops", "N", "rounds of gossip in discover", 1, 16,
+            "limits.discovery_hops", "--discovery-hops", "N", "hops discover goes beyond the servers it was given", 0, 16,
             [](auto& c) -> auto& { return c.limits.discovery_hops; }));
         v.push_back(integer_key(
             "limits.discovery_budget_s", "--discovery-budget", "SECONDS",
