@@ -10,3 +10,6 @@
 #include "p2prc/address.hpp"
 #include "p2prc/peer.hpp"
 #include "p2prc/iptable.hpp"
+#include "p2prc/net.hpp"
+#include "p2prc/frp/wire.hpp"
+#include "p2prc/frp/crypto.hpp"

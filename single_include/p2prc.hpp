@@ -1116,3 +1116,1299 @@ private:
 };
 
 }  // namespace p2prc
+
+// ---- p2prc/net.hpp ----
+// Byte streams: the one interface the relay reads and writes through.
+//
+// A plain TCP connection, a yamux stream (frp/mux.hpp) and an encrypting wrapper
+// (frp/crypto.hpp) all implement detail::Stream, so the code that pipes bytes between a
+// user and a service never cares which one it holds. Every operation takes a timeout;
+// close() may be called from any thread and wakes every blocked operation promptly (it
+// shuts the socket down; the descriptor itself is released only by the destructor, so a
+// racing call never touches a reused descriptor number).
+
+
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <sys/types.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <optional>
+#include <string>
+
+namespace p2prc::detail {
+
+using Clock = std::chrono::steady_clock;
+using Millis = std::chrono::milliseconds;
+
+// Milliseconds left until `deadline`, clamped to [0, int max] for poll().
+inline int millis_until(Clock::time_point deadline) {
+    auto left = std::chrono::duration_cast<Millis>(deadline - Clock::now()).count();
+    if (left <= 0) return 0;
+    if (left > 0x7fffffff) return 0x7fffffff;
+    return static_cast<int>(left);
+}
+
+inline std::string socket_error_text(int e) {
+    return std::strerror(e);
+}
+
+// An abstract bidirectional byte stream.
+//
+// Outcomes: read_some returns 0 at end of stream (the peer half-closed); a timeout throws
+// p2prc::error(errc::timeout); a broken or closed stream throws errc::io_error (or
+// errc::state_error when this side closed it). Reads and writes may run concurrently on
+// two threads; two concurrent readers (or writers) are not supported.
+class Stream {
+  public:
+    virtual ~Stream() = default;
+
+    // Reads between 1 and n bytes, or returns 0 at end of stream.
+    virtual std::size_t read_some(void* buf, std::size_t n, Millis timeout) = 0;
+    // Writes all n bytes or throws.
+    virtual void write_all(const void* buf, std::size_t n, Millis timeout) = 0;
+    // Half-close: the peer reads end of stream after the bytes already written.
+    virtual void shutdown_write() = 0;
+    // Aborts both directions; wakes blocked calls on other threads. Idempotent.
+    virtual void close() noexcept = 0;
+    // A short description for error messages ("tcp 127.0.0.1:5000", "yamux stream 3").
+    virtual std::string describe() const = 0;
+
+    // Reads exactly n bytes within `timeout` (one deadline for the whole read). End of
+    // stream before n bytes is an io_error naming how many bytes arrived.
+    void read_exact(void* buf, std::size_t n, Millis timeout) {
+        auto deadline = Clock::now() + timeout;
+        auto* p = static_cast<unsigned char*>(buf);
+        std::size_t got = 0;
+        while (got < n) {
+            auto left = std::chrono::duration_cast<Millis>(deadline - Clock::now());
+            if (left.count() <= 0 && got < n)
+                throw error(errc::timeout, describe() + ": timed out reading " + std::to_string(n) +
+                                               " bytes (got " + std::to_string(got) + ")");
+            std::size_t k = read_some(p + got, n - got, left);
+            if (k == 0)
+                throw error(errc::io_error, describe() + ": end of stream after " +
+                                                std::to_string(got) + " of " + std::to_string(n) +
+                                                " bytes");
+            got += k;
+        }
+    }
+};
+
+// A connected TCP socket. Owns its descriptor.
+class TcpConnection final : public Stream {
+  public:
+    // Takes ownership of a connected socket descriptor.
+    explicit TcpConnection(int fd) : fd_(fd) {
+        if (fd_ < 0) throw error(errc::invalid_argument, "TcpConnection: invalid descriptor");
+        int one = 1;
+        ::setsockopt(fd_, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        set_nonblocking(fd_);
+    }
+    ~TcpConnection() override {
+        if (fd_ >= 0) ::close(fd_);
+    }
+    TcpConnection(const TcpConnection&) = delete;
+    TcpConnection& operator=(const TcpConnection&) = delete;
+
+    // Connects within `timeout`. Throws errc::timeout or errc::io_error naming the peer.
+    static std::unique_ptr<TcpConnection> connect(const Endpoint& to, Millis timeout) {
+        sockaddr_storage ss{};
+        socklen_t len = to_sockaddr(to, ss);
+        int fd = ::socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (fd < 0)
+            throw error(errc::io_error,
+                        "socket() for " + to.to_string() + ": " + socket_error_text(errno));
+        FdGuard guard{fd};
+        set_nonblocking(fd);
+        auto deadline = Clock::now() + timeout;
+        if (::connect(fd, reinterpret_cast<sockaddr*>(&ss), len) != 0) {
+            if (errno != EINPROGRESS)
+                throw error(errc::io_error,
+                            "connect to " + to.to_string() + ": " + socket_error_text(errno));
+            for (;;) {
+                pollfd p{fd, POLLOUT, 0};
+                int r = ::poll(&p, 1, millis_until(deadline));
+                if (r < 0 && errno == EINTR) continue;
+                if (r == 0)
+                    throw error(errc::timeout, "connect to " + to.to_string() + ": timed out");
+                if (r < 0)
+                    throw error(errc::io_error,
+                                "connect to " + to.to_string() + ": " + socket_error_text(errno));
+                break;
+            }
+            int err = 0;
+            socklen_t el = sizeof err;
+            ::getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &el);
+            if (err != 0)
+                throw error(errc::io_error,
+                            "connect to " + to.to_string() + ": " + socket_error_text(err));
+        }
+        guard.fd = -1;
+        return std::make_unique<TcpConnection>(fd);
+    }
+
+    std::size_t read_some(void* buf, std::size_t n, Millis timeout) override {
+        if (n == 0) return 0;
+        auto deadline = Clock::now() + timeout;
+        for (;;) {
+            if (closed_.load()) throw error(errc::state_error, describe() + ": closed");
+            ssize_t k = ::recv(fd_, buf, n, 0);
+            if (k >= 0) return static_cast<std::size_t>(k);
+            if (errno == EINTR) continue;
+            if (errno != EAGAIN && errno != EWOULDBLOCK)
+                throw error(errc::io_error, describe() + ": read: " + socket_error_text(errno));
+            wait(POLLIN, deadline, "read");
+        }
+    }
+
+    void write_all(const void* buf, std::size_t n, Millis timeout) override {
+        auto deadline = Clock::now() + timeout;
+        const auto* p = static_cast<const char*>(buf);
+        while (n > 0) {
+            if (closed_.load()) throw error(errc::state_error, describe() + ": closed");
+            ssize_t k = ::send(fd_, p, n, MSG_NOSIGNAL);
+            if (k > 0) {
+                p += k;
+                n -= static_cast<std::size_t>(k);
+                continue;
+            }
+            if (k < 0 && errno == EINTR) continue;
+            if (k < 0 && errno != EAGAIN && errno != EWOULDBLOCK)
+                throw error(errc::io_error, describe() + ": write: " + socket_error_text(errno));
+            wait(POLLOUT, deadline, "write");
+        }
+    }
+
+    void shutdown_write() override { ::shutdown(fd_, SHUT_WR); }
+
+    void close() noexcept override {
+        if (!closed_.exchange(true)) ::shutdown(fd_, SHUT_RDWR);
+    }
+
+    std::string describe() const override {
+        auto peer = remote_endpoint();
+        return "tcp " + (peer ? peer->to_string() : std::string("(unconnected)"));
+    }
+
+    std::optional<Endpoint> local_endpoint() const { return name_of(fd_, false); }
+    std::optional<Endpoint> remote_endpoint() const { return name_of(fd_, true); }
+    int native_handle() const noexcept { return fd_; }
+
+    static socklen_t to_sockaddr(const Endpoint& e, sockaddr_storage& ss) {
+        std::memset(&ss, 0, sizeof ss);
+        if (e.address.is_v4()) {
+            auto* a = reinterpret_cast<sockaddr_in*>(&ss);
+            a->sin_family = AF_INET;
+            a->sin_port = htons(e.port);
+            std::memcpy(&a->sin_addr, e.address.bytes(), 4);
+            return sizeof *a;
+        }
+        auto* a = reinterpret_cast<sockaddr_in6*>(&ss);
+        a->sin6_family = AF_INET6;
+        a->sin6_port = htons(e.port);
+        std::memcpy(&a->sin6_addr, e.address.bytes(), 16);
+        return sizeof *a;
+    }
+
+    static std::optional<Endpoint> from_sockaddr(const sockaddr_storage& ss) {
+        if (ss.ss_family == AF_INET) {
+            const auto* a = reinterpret_cast<const sockaddr_in*>(&ss);
+            std::uint8_t b[4];
+            std::memcpy(b, &a->sin_addr, 4);
+            return Endpoint{IpAddress::from_v4(b), ntohs(a->sin_port)};
+        }
+        if (ss.ss_family == AF_INET6) {
+            const auto* a = reinterpret_cast<const sockaddr_in6*>(&ss);
+            std::uint8_t b[16];
+            std::memcpy(b, &a->sin6_addr, 16);
+            // Through parse so that a v4-mapped address becomes the IPv4 host.
+            auto ip = IpAddress::from_v6(b);
+            auto canon = IpAddress::parse(ip.to_string());
+            return Endpoint{canon ? *canon : ip, ntohs(a->sin6_port)};
+        }
+        return std::nullopt;
+    }
+
+  private:
+    struct FdGuard {
+        int fd;
+        ~FdGuard() {
+            if (fd >= 0) ::close(fd);
+        }
+    };
+
+    static void set_nonblocking(int fd) {
+        int fl = ::fcntl(fd, F_GETFL, 0);
+        if (fl >= 0) ::fcntl(fd, F_SETFL, fl | O_NONBLOCK);
+    }
+
+    static std::optional<Endpoint> name_of(int fd, bool peer) {
+        sockaddr_storage ss{};
+        socklen_t len = sizeof ss;
+        int r = peer ? ::getpeername(fd, reinterpret_cast<sockaddr*>(&ss), &len)
+                     : ::getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &len);
+        if (r != 0) return std::nullopt;
+        return from_sockaddr(ss);
+    }
+
+    void wait(short events, Clock::time_point deadline, const char* what) {
+        for (;;) {
+            pollfd p{fd_, events, 0};
+            int r = ::poll(&p, 1, millis_until(deadline));
+            if (r > 0) return;  // ready, or an error/hangup the next call will report
+            if (r < 0 && errno == EINTR) continue;
+            if (r == 0) throw error(errc::timeout, describe() + ": " + what + " timed out");
+            throw error(errc::io_error, describe() + ": poll: " + socket_error_text(errno));
+        }
+    }
+
+    int fd_;
+    std::atomic<bool> closed_{false};
+};
+
+// A listening TCP socket.
+class TcpListener {
+  public:
+    // Binds host:port (port 0 = any free port) and listens. Throws errc::io_error naming
+    // the address when the bind fails.
+    explicit TcpListener(const Endpoint& at, int backlog = 128) {
+        sockaddr_storage ss{};
+        socklen_t len = TcpConnection::to_sockaddr(at, ss);
+        fd_ = ::socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (fd_ < 0)
+            throw error(errc::io_error,
+                        "socket() for " + at.to_string() + ": " + socket_error_text(errno));
+        int one = 1;
+        ::setsockopt(fd_, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+        if (at.address.is_v6()) ::setsockopt(fd_, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one);
+        if (::bind(fd_, reinterpret_cast<sockaddr*>(&ss), len) != 0 ||
+            ::listen(fd_, backlog) != 0) {
+            int e = errno;
+            ::close(fd_);
+            throw error(errc::io_error,
+                        "listen on " + at.to_string() + ": " + socket_error_text(e));
+        }
+        int fl = ::fcntl(fd_, F_GETFL, 0);
+        ::fcntl(fd_, F_SETFL, fl | O_NONBLOCK);
+        sockaddr_storage bound{};
+        socklen_t bl = sizeof bound;
+        ::getsockname(fd_, reinterpret_cast<sockaddr*>(&bound), &bl);
+        auto b = TcpConnection::from_sockaddr(bound);
+        local_ = b ? *b : at;
+    }
+    ~TcpListener() { ::close(fd_); }
+    TcpListener(const TcpListener&) = delete;
+    TcpListener& operator=(const TcpListener&) = delete;
+
+    const Endpoint& local_endpoint() const noexcept { return local_; }
+    std::uint16_t port() const noexcept { return local_.port; }
+
+    // Waits up to `timeout` for a connection: nullptr on timeout; throws
+    // errc::state_error once close() was called.
+    std::unique_ptr<TcpConnection> accept(Millis timeout) {
+        auto deadline = Clock::now() + timeout;
+        for (;;) {
+            if (closed_.load())
+                throw error(errc::state_error, "listener on " + local_.to_string() + " is closed");
+            int fd = ::accept4(fd_, nullptr, nullptr, SOCK_CLOEXEC);
+            if (fd >= 0) return std::make_unique<TcpConnection>(fd);
+            if (errno == EINTR || errno == ECONNABORTED) continue;
+            if (errno != EAGAIN && errno != EWOULDBLOCK && !closed_.load())
+                throw error(errc::io_error,
+                            "accept on " + local_.to_string() + ": " + socket_error_text(errno));
+            // Wake at least every 200 ms: shutdown() wakes poll on Linux, the slice makes
+            // close() prompt elsewhere too.
+            int left = millis_until(deadline);
+            if (left == 0) return nullptr;
+            pollfd p{fd_, POLLIN, 0};
+            ::poll(&p, 1, left < 200 ? left : 200);
+        }
+    }
+
+    // Stops accepting; a blocked accept() returns promptly. Idempotent, thread-safe.
+    void close() noexcept {
+        if (!closed_.exchange(true)) ::shutdown(fd_, SHUT_RDWR);
+    }
+
+  private:
+    int fd_ = -1;
+    Endpoint local_;
+    std::atomic<bool> closed_{false};
+};
+
+}  // namespace p2prc::detail
+
+// ---- p2prc/frp/wire.hpp ----
+// frp messages and their framing, as frp v0.45.0 puts them on the wire.
+//
+// A message is one frame:
+//
+//     +------+----------------------------+----------------------+
+//     | type | length (int64, big-endian) | body (length bytes)  |
+//     | 1 B  | 8 B                        | JSON object, UTF-8   |
+//     +------+----------------------------+----------------------+
+//
+// The type is an ASCII letter or digit naming the message ('o' Login, '1' LoginResp, ...;
+// 18 in all, see the structs below). A reader rejects any other type byte, a length above
+// 10240 or below zero before reading the body, and a body that is not valid JSON for the
+// struct of that type. There is no separator between frames. Example, a Ping with body
+// "{}":  68 00 00 00 00 00 00 00 02 7b 7d.
+//
+// The body is what Go's encoding/json writes for frp's message structs: compact, keys in
+// struct field order, every field `omitempty` (zero values left out, so an all-zero
+// message is "{}"), map keys sorted, and < > & U+2028 U+2029 escaped as \u003c etc. We
+// write exactly those bytes, so a capture of our traffic matches a capture of Go frp's.
+// Reading follows Go too: unknown keys are ignored, keys match case-insensitively (exact
+// match preferred), null leaves a field at its zero value, and an integer field refuses
+// fractions and out-of-range numbers.
+
+
+#include <nlohmann/json.hpp>
+
+#include <array>
+#include <cstddef>
+#include <cstdint>
+#include <deque>
+#include <limits>
+#include <map>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <tuple>
+#include <type_traits>
+#include <utility>
+#include <variant>
+#include <vector>
+
+namespace p2prc::frp {
+
+// Largest body a reader accepts (golib's msg.MaxMsgLength). Exactly 10240 is allowed.
+inline constexpr std::int64_t kMaxBodyLength = 10240;
+// Type byte + 8 length bytes.
+inline constexpr std::size_t kFrameHeaderSize = 9;
+
+// ---------------------------------------------------------------------------------------
+// Messages. Each struct lists its JSON keys in wire order (`keys`) and its members in the
+// same order (`tie`). Integer fields hold Go `int`/`int64` as int64 and Go `uint16` as
+// uint16; all are omitted from the JSON when zero.
+
+// Go's net.UDPAddr as JSON: {"IP":"203.0.113.7","Port":5353,"Zone":""} -- its fields have
+// no omitempty, so all three keys are always written.
+struct UdpAddr {
+    std::string ip;
+    std::int64_t port = 0;
+    std::string zone;
+    static constexpr std::array<const char*, 3> keys{"IP", "Port", "Zone"};
+    template <class S>
+    static auto tie(S& s) {
+        return std::tie(s.ip, s.port, s.zone);
+    }
+};
+
+// C->S, the first message of a control connection (sent in clear). privilege_key is
+// hex(MD5(token + decimal timestamp)); pool_count asks for that many idle work conns.
+struct Login {
+    static constexpr char type = 'o';
+    static constexpr const char* name = "Login";
+    std::string version, hostname, os, arch, user, privilege_key;
+    std::int64_t timestamp = 0;
+    std::string run_id;
+    std::map<std::string, std::string> metas;
+    std::int64_t pool_count = 0;
+    static constexpr std::array<const char*, 10> keys{
+        "version",       "hostname",  "os",     "arch",  "user",
+        "privilege_key", "timestamp", "run_id", "metas", "pool_count"};
+    template <class S>
+    static auto tie(S& s) {
+        return std::tie(s.version, s.hostname, s.os, s.arch, s.user, s.privilege_key, s.timestamp,
+                        s.run_id, s.metas, s.pool_count);
+    }
+};
+
+// S->C answer to Login (in clear). Success carries run_id; failure carries error.
+struct LoginResp {
+    static constexpr char type = '1';
+    static constexpr const char* name = "LoginResp";
+    std::string version, run_id;
+    std::int64_t server_udp_port = 0;
+    std::string error;
+    static constexpr std::array<const char*, 4> keys{"version", "run_id", "server_udp_port",
+                                                     "error"};
+    template <class S>
+    static auto tie(S& s) {
+        return std::tie(s.version, s.run_id, s.server_udp_port, s.error);
+    }
+};
+
+// C->S: register a proxy. A tcp proxy uses name, type and remote_port (0 = server picks).
+struct NewProxy {
+    static constexpr char type = 'p';
+    static constexpr const char* name = "NewProxy";
+    std::string proxy_name, proxy_type;
+    bool use_encryption = false, use_compression = false;
+    std::string group, group_key;
+    std::map<std::string, std::string> metas;
+    std::int64_t remote_port = 0;
+    std::vector<std::string> custom_domains;
+    std::string subdomain;
+    std::vector<std::string> locations;
+    std::string http_user, http_pwd, host_header_rewrite;
+    std::map<std::string, std::string> headers;
+    std::string route_by_http_user, sk, multiplexer;
+    static constexpr std::array<const char*, 18> keys{
+        "proxy_name",         "proxy_type", "use_encryption", "use_compression",     "group",
+        "group_key",          "metas",      "remote_port",    "custom_domains",      "subdomain",
+        "locations",          "http_user",  "http_pwd",       "host_header_rewrite", "headers",
+        "route_by_http_user", "sk",         "multiplexer"};
+    template <class S>
+    static auto tie(S& s) {
+        return std::tie(s.proxy_name, s.proxy_type, s.use_encryption, s.use_compression, s.group,
+                        s.group_key, s.metas, s.remote_port, s.custom_domains, s.subdomain,
+                        s.locations, s.http_user, s.http_pwd, s.host_header_rewrite, s.headers,
+                        s.route_by_http_user, s.sk, s.multiplexer);
+    }
+};
+
+// S->C: remote_addr is ":<port>" on success, else error says why.
+struct NewProxyResp {
+    static constexpr char type = '2';
+    static constexpr const char* name = "NewProxyResp";
+    std::string proxy_name, remote_addr, error;
+    static constexpr std::array<const char*, 3> keys{"proxy_name", "remote_addr", "error"};
+    template <class S>
+    static auto tie(S& s) {
+        return std::tie(s.proxy_name, s.remote_addr, s.error);
+    }
+};
+
+// C->S: unregister a proxy. No answer.
+struct CloseProxy {
+    static constexpr char type = 'c';
+    static constexpr const char* name = "CloseProxy";
+    std::string proxy_name;
+    static constexpr std::array<const char*, 1> keys{"proxy_name"};
+    template <class S>
+    static auto tie(S& s) {
+        return std::tie(s.proxy_name);
+    }
+};
+
+// C->S, first message of a work connection (in clear); frps parks it in the pool.
+struct NewWorkConn {
+    static constexpr char type = 'w';
+    static constexpr const char* name = "NewWorkConn";
+    std::string run_id, privilege_key;
+    std::int64_t timestamp = 0;
+    static constexpr std::array<const char*, 3> keys{"run_id", "privilege_key", "timestamp"};
+    template <class S>
+    static auto tie(S& s) {
+        return std::tie(s.run_id, s.privilege_key, s.timestamp);
+    }
+};
+
+// S->C on the control: "open one more work connection". Always {}.
+struct ReqWorkConn {
+    static constexpr char type = 'r';
+    static constexpr const char* name = "ReqWorkConn";
+    static constexpr std::array<const char*, 0> keys{};
+    template <class S>
+    static auto tie(S&) {
+        return std::tuple<>();
+    }
+};
+
+// S->C on a pooled work connection (in clear): a user arrived; after this the
+// connection is a raw byte pipe. src = the user, dst = frps's side of that socket.
+struct StartWorkConn {
+    static constexpr char type = 's';
+    static constexpr const char* name = "StartWorkConn";
+    std::string proxy_name, src_addr, dst_addr;
+    std::uint16_t src_port = 0, dst_port = 0;
+    std::string error;
+    static constexpr std::array<const char*, 6> keys{"proxy_name", "src_addr", "dst_addr",
+                                                     "src_port",   "dst_port", "error"};
+    template <class S>
+    static auto tie(S& s) {
+        return std::tie(s.proxy_name, s.src_addr, s.dst_addr, s.src_port, s.dst_port, s.error);
+    }
+};
+
+// C->S, first message of an stcp/sudp visitor connection.
+struct NewVisitorConn {
+    static constexpr char type = 'v';
+    static constexpr const char* name = "NewVisitorConn";
+    std::string proxy_name, sign_key;
+    std::int64_t timestamp = 0;
+    bool use_encryption = false, use_compression = false;
+    static constexpr std::array<const char*, 5> keys{"proxy_name", "sign_key", "timestamp",
+                                                     "use_encryption", "use_compression"};
+    template <class S>
+    static auto tie(S& s) {
+        return std::tie(s.proxy_name, s.sign_key, s.timestamp, s.use_encryption, s.use_compression);
+    }
+};
+
+struct NewVisitorConnResp {
+    static constexpr char type = '3';
+    static constexpr const char* name = "NewVisitorConnResp";
+    std::string proxy_name, error;
+    static constexpr std::array<const char*, 2> keys{"proxy_name", "error"};
+    template <class S>
+    static auto tie(S& s) {
+        return std::tie(s.proxy_name, s.error);
+    }
+};
+
+// C->S heartbeat on the control (encrypted). Key and timestamp only with
+// authenticate_heartbeats; otherwise {}.
+struct Ping {
+    static constexpr char type = 'h';
+    static constexpr const char* name = "Ping";
+    std::string privilege_key;
+    std::int64_t timestamp = 0;
+    static constexpr std::array<const char*, 2> keys{"privilege_key", "timestamp"};
+    template <class S>
+    static auto tie(S& s) {
+        return std::tie(s.privilege_key, s.timestamp);
+    }
+};
+
+// S->C heartbeat answer; a non-empty error makes frpc drop the control.
+struct Pong {
+    static constexpr char type = '4';
+    static constexpr const char* name = "Pong";
+    std::string error;
+    static constexpr std::array<const char*, 1> keys{"error"};
+    template <class S>
+    static auto tie(S& s) {
+        return std::tie(s.error);
+    }
+};
+
+// One datagram inside a udp proxy's work connection: c = base64 payload (with padding),
+// r = the user's address.
+struct UdpPacket {
+    static constexpr char type = 'u';
+    static constexpr const char* name = "UDPPacket";
+    std::string content;
+    std::optional<UdpAddr> local_addr, remote_addr;
+    static constexpr std::array<const char*, 3> keys{"c", "l", "r"};
+    template <class S>
+    static auto tie(S& s) {
+        return std::tie(s.content, s.local_addr, s.remote_addr);
+    }
+};
+
+// xtcp hole punching (carried for completeness: a reader must accept these types).
+struct NatHoleVisitor {
+    static constexpr char type = 'i';
+    static constexpr const char* name = "NatHoleVisitor";
+    std::string proxy_name, sign_key;
+    std::int64_t timestamp = 0;
+    static constexpr std::array<const char*, 3> keys{"proxy_name", "sign_key", "timestamp"};
+    template <class S>
+    static auto tie(S& s) {
+        return std::tie(s.proxy_name, s.sign_key, s.timestamp);
+    }
+};
+
+struct NatHoleClient {
+    static constexpr char type = 'n';
+    static constexpr const char* name = "NatHoleClient";
+    std::string proxy_name, sid;
+    static constexpr std::array<const char*, 2> keys{"proxy_name", "sid"};
+    template <class S>
+    static auto tie(S& s) {
+        return std::tie(s.proxy_name, s.sid);
+    }
+};
+
+struct NatHoleResp {
+    static constexpr char type = 'm';
+    static constexpr const char* name = "NatHoleResp";
+    std::string sid, visitor_addr, client_addr, error;
+    static constexpr std::array<const char*, 4> keys{"sid", "visitor_addr", "client_addr", "error"};
+    template <class S>
+    static auto tie(S& s) {
+        return std::tie(s.sid, s.visitor_addr, s.client_addr, s.error);
+    }
+};
+
+struct NatHoleClientDetectOK {
+    static constexpr char type = 'd';
+    static constexpr const char* name = "NatHoleClientDetectOK";
+    static constexpr std::array<const char*, 0> keys{};
+    template <class S>
+    static auto tie(S&) {
+        return std::tuple<>();
+    }
+};
+
+struct NatHoleSid {
+    static constexpr char type = '5';
+    static constexpr const char* name = "NatHoleSid";
+    std::string sid;
+    static constexpr std::array<const char*, 1> keys{"sid"};
+    template <class S>
+    static auto tie(S& s) {
+        return std::tie(s.sid);
+    }
+};
+
+using Message =
+    std::variant<Login, LoginResp, NewProxy, NewProxyResp, CloseProxy, NewWorkConn, ReqWorkConn,
+                 StartWorkConn, NewVisitorConn, NewVisitorConnResp, Ping, Pong, UdpPacket,
+                 NatHoleVisitor, NatHoleClient, NatHoleResp, NatHoleClientDetectOK, NatHoleSid>;
+
+// Member-wise equality for every message struct (and UdpAddr).
+template <class M, class = decltype(M::keys)>
+bool operator==(const M& a, const M& b) {
+    return M::tie(a) == M::tie(b);
+}
+template <class M, class = decltype(M::keys)>
+bool operator!=(const M& a, const M& b) {
+    return !(a == b);
+}
+
+// The type byte of a message.
+inline char type_of(const Message& m) {
+    return std::visit([](const auto& x) { return std::decay_t<decltype(x)>::type; }, m);
+}
+inline const char* name_of(const Message& m) {
+    return std::visit([](const auto& x) { return std::decay_t<decltype(x)>::name; }, m);
+}
+
+namespace detail {
+
+template <std::size_t I = 0>
+inline int type_index(char t) {
+    if constexpr (I == std::variant_size_v<Message>) {
+        (void)t;
+        return -1;
+    } else {
+        return std::variant_alternative_t<I, Message>::type == t ? int(I) : type_index<I + 1>(t);
+    }
+}
+
+inline std::string hex_byte(unsigned char c) {
+    static const char* digits = "0123456789abcdef";
+    return std::string("0x") + digits[c >> 4] + digits[c & 15];
+}
+
+template <class Tuple, class F, std::size_t... I>
+void for_each_field(Tuple&& t, F&& f, std::index_sequence<I...>) {
+    (void)t;
+    (void)f;
+    (f(I, std::get<I>(t)), ...);
+}
+template <class Tuple, class F>
+void for_each_field(Tuple&& t, F&& f) {
+    for_each_field(t, f, std::make_index_sequence<std::tuple_size_v<std::decay_t<Tuple>>>{});
+}
+
+// ---- Go encoding/json, the writing half ------------------------------------------------
+
+// Length of the valid UTF-8 sequence at s[i], or 0 if invalid (overlong, surrogate,
+// > U+10FFFF or truncated), as Go's utf8.DecodeRuneInString decides.
+inline std::size_t utf8_sequence(std::string_view s, std::size_t i, std::uint32_t& cp) {
+    auto b = [&](std::size_t k) { return static_cast<unsigned char>(s[i + k]); };
+    unsigned char c = b(0);
+    std::size_t n;
+    std::uint32_t min;
+    if (c < 0x80) {
+        cp = c;
+        return 1;
+    } else if ((c & 0xe0) == 0xc0) {
+        n = 2, cp = c & 0x1f, min = 0x80;
+    } else if ((c & 0xf0) == 0xe0) {
+        n = 3, cp = c & 0x0f, min = 0x800;
+    } else if ((c & 0xf8) == 0xf0) {
+        n = 4, cp = c & 0x07, min = 0x10000;
+    } else {
+        return 0;
+    }
+    if (i + n > s.size()) return 0;
+    for (std::size_t k = 1; k < n; ++k) {
+        if ((b(k) & 0xc0) != 0x80) return 0;
+        cp = (cp << 6) | (b(k) & 0x3f);
+    }
+    if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)) return 0;
+    return n;
+}
+
+inline void go_quote(std::string& out, std::string_view s) {
+    static const char* hex = "0123456789abcdef";
+    out += '"';
+    for (std::size_t i = 0; i < s.size();) {
+        auto c = static_cast<unsigned char>(s[i]);
+        if (c < 0x80) {
+            if (c == '"' || c == '\\') {
+                out += '\\';
+                out += char(c);
+            } else if (c == '\n') {
+                out += "\\n";
+            } else if (c == '\r') {
+                out += "\\r";
+            } else if (c == '\t') {
+                out += "\\t";
+            } else if (c < 0x20 || c == '<' || c == '>' || c == '&') {
+                // HTML-safe escaping is Go's default for Marshal.
+                out += "\\u00";
+                out += hex[c >> 4];
+                out += hex[c & 15];
+            } else {
+                out += char(c);
+            }
+            ++i;
+            continue;
+        }
+        std::uint32_t cp = 0;
+        std::size_t n = utf8_sequence(s, i, cp);
+        if (n == 0) {
+            out += "\\ufffd";  // each invalid byte becomes one replacement character
+            ++i;
+        } else if (cp == 0x2028 || cp == 0x2029) {
+            out += cp == 0x2028 ? "\\u2028" : "\\u2029";
+            i += n;
+        } else {
+            out.append(s.substr(i, n));
+            i += n;
+        }
+    }
+    out += '"';
+}
+
+// Appends `"key":value` for a field unless the value is empty (omitempty).
+class GoJsonWriter {
+  public:
+    explicit GoJsonWriter(std::string& out) : out_(out) {}
+
+    void field(const char* key, const std::string& v) {
+        if (v.empty()) return;
+        key_(key);
+        go_quote(out_, v);
+    }
+    void field(const char* key, std::int64_t v) {
+        if (v == 0) return;
+        key_(key);
+        out_ += std::to_string(v);
+    }
+    void field(const char* key, std::uint16_t v) {
+        if (v == 0) return;
+        key_(key);
+        out_ += std::to_string(v);
+    }
+    void field(const char* key, bool v) {
+        if (!v) return;
+        key_(key);
+        out_ += "true";
+    }
+    void field(const char* key, const std::map<std::string, std::string>& v) {
+        if (v.empty()) return;
+        key_(key);
+        // std::map orders keys bytewise, as Go sorts map keys.
+        out_ += '{';
+        bool first = true;
+        for (const auto& [k, val] : v) {
+            if (!first) out_ += ',';
+            first = false;
+            go_quote(out_, k);
+            out_ += ':';
+            go_quote(out_, val);
+        }
+        out_ += '}';
+    }
+    void field(const char* key, const std::vector<std::string>& v) {
+        if (v.empty()) return;
+        key_(key);
+        out_ += '[';
+        for (std::size_t i = 0; i < v.size(); ++i) {
+            if (i) out_ += ',';
+            go_quote(out_, v[i]);
+        }
+        out_ += ']';
+    }
+    void field(const char* key, const std::optional<UdpAddr>& v) {
+        if (!v) return;  // a nil *net.UDPAddr
+        key_(key);
+        // No omitempty inside net.UDPAddr: every key is written.
+        out_ += "{\"IP\":";
+        go_quote(out_, v->ip);
+        out_ += ",\"Port\":" + std::to_string(v->port) + ",\"Zone\":";
+        go_quote(out_, v->zone);
+        out_ += '}';
+    }
+
+  private:
+    void key_(const char* key) {
+        out_ += first_ ? "" : ",";
+        first_ = false;
+        go_quote(out_, key);
+        out_ += ':';
+    }
+    std::string& out_;
+    bool first_ = true;
+};
+
+// ---- Go encoding/json, the reading half ------------------------------------------------
+
+using Json = nlohmann::json;
+
+inline bool iequal(std::string_view a, std::string_view b) {
+    if (a.size() != b.size()) return false;
+    for (std::size_t i = 0; i < a.size(); ++i) {
+        char x = a[i], y = b[i];
+        if (x >= 'A' && x <= 'Z') x = char(x - 'A' + 'a');
+        if (y >= 'A' && y <= 'Z') y = char(y - 'A' + 'a');
+        if (x != y) return false;
+    }
+    return true;
+}
+
+// The value for `key`: exact match first, else a case-insensitive one, as Go matches.
+inline const Json* find_key(const Json& obj, const char* key) {
+    auto it = obj.find(key);
+    if (it != obj.end()) return &*it;
+    for (auto i = obj.begin(); i != obj.end(); ++i)
+        if (iequal(i.key(), key)) return &*i;
+    return nullptr;
+}
+
+[[noreturn]] inline void bad_field(const char* msg, const char* key, const char* expected) {
+    throw error(errc::parse_error, std::string("frp message ") + msg + ": field \"" + key +
+                                       "\": expected " + expected);
+}
+
+inline void read_value(const Json& j, std::string& v, const char* msg, const char* key) {
+    if (!j.is_string()) bad_field(msg, key, "a string");
+    v = j.get<std::string>();
+}
+inline void read_value(const Json& j, bool& v, const char* msg, const char* key) {
+    if (!j.is_boolean()) bad_field(msg, key, "true or false");
+    v = j.get<bool>();
+}
+inline void read_value(const Json& j, std::int64_t& v, const char* msg, const char* key) {
+    if (j.is_number_integer() && !j.is_number_unsigned()) {
+        v = j.get<std::int64_t>();
+    } else if (j.is_number_unsigned()) {
+        auto u = j.get<std::uint64_t>();
+        if (u > std::uint64_t(std::numeric_limits<std::int64_t>::max()))
+            bad_field(msg, key, "an integer within int64");
+        v = std::int64_t(u);
+    } else {
+        bad_field(msg, key, "an integer");
+    }
+}
+inline void read_value(const Json& j, std::uint16_t& v, const char* msg, const char* key) {
+    std::int64_t x = 0;
+    read_value(j, x, msg, key);
+    if (x < 0 || x > 65535) bad_field(msg, key, "an integer 0-65535");
+    v = std::uint16_t(x);
+}
+inline void read_value(const Json& j, std::map<std::string, std::string>& v, const char* msg,
+                       const char* key) {
+    if (!j.is_object()) bad_field(msg, key, "an object of strings");
+    v.clear();
+    for (auto it = j.begin(); it != j.end(); ++it) {
+        if (it->is_null()) {
+            v[it.key()];
+        } else if (it->is_string()) {
+            v[it.key()] = it->get<std::string>();
+        } else {
+            bad_field(msg, key, "an object of strings");
+        }
+    }
+}
+inline void read_value(const Json& j, std::vector<std::string>& v, const char* msg,
+                       const char* key) {
+    if (!j.is_array()) bad_field(msg, key, "an array of strings");
+    v.clear();
+    for (const auto& e : j) {
+        if (e.is_null()) {
+            v.emplace_back();
+        } else if (e.is_string()) {
+            v.push_back(e.get<std::string>());
+        } else {
+            bad_field(msg, key, "an array of strings");
+        }
+    }
+}
+inline void read_value(const Json& j, std::optional<UdpAddr>& v, const char* msg, const char* key) {
+    if (!j.is_object()) bad_field(msg, key, "an address object {\"IP\",\"Port\",\"Zone\"}");
+    UdpAddr a;
+    for_each_field(UdpAddr::tie(a), [&](std::size_t i, auto& member) {
+        if (const Json* f = find_key(j, UdpAddr::keys[i]); f && !f->is_null())
+            read_value(*f, member, msg, UdpAddr::keys[i]);
+    });
+    if (!a.ip.empty() && !IpAddress::parse(a.ip)) bad_field(msg, "IP", "a numeric IP address");
+    v = std::move(a);
+}
+
+template <class M>
+M decode_body_as(std::string_view body) {
+    Json j = Json::parse(body.begin(), body.end(), nullptr, /*allow_exceptions=*/false);
+    if (j.is_discarded())
+        throw error(errc::parse_error,
+                    std::string("frp message ") + M::name + ": body is not valid JSON");
+    M m{};
+    if (j.is_null()) return m;  // Go decodes null into a struct as "no change"
+    if (!j.is_object())
+        throw error(errc::parse_error,
+                    std::string("frp message ") + M::name + ": body is not a JSON object");
+    for_each_field(M::tie(m), [&](std::size_t i, auto& member) {
+        if (const Json* f = find_key(j, M::keys[i]); f && !f->is_null())
+            read_value(*f, member, M::name, M::keys[i]);
+    });
+    return m;
+}
+
+template <std::size_t I = 0>
+Message decode_by_index(std::size_t index, std::string_view body) {
+    if constexpr (I + 1 == std::variant_size_v<Message>) {
+        (void)index;
+        return decode_body_as<std::variant_alternative_t<I, Message>>(body);
+    } else {
+        if (index == I) return decode_body_as<std::variant_alternative_t<I, Message>>(body);
+        return decode_by_index<I + 1>(index, body);
+    }
+}
+
+}  // namespace detail
+
+// True for the 18 type bytes frp registers.
+inline bool is_known_type(char t) {
+    return detail::type_index(t) >= 0;
+}
+
+// The JSON body Go would write for `m`.
+inline std::string encode_body(const Message& m) {
+    std::string out = "{";
+    std::visit(
+        [&](const auto& x) {
+            using M = std::decay_t<decltype(x)>;
+            detail::GoJsonWriter w(out);
+            detail::for_each_field(M::tie(x),
+                                   [&](std::size_t i, const auto& v) { w.field(M::keys[i], v); });
+        },
+        m);
+    out += '}';
+    return out;
+}
+
+// Decodes a body for a type byte. Throws errc::protocol_error for an unknown type and
+// errc::parse_error for a body that does not decode.
+inline Message decode_body(char type, std::string_view body) {
+    int index = detail::type_index(type);
+    if (index < 0)
+        throw error(errc::protocol_error, "frp message: unknown type byte " +
+                                              detail::hex_byte(static_cast<unsigned char>(type)) +
+                                              " (expected one of o1p2cwrsv3h4uinmd5)");
+    return detail::decode_by_index(std::size_t(index), body);
+}
+
+// The whole frame: type byte, int64 big-endian length, body. Throws errc::limit_exceeded
+// if the body would exceed kMaxBodyLength (a Go reader would drop the connection).
+inline std::string encode_frame(const Message& m) {
+    std::string body = encode_body(m);
+    if (std::int64_t(body.size()) > kMaxBodyLength)
+        throw error(errc::limit_exceeded, std::string("frp message ") + name_of(m) + ": body of " +
+                                              std::to_string(body.size()) +
+                                              " bytes exceeds the limit of 10240");
+    std::string out;
+    out.reserve(kFrameHeaderSize + body.size());
+    out += type_of(m);
+    std::uint64_t len = body.size();
+    for (int shift = 56; shift >= 0; shift -= 8) out += char((len >> shift) & 0xff);
+    out += body;
+    return out;
+}
+
+// Validates the 9-byte frame header and returns the body length. The checks happen
+// before any body byte is read, so a hostile length never makes us buffer anything.
+inline std::size_t check_frame_header(const unsigned char* h) {
+    if (!is_known_type(char(h[0])))
+        throw error(errc::protocol_error, "frp frame: unknown type byte " + detail::hex_byte(h[0]) +
+                                              " (expected one of o1p2cwrsv3h4uinmd5)");
+    std::uint64_t u = 0;
+    for (int i = 1; i <= 8; ++i) u = (u << 8) | h[i];
+    auto len = static_cast<std::int64_t>(u);
+    if (len < 0)
+        throw error(errc::protocol_error, "frp frame: negative body length " + std::to_string(len));
+    if (len > kMaxBodyLength)
+        throw error(errc::limit_exceeded, "frp frame: body length " + std::to_string(len) +
+                                              " exceeds the limit of 10240");
+    return static_cast<std::size_t>(len);
+}
+
+// Incremental decoder: feed() any slices of the byte stream, take() whole messages.
+// It holds at most one partial frame (<= 9 + 10240 bytes) and checks the type byte as
+// soon as it arrives and the length as soon as its 8 bytes arrive. After an error it
+// stays failed (the stream cannot be resynchronised) and every feed() throws again.
+class FrameDecoder {
+  public:
+    void feed(const void* data, std::size_t n) {
+        if (failed_) throw error(errc::state_error, "frp frame decoder: failed earlier: " + why_);
+        const auto* p = static_cast<const unsigned char*>(data);
+        try {
+            while (n > 0) {
+                if (header_.size() < kFrameHeaderSize) {
+                    std::size_t k = std::min(n, kFrameHeaderSize - header_.size());
+                    header_.append(reinterpret_cast<const char*>(p), k);
+                    p += k, n -= k;
+                    auto* h = reinterpret_cast<const unsigned char*>(header_.data());
+                    if (header_.size() >= 1 && !is_known_type(char(h[0])))
+                        check_frame_header(h);  // throws the unknown-type error
+                    if (header_.size() == kFrameHeaderSize) {
+                        want_ = check_frame_header(h);
+                        body_.clear();
+                        body_.reserve(want_);
+                    } else {
+                        continue;
+                    }
+                }
+                std::size_t k = std::min(n, want_ - body_.size());
+                body_.append(reinterpret_cast<const char*>(p), k);
+                p += k, n -= k;
+                if (body_.size() == want_) {
+                    ready_.push_back(decode_body(header_[0], body_));
+                    header_.clear();
+                    body_.clear();
+                }
+            }
+        } catch (const error& e) {
+            failed_ = true;
+            why_ = e.what();
+            throw;
+        }
+    }
+
+    // The next complete message, if any.
+    std::optional<Message> take() {
+        if (ready_.empty()) return std::nullopt;
+        Message m = std::move(ready_.front());
+        ready_.pop_front();
+        return m;
+    }
+
+    // Bytes of an unfinished frame held (0 between frames).
+    std::size_t pending() const noexcept { return header_.size() + body_.size(); }
+
+  private:
+    std::string header_, body_;
+    std::size_t want_ = 0;
+    std::deque<Message> ready_;
+    bool failed_ = false;
+    std::string why_;
+};
+
+// Reads exactly one frame from `s` (never a byte past it: what follows may be a cipher
+// IV for another reader). One deadline covers the whole frame.
+inline Message read_msg(p2prc::detail::Stream& s, p2prc::detail::Millis timeout) {
+    using namespace std::chrono;
+    auto deadline = p2prc::detail::Clock::now() + timeout;
+    auto left = [&] {
+        auto l = duration_cast<p2prc::detail::Millis>(deadline - p2prc::detail::Clock::now());
+        return l.count() > 0 ? l : p2prc::detail::Millis(0);
+    };
+    unsigned char h[kFrameHeaderSize];
+    s.read_exact(h, 1, left());
+    if (!is_known_type(char(h[0]))) check_frame_header(h);
+    s.read_exact(h + 1, kFrameHeaderSize - 1, left());
+    std::size_t len = check_frame_header(h);
+    std::string body(len, '\0');
+    if (len) s.read_exact(body.data(), len, left());
+    return decode_body(char(h[0]), body);
+}
+
+inline void write_msg(p2prc::detail::Stream& s, const Message& m, p2prc::detail::Millis timeout) {
+    std::string f = encode_frame(m);
+    s.write_all(f.data(), f.size(), timeout);
+}
+
+}  // namespace p2prc::frp
+
+// ---- p2prc/frp/crypto.hpp ----
+// frp's cipher: the control connection after Login/LoginResp, and work connections with
+// use_encryption, are an AES-128-CFB byte stream per direction.
+//
+//  * key  K = PBKDF2-HMAC-SHA1(password = token, salt = "frp", 64 iterations, 16 bytes).
+//    (golib's own default salt is "crypto"; frp overrides it. Using "crypto" is the
+//    classic interop bug.) The same K serves both directions.
+//  * each direction's writer picks a random 16-byte IV and sends it in clear right before
+//    its first ciphertext byte; the reader takes the first 16 bytes it reads as the IV.
+//  * CFB-128 (full-block feedback, OpenSSL's aes-128-cfb) as one continuous stream per
+//    direction: no padding, no per-message reset, no MAC; ciphertext length = plaintext.
+//
+// And the login proof: privilege_key = lowercase hex(MD5(token + decimal timestamp)).
+
+
+#include <openssl/evp.h>
+#include <openssl/rand.h>
+
+#include <array>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace p2prc::frp {
+
+using CipherKey = std::array<std::uint8_t, 16>;
+using CipherIv = std::array<std::uint8_t, 16>;
+
+// K for a token (the empty token is allowed: frp's default).
+inline CipherKey derive_key(std::string_view token) {
+    static const unsigned char salt[] = {'f', 'r', 'p'};
+    CipherKey k{};
+    if (PKCS5_PBKDF2_HMAC(token.data(), int(token.size()), salt, sizeof salt, 64, EVP_sha1(),
+                          int(k.size()), k.data()) != 1)
+        throw error(errc::io_error, "frp key derivation: PBKDF2-HMAC-SHA1 failed in OpenSSL");
+    return k;
+}
+
+// hex(MD5(token || decimal(timestamp))), lower case, 32 characters.
+inline std::string privilege_key(std::string_view token, std::int64_t timestamp) {
+    std::string input(token);
+    input += std::to_string(timestamp);
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned int len = 0;
+    if (EVP_Digest(input.data(), input.size(), md, &len, EVP_md5(), nullptr) != 1)
+        throw error(errc::io_error, "frp privilege key: MD5 failed in OpenSSL");
+    static const char* hex = "0123456789abcdef";
+    std::string out;
+    for (unsigned i = 0; i < len; ++i) {
+        out += hex[md[i] >> 4];
+        out += hex[md[i] & 15];
+    }
+    return out;
+}
+
+// One direction's AES-128-CFB-128 state. apply() may be called with any lengths; the
+// keystream position carries over, partial blocks included.
+class CfbCipher {
+  public:
+    enum class Mode { encrypt, decrypt };
+
+    CfbCipher(const CipherKey& key, const CipherIv& iv, Mode mode)
+        : ctx_(EVP_CIPHER_CTX_new(), &EVP_CIPHER_CTX_free) {
+        if (!ctx_ || EVP_CipherInit_ex(ctx_.get(), EVP_aes_128_cfb128(), nullptr, key.data(),
+                                       iv.data(), mode == Mode::encrypt ? 1 : 0) != 1)
+            throw error(errc::io_error, "frp cipher: AES-128-CFB init failed in OpenSSL");
+    }
+
+    // Transforms n bytes from `in` to `out` (they may be the same buffer).
+    void apply(const std::uint8_t* in, std::uint8_t* out, std::size_t n) {
+        while (n > 0) {
+            int chunk = n > (1u << 30) ? (1 << 30) : int(n);
+            int outl = 0;
+            if (EVP_CipherUpdate(ctx_.get(), out, &outl, in, chunk) != 1 || outl != chunk)
+                throw error(errc::io_error, "frp cipher: AES-128-CFB update failed in OpenSSL");
+            in += chunk, out += chunk, n -= std::size_t(chunk);
+        }
+    }
+    void apply(std::uint8_t* data, std::size_t n) { apply(data, data, n); }
+
+  private:
+    std::unique_ptr<EVP_CIPHER_CTX, decltype(&EVP_CIPHER_CTX_free)> ctx_;
+};
+
+inline CipherIv random_iv() {
+    CipherIv iv{};
+    if (RAND_bytes(iv.data(), int(iv.size())) != 1)
+        throw error(errc::io_error, "frp cipher: no random bytes for an IV from OpenSSL");
+    return iv;
+}
+
+// A stream that encrypts what it writes and decrypts what it reads, over another stream.
+// The write side sends its IV lazily with the first write; the read side takes the first
+// 16 bytes as the peer's IV (a timeout while the IV is incomplete loses nothing).
+class CryptoStream final : public p2prc::detail::Stream {
+  public:
+    // `write_iv` fixes the IV (tests); by default it is random.
+    CryptoStream(std::shared_ptr<p2prc::detail::Stream> inner, const CipherKey& key,
+                 std::optional<CipherIv> write_iv = std::nullopt)
+        : inner_(std::move(inner)), key_(key), write_iv_(write_iv) {
+        if (!inner_) throw error(errc::invalid_argument, "CryptoStream: no inner stream");
+    }
+
+    std::size_t read_some(void* buf, std::size_t n, p2prc::detail::Millis timeout) override {
+        if (n == 0) return 0;
+        auto deadline = p2prc::detail::Clock::now() + timeout;
+        while (!reader_) {
+            auto left = std::chrono::duration_cast<p2prc::detail::Millis>(
+                deadline - p2prc::detail::Clock::now());
+            if (left.count() < 0) left = p2prc::detail::Millis(0);
+            std::size_t k =
+                inner_->read_some(read_iv_.data() + iv_got_, read_iv_.size() - iv_got_, left);
+            if (k == 0) {
+                if (iv_got_ == 0) return 0;  // closed before anything was encrypted
+                throw error(errc::io_error, describe() + ": end of stream inside the IV (" +
+                                                std::to_string(iv_got_) + " of 16 bytes)");
+            }
+            iv_got_ += k;
+            if (iv_got_ == read_iv_.size())
+                reader_.emplace(key_, read_iv_, CfbCipher::Mode::decrypt);
+        }
+        auto left = std::chrono::duration_cast<p2prc::detail::Millis>(deadline -
+                                                                      p2prc::detail::Clock::now());
+        if (left.count() < 0) left = p2prc::detail::Millis(0);
+        std::size_t k = inner_->read_some(buf, n, left);
+        reader_->apply(static_cast<std::uint8_t*>(buf), k);
+        return k;
+    }
+
+    void write_all(const void* buf, std::size_t n, p2prc::detail::Millis timeout) override {
+        auto deadline = p2prc::detail::Clock::now() + timeout;
+        const auto* p = static_cast<const std::uint8_t*>(buf);
+        scratch_.clear();
+        if (!writer_) {
+            CipherIv iv = write_iv_ ? *write_iv_ : random_iv();
+            writer_.emplace(key_, iv, CfbCipher::Mode::encrypt);
+            scratch_.assign(iv.begin(), iv.end());
+        }
+        // Bounded scratch: encrypt and send at most 64 KiB at a time.
+        constexpr std::size_t kChunk = 64 * 1024;
+        do {
+            std::size_t k = std::min(n, kChunk);
+            std::size_t at = scratch_.size();
+            scratch_.resize(at + k);
+            writer_->apply(p, scratch_.data() + at, k);
+            auto left = std::chrono::duration_cast<p2prc::detail::Millis>(
+                deadline - p2prc::detail::Clock::now());
+            if (left.count() < 0) left = p2prc::detail::Millis(0);
+            inner_->write_all(scratch_.data(), scratch_.size(), left);
+            scratch_.clear();
+            p += k, n -= k;
+        } while (n > 0);
+    }
+
+    void shutdown_write() override { inner_->shutdown_write(); }
+    void close() noexcept override { inner_->close(); }
+    std::string describe() const override { return "encrypted " + inner_->describe(); }
+
+    p2prc::detail::Stream& inner() noexcept { return *inner_; }
+
+  private:
+    std::shared_ptr<p2prc::detail::Stream> inner_;
+    CipherKey key_;
+    std::optional<CipherIv> write_iv_;
+    std::optional<CfbCipher> writer_, reader_;
+    CipherIv read_iv_{};
+    std::size_t iv_got_ = 0;
+    std::vector<std::uint8_t> scratch_;
+};
+
+}  // namespace p2prc::frp
