@@ -13,3 +13,4 @@
 #include "p2prc/net.hpp"
 #include "p2prc/frp/wire.hpp"
 #include "p2prc/frp/crypto.hpp"
+#include "p2prc/frp/mux.hpp"

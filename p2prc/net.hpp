@@ -42,6 +42,14 @@ inline int millis_until(Clock::time_point deadline) {
     return static_cast<int>(left);
 }
 
+// now + timeout, saturated so that a huge timeout means "practically forever".
+inline Clock::time_point deadline_after(Millis timeout) {
+    auto now = Clock::now();
+    if (timeout.count() <= 0) return now;
+    auto room = std::chrono::duration_cast<Millis>(Clock::time_point::max() - now);
+    return timeout >= room ? Clock::time_point::max() : now + timeout;
+}
+
 inline std::string socket_error_text(int e) {
     return std::strerror(e);
 }
@@ -70,7 +78,7 @@ class Stream {
     // Reads exactly n bytes within `timeout` (one deadline for the whole read). End of
     // stream before n bytes is an io_error naming how many bytes arrived.
     void read_exact(void* buf, std::size_t n, Millis timeout) {
-        auto deadline = Clock::now() + timeout;
+        auto deadline = deadline_after(timeout);
         auto* p = static_cast<unsigned char*>(buf);
         std::size_t got = 0;
         while (got < n) {
@@ -114,7 +122,7 @@ class TcpConnection final : public Stream {
                         "socket() for " + to.to_string() + ": " + socket_error_text(errno));
         FdGuard guard{fd};
         set_nonblocking(fd);
-        auto deadline = Clock::now() + timeout;
+        auto deadline = deadline_after(timeout);
         if (::connect(fd, reinterpret_cast<sockaddr*>(&ss), len) != 0) {
             if (errno != EINPROGRESS)
                 throw error(errc::io_error,
@@ -143,7 +151,7 @@ class TcpConnection final : public Stream {
 
     std::size_t read_some(void* buf, std::size_t n, Millis timeout) override {
         if (n == 0) return 0;
-        auto deadline = Clock::now() + timeout;
+        auto deadline = deadline_after(timeout);
         for (;;) {
             if (closed_.load()) throw error(errc::state_error, describe() + ": closed");
             ssize_t k = ::recv(fd_, buf, n, 0);
@@ -156,7 +164,7 @@ class TcpConnection final : public Stream {
     }
 
     void write_all(const void* buf, std::size_t n, Millis timeout) override {
-        auto deadline = Clock::now() + timeout;
+        auto deadline = deadline_after(timeout);
         const auto* p = static_cast<const char*>(buf);
         while (n > 0) {
             if (closed_.load()) throw error(errc::state_error, describe() + ": closed");
@@ -300,7 +308,7 @@ class TcpListener {
     // Waits up to `timeout` for a connection: nullptr on timeout; throws
     // errc::state_error once close() was called.
     std::unique_ptr<TcpConnection> accept(Millis timeout) {
-        auto deadline = Clock::now() + timeout;
+        auto deadline = deadline_after(timeout);
         for (;;) {
             if (closed_.load())
                 throw error(errc::state_error, "listener on " + local_.to_string() + " is closed");

@@ -108,7 +108,7 @@ class CryptoStream final : public p2prc::detail::Stream {
 
     std::size_t read_some(void* buf, std::size_t n, p2prc::detail::Millis timeout) override {
         if (n == 0) return 0;
-        auto deadline = p2prc::detail::Clock::now() + timeout;
+        auto deadline = p2prc::detail::deadline_after(timeout);
         while (!reader_) {
             auto left = std::chrono::duration_cast<p2prc::detail::Millis>(
                 deadline - p2prc::detail::Clock::now());
@@ -133,7 +133,7 @@ class CryptoStream final : public p2prc::detail::Stream {
     }
 
     void write_all(const void* buf, std::size_t n, p2prc::detail::Millis timeout) override {
-        auto deadline = p2prc::detail::Clock::now() + timeout;
+        auto deadline = p2prc::detail::deadline_after(timeout);
         const auto* p = static_cast<const std::uint8_t*>(buf);
         scratch_.clear();
         if (!writer_) {

@@ -767,7 +767,7 @@ class FrameDecoder {
 // IV for another reader). One deadline covers the whole frame.
 inline Message read_msg(p2prc::detail::Stream& s, p2prc::detail::Millis timeout) {
     using namespace std::chrono;
-    auto deadline = p2prc::detail::Clock::now() + timeout;
+    auto deadline = p2prc::detail::deadline_after(timeout);
     auto left = [&] {
         auto l = duration_cast<p2prc::detail::Millis>(deadline - p2prc::detail::Clock::now());
         return l.count() > 0 ? l : p2prc::detail::Millis(0);
