@@ -207,6 +207,42 @@ struct MuxConfig {
 
 namespace detail {
 
+// A mutex whose lock can time out, built on std::mutex + condition_variable (it also keeps
+// thread sanitizers exact, which do not all model std::timed_mutex).
+class FrameWriteLock {
+  public:
+    bool try_lock_until(p2prc::detail::Clock::time_point deadline) {
+        std::unique_lock<std::mutex> lk(m_);
+        if (!cv_.wait_until(lk, deadline, [&] { return !busy_; })) return false;
+        busy_ = true;
+        return true;
+    }
+    void unlock() {
+        {
+            std::lock_guard<std::mutex> lk(m_);
+            busy_ = false;
+        }
+        cv_.notify_one();
+    }
+
+    // Holds the lock for a scope once try_lock_until succeeded.
+    class Guard {
+      public:
+        explicit Guard(FrameWriteLock& l) : l_(l) {}
+        ~Guard() { l_.unlock(); }
+        Guard(const Guard&) = delete;
+        Guard& operator=(const Guard&) = delete;
+
+      private:
+        FrameWriteLock& l_;
+    };
+
+  private:
+    std::mutex m_;
+    std::condition_variable cv_;
+    bool busy_ = false;
+};
+
 struct MuxStreamState {
     explicit MuxStreamState(std::uint32_t i) : id(i) {}
     const std::uint32_t id;
@@ -716,10 +752,10 @@ class MuxCore {
     // transport mid-frame, so it ends the session.
     void send_now(const yamux::Header& h, const std::uint8_t* payload, std::size_t n,
                   Millis timeout) {
-        std::unique_lock<std::timed_mutex> wl(write_mu_, std::defer_lock);
-        if (!wl.try_lock_for(timeout))
+        if (!write_mu_.try_lock_until(p2prc::detail::deadline_after(timeout)))
             throw error(errc::timeout, "yamux: could not write a frame within " +
                                            std::to_string(timeout.count()) + " ms");
+        FrameWriteLock::Guard wl(write_mu_);
         {
             std::lock_guard<std::mutex> lk(mu_);
             if (dead_) throw_dead();
@@ -731,12 +767,12 @@ class MuxCore {
     }
 
     void send_raw(const char* data, std::size_t n) {
-        std::unique_lock<std::timed_mutex> wl(write_mu_, std::defer_lock);
-        if (!wl.try_lock_for(cfg_.write_timeout)) {
+        if (!write_mu_.try_lock_until(p2prc::detail::deadline_after(cfg_.write_timeout))) {
             kill("writer: transport blocked for " + std::to_string(cfg_.write_timeout.count()) +
                  " ms");
             throw error(errc::timeout, "yamux: transport blocked");
         }
+        FrameWriteLock::Guard wl(write_mu_);
         write_locked(data, n, cfg_.write_timeout);
     }
 
@@ -766,7 +802,7 @@ class MuxCore {
     std::string reason_;
     bool local_goaway_ = false, remote_goaway_ = false;
 
-    std::timed_mutex write_mu_;
+    FrameWriteLock write_mu_;
     std::vector<std::uint8_t> scratch_;
 };
 

@@ -100,6 +100,8 @@ TEST_CASE("mux: 100 streams x 1 MiB in both directions at once, byte-exact") {
     }
     std::atomic<int> ok{0};
     std::atomic<int> failures{0};
+    std::mutex first_error_mu;
+    std::string first_error;
     std::vector<std::thread> threads;
     auto t0 = Clock::now();
     for (int i = 0; i < kStreams; ++i) {
@@ -110,7 +112,10 @@ TEST_CASE("mux: 100 streams x 1 MiB in both directions at once, byte-exact") {
                 try {
                     f();
                 } catch (const std::exception& e) {
-                    ++failures;
+                    if (failures++ == 0) {
+                        std::lock_guard<std::mutex> lk(first_error_mu);
+                        first_error = e.what();
+                    }
                 }
             };
         };
@@ -126,7 +131,7 @@ TEST_CASE("mux: 100 streams x 1 MiB in both directions at once, byte-exact") {
     for (auto& t : threads) t.join();
     auto secs = std::chrono::duration<double>(Clock::now() - t0).count();
     MESSAGE("200 MiB over 100 streams in " << secs << " s");
-    CHECK(failures.load() == 0);
+    CHECK_MESSAGE(failures.load() == 0, first_error);
     CHECK(ok.load() == 2 * kStreams);
     CHECK_FALSE(p.client.closed());
     CHECK_FALSE(p.server.closed());
