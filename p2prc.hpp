@@ -14,3 +14,4 @@
 #include "p2prc/frp/wire.hpp"
 #include "p2prc/frp/crypto.hpp"
 #include "p2prc/frp/mux.hpp"
+#include "p2prc/frp/snappy.hpp"

@@ -727,6 +727,11 @@ class MuxCore {
     // are ignored. Caller holds mu_.
     void maybe_forget_locked(MuxStreamState& st) {
         if (st.reset || (st.local_fin && st.remote_fin)) {
+            if (st.opened_here && !st.acked) {  // no ACK will come for a forgotten id
+                st.acked = true;
+                --unacked_;
+                open_cv_.notify_all();
+            }
             auto it = streams_.find(st.id);
             if (it != streams_.end() && it->second.get() == &st) streams_.erase(it);
         }
