@@ -2619,6 +2619,8 @@ struct MuxConfig {
     p2prc::detail::Millis ping_timeout{10000};
     // Time one frame may take to get onto the transport (Go: ConnectionWriteTimeout).
     p2prc::detail::Millis write_timeout{10000};
+    // After close(), how long we wait for the peer's FIN before resetting the stream.
+    p2prc::detail::Millis half_closed_timeout{300000};
     // Largest Data frame we send (smaller frames interleave streams more fairly).
     std::uint32_t max_frame = 64 * 1024;
     // Queued control frames (window updates, ping replies...) before the peer counts as
@@ -2793,6 +2795,21 @@ class MuxCore {
                 continue;
             }
             auto now = Clock::now();
+            // A stream we closed whose peer never sends its FIN is reset after a while,
+            // so a silent peer cannot pin entries in the table (Go: 5 minutes).
+            if (!lingering_.empty() && lingering_.front().first <= now) {
+                auto st = lingering_.front().second.lock();
+                lingering_.pop_front();
+                if (st && !st->remote_fin && !st->reset) {
+                    st->reset = true;
+                    maybe_forget_locked(*st);
+                    queue_control_locked(
+                        yamux::Header{yamux::FrameType::window_update, yamux::kRst, st->id, 0});
+                }
+                continue;
+            }
+            auto wake = Clock::time_point::max();
+            if (!lingering_.empty()) wake = lingering_.front().first;
             if (keepalive) {
                 if (outstanding) {
                     if (ping_acked_.count(*outstanding)) {
@@ -2816,11 +2833,12 @@ class MuxCore {
                         yamux::Header{yamux::FrameType::ping, yamux::kSyn, 0, id}));
                     continue;
                 }
-                auto wake = outstanding ? std::min(ping_deadline, next_ping) : next_ping;
-                writer_cv_.wait_until(lk, wake);
-            } else {
-                writer_cv_.wait(lk);
+                wake = std::min(wake, outstanding ? std::min(ping_deadline, next_ping) : next_ping);
             }
+            if (wake == Clock::time_point::max())
+                writer_cv_.wait(lk);
+            else
+                writer_cv_.wait_until(lk, wake);
         }
     }
 
@@ -3065,6 +3083,12 @@ class MuxCore {
             fin = !st.local_fin && !st.reset && !dead_;
             st.local_fin = true;
             maybe_forget_locked(st);
+            auto it = streams_.find(st.id);
+            if (!dead_ && it != streams_.end() && it->second.get() == &st) {
+                lingering_.emplace_back(p2prc::detail::deadline_after(cfg_.half_closed_timeout),
+                                        it->second);
+                writer_cv_.notify_one();
+            }
             st.cv.notify_all();
         }
         if (fin) {
@@ -3220,6 +3244,7 @@ class MuxCore {
     std::deque<StatePtr> accept_q_;
     std::condition_variable accept_cv_, writer_cv_, open_cv_, ping_cv_;
     std::deque<std::array<std::uint8_t, yamux::kHeaderSize>> control_;
+    std::deque<std::pair<Clock::time_point, std::weak_ptr<MuxStreamState>>> lingering_;
     std::uint32_t next_id_;
     std::size_t unacked_ = 0;
     std::uint32_t next_ping_id_ = 0;

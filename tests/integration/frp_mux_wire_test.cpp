@@ -176,3 +176,28 @@ TEST_CASE("mux wire: our keepalive pings count up from 0 and accept the ACK") {
     }
     CHECK_FALSE(client.closed());
 }
+
+TEST_CASE("mux wire: a closed stream whose peer never sends FIN is reset after a while") {
+    auto tcp = p2prc_test::tcp_pair();
+    MuxConfig cfg = quiet();
+    cfg.half_closed_timeout = p2prc::detail::Millis(200);
+    MuxSession server(tcp.server, MuxRole::server, cfg);
+    RawPeer frpc{tcp.client};
+    frpc.send_hex("000100010000000100000000");
+    frpc.send_hex("000100010000000300000000");
+    auto s1 = server.accept(1s);
+    auto s3 = server.accept(1s);
+    REQUIRE(s1);
+    REQUIRE(s3);
+    CHECK(frpc.read_frame_hex() == "000100020000000100000000");
+    CHECK(frpc.read_frame_hex() == "000100020000000300000000");
+    s1->close();
+    s3->close();
+    CHECK(frpc.read_frame_hex() == "000100040000000100000000");  // FIN
+    CHECK(frpc.read_frame_hex() == "000100040000000300000000");
+    // Stream 3 gets its FIN answered in time; stream 1 never does.
+    frpc.send_hex("000100040000000300000000");
+    CHECK(frpc.read_frame_hex() == "000100080000000100000000");  // RST after ~200 ms
+    CHECK(server.stream_count() == 0);
+    CHECK_FALSE(server.closed());
+}
