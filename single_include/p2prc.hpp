@@ -2451,9 +2451,9 @@ class CryptoStream final : public p2prc::detail::Stream {
 // Threads: each session has one reader thread (parses frames, fills stream buffers, never
 // blocks on a write so two sessions can never deadlock each other) and one writer thread
 // (sends window updates, ping replies, FIN/RST queued by the reader or by close()).
-// Application threads write their Data frames themselves; one mutex serialises frames on
-// the transport. Both threads are joined by ~MuxSession; closing the transport makes every
-// blocked stream operation fail promptly.
+// Application threads write their Data frames themselves, taking any queued control
+// frames along; one lock serialises frames on the transport. Both threads are joined by
+// ~MuxSession; closing the transport makes every blocked stream operation fail promptly.
 
 
 #include <array>
@@ -2669,7 +2669,13 @@ class FrameWriteLock {
 struct MuxStreamState {
     explicit MuxStreamState(std::uint32_t i) : id(i) {}
     const std::uint32_t id;
-    std::condition_variable cv;  // readers and writers of this stream wait here
+    // Separate waits for readers (data, FIN) and writers (window), so that a frame wakes
+    // only the thread it concerns.
+    std::condition_variable read_cv, write_cv;
+    void wake_all() {
+        read_cv.notify_all();
+        write_cv.notify_all();
+    }
     std::deque<std::string> chunks;
     std::size_t front_offset = 0;
     std::size_t buffered = 0;
@@ -2700,7 +2706,7 @@ class MuxCore {
             if (dead_) return;
             dead_ = true;
             reason_ = why;
-            for (auto& [id, st] : streams_) st->cv.notify_all();
+            for (auto& [id, st] : streams_) st->wake_all();
             accept_cv_.notify_all();
             writer_cv_.notify_all();
             open_cv_.notify_all();
@@ -2779,17 +2785,12 @@ class MuxCore {
                 break;
             }
             if (!control_.empty()) {
-                std::string batch;
-                batch.reserve(control_.size() * yamux::kHeaderSize);
-                for (const auto& h : control_)
-                    batch.append(reinterpret_cast<const char*>(h.data()), h.size());
-                control_.clear();
                 lk.unlock();
                 try {
-                    send_raw(batch.data(), batch.size());
+                    flush_control_blocking();
                 } catch (...) {
                     lk.lock();
-                    break;  // send_raw killed the session
+                    break;  // the session is closed
                 }
                 lk.lock();
                 continue;
@@ -2802,6 +2803,7 @@ class MuxCore {
                 lingering_.pop_front();
                 if (st && !st->remote_fin && !st->reset) {
                     st->reset = true;
+                    st->wake_all();
                     maybe_forget_locked(*st);
                     queue_control_locked(
                         yamux::Header{yamux::FrameType::window_update, yamux::kRst, st->id, 0});
@@ -2931,7 +2933,11 @@ class MuxCore {
                     }
                 }
                 maybe_forget_locked(*st);
-                st->cv.notify_all();
+                bool data = h.type == yamux::FrameType::data && h.length > 0;
+                if (data || (h.flags & (yamux::kFin | yamux::kRst))) st->read_cv.notify_all();
+                if ((h.type == yamux::FrameType::window_update && h.length > 0) ||
+                    (h.flags & yamux::kRst))
+                    st->write_cv.notify_all();
             }
         }
         if (queue_rst)
@@ -2997,7 +3003,7 @@ class MuxCore {
         auto ready = [&] {
             return st.buffered > 0 || st.remote_fin || st.reset || st.local_closed || dead_;
         };
-        if (!st.cv.wait_until(lk, p2prc::detail::deadline_after(timeout), ready))
+        if (!st.read_cv.wait_until(lk, p2prc::detail::deadline_after(timeout), ready))
             throw error(errc::timeout,
                         "yamux stream " + std::to_string(st.id) + ": read timed out");
         if (st.local_closed)
@@ -3023,7 +3029,9 @@ class MuxCore {
             }
         }
         st.buffered -= got;
-        credit_window_locked(st);
+        bool queued = credit_window_locked(st, /*wake_writer=*/false);
+        lk.unlock();
+        if (queued) flush_or_wake();
         return got;
     }
 
@@ -3037,7 +3045,7 @@ class MuxCore {
                 auto ready = [&] {
                     return st.send_window > 0 || st.reset || st.local_fin || dead_;
                 };
-                if (!st.cv.wait_until(lk, deadline, ready))
+                if (!st.write_cv.wait_until(lk, deadline, ready))
                     throw error(errc::timeout,
                                 "yamux stream " + std::to_string(st.id) +
                                     ": write timed out waiting for the peer's window");
@@ -3064,7 +3072,7 @@ class MuxCore {
             if (st.local_fin || st.reset || dead_) return;
             st.local_fin = true;
             maybe_forget_locked(st);
-            st.cv.notify_all();
+            st.wake_all();
         }
         queue_control(yamux::Header{yamux::FrameType::window_update, yamux::kFin, st.id, 0});
     }
@@ -3089,7 +3097,7 @@ class MuxCore {
                                         it->second);
                 writer_cv_.notify_one();
             }
-            st.cv.notify_all();
+            st.wake_all();
         }
         if (fin) {
             try {
@@ -3111,7 +3119,7 @@ class MuxCore {
             st.chunks.clear();
             st.buffered = 0;
             maybe_forget_locked(st);
-            st.cv.notify_all();
+            st.wake_all();
         }
         if (send) {
             try {
@@ -3158,14 +3166,17 @@ class MuxCore {
   private:
     // Returns window to the peer once at least half of it is free again (Go's rule), so a
     // Go sender never stalls. Caller holds mu_.
-    void credit_window_locked(MuxStreamState& st) {
+    // Returns whether a WindowUpdate was queued.
+    bool credit_window_locked(MuxStreamState& st, bool wake_writer = true) {
         std::uint64_t free_space =
             yamux::kInitialWindow - std::min<std::uint64_t>(st.buffered, yamux::kInitialWindow);
-        if (free_space <= st.recv_window) return;
+        if (free_space <= st.recv_window) return false;
         auto delta = std::uint32_t(free_space - st.recv_window);
-        if (delta < yamux::kInitialWindow / 2) return;
+        if (delta < yamux::kInitialWindow / 2) return false;
         st.recv_window += delta;
-        queue_control_locked(yamux::Header{yamux::FrameType::window_update, 0, st.id, delta});
+        queue_control_locked(yamux::Header{yamux::FrameType::window_update, 0, st.id, delta},
+                             wake_writer);
+        return true;
     }
 
     // A stream both sides finished (or reset) leaves the table; later frames for its id
@@ -3186,7 +3197,7 @@ class MuxCore {
         std::lock_guard<std::mutex> lk(mu_);
         queue_control_locked(h);
     }
-    void queue_control_locked(const yamux::Header& h) {
+    void queue_control_locked(const yamux::Header& h, bool wake_writer = true) {
         if (dead_) return;
         if (control_.size() >= cfg_.max_queued_control) {
             // The peer sends faster than it reads our answers: treat it as dead.
@@ -3195,7 +3206,35 @@ class MuxCore {
             return;
         }
         control_.push_back(yamux::encode_header(h));
+        if (wake_writer) writer_cv_.notify_one();
+    }
+
+    // From an application thread: send the queued control frames now if nobody is
+    // writing (saves a hop through the writer thread), else leave them to the writer
+    // thread. Never waits for the write lock.
+    void flush_or_wake() {
+        if (write_mu_.try_lock_until(Clock::now())) {
+            FrameWriteLock::Guard wl(write_mu_);
+            scratch_.clear();
+            take_control(scratch_);
+            if (!scratch_.empty()) {
+                try {
+                    write_locked(scratch_.data(), scratch_.size(), cfg_.write_timeout);
+                } catch (const error&) {
+                    // The session is closed; the caller's read already succeeded.
+                }
+            }
+            return;
+        }
+        std::lock_guard<std::mutex> lk(mu_);
         writer_cv_.notify_one();
+    }
+
+    // Moves the queued control frames into `out` (the write lock is held).
+    void take_control(std::vector<std::uint8_t>& out) {
+        std::lock_guard<std::mutex> lk(mu_);
+        for (const auto& h : control_) out.insert(out.end(), h.begin(), h.end());
+        control_.clear();
     }
 
     // Writes one frame now (serialised with every other writer). A failure leaves the
@@ -3211,19 +3250,26 @@ class MuxCore {
             if (dead_) throw_dead();
         }
         auto head = yamux::encode_header(h);
-        scratch_.assign(head.begin(), head.end());
+        // Queued control frames (window updates...) ride along, ahead of this frame.
+        scratch_.clear();
+        take_control(scratch_);
+        scratch_.insert(scratch_.end(), head.begin(), head.end());
         if (n) scratch_.insert(scratch_.end(), payload, payload + n);
         write_locked(scratch_.data(), scratch_.size(), timeout);
     }
 
-    void send_raw(const char* data, std::size_t n) {
+    // The writer thread's flush: waits for the write lock, then takes the queue (taking it
+    // only under the lock keeps control frames in the order they were queued).
+    void flush_control_blocking() {
         if (!write_mu_.try_lock_until(p2prc::detail::deadline_after(cfg_.write_timeout))) {
             kill("writer: transport blocked for " + std::to_string(cfg_.write_timeout.count()) +
                  " ms");
             throw error(errc::timeout, "yamux: transport blocked");
         }
         FrameWriteLock::Guard wl(write_mu_);
-        write_locked(data, n, cfg_.write_timeout);
+        scratch_.clear();
+        take_control(scratch_);
+        if (!scratch_.empty()) write_locked(scratch_.data(), scratch_.size(), cfg_.write_timeout);
     }
 
     void write_locked(const void* data, std::size_t n, Millis timeout) {
