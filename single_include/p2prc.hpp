@@ -4325,6 +4325,2686 @@ inline GossipResult exchange_tables(const Endpoint& peer, const IpTable& ours,
 
 }  // namespace p2prc
 
+// ---- p2prc/net.hpp ----
+// Byte streams: the one interface the relay reads and writes through.
+//
+// A plain TCP connection, a yamux stream (frp/mux.hpp) and an encrypting wrapper
+// (frp/crypto.hpp) all implement detail::Stream, so the code that pipes bytes between a
+// user and a service never cares which one it holds. Every operation takes a timeout;
+// close() may be called from any thread and wakes every blocked operation promptly (it
+// shuts the socket down; the descriptor itself is released only by the destructor, so a
+// racing call never touches a reused descriptor number).
+
+
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <sys/types.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <optional>
+#include <string>
+
+namespace p2prc::detail {
+
+using Clock = std::chrono::steady_clock;
+using Millis = std::chrono::milliseconds;
+
+// Milliseconds left until `deadline`, clamped to [0, int max] for poll().
+inline int millis_until(Clock::time_point deadline) {
+    auto left = std::chrono::duration_cast<Millis>(deadline - Clock::now()).count();
+    if (left <= 0) return 0;
+    if (left > 0x7fffffff) return 0x7fffffff;
+    return static_cast<int>(left);
+}
+
+// now + timeout, saturated so that a huge timeout means "practically forever".
+inline Clock::time_point deadline_after(Millis timeout) {
+    auto now = Clock::now();
+    if (timeout.count() <= 0) return now;
+    auto room = std::chrono::duration_cast<Millis>(Clock::time_point::max() - now);
+    return timeout >= room ? Clock::time_point::max() : now + timeout;
+}
+
+inline std::string socket_error_text(int e) {
+    return std::strerror(e);
+}
+
+// An abstract bidirectional byte stream.
+//
+// Outcomes: read_some returns 0 at end of stream (the peer half-closed); a timeout throws
+// p2prc::error(errc::timeout); a broken or closed stream throws errc::io_error (or
+// errc::state_error when this side closed it). Reads and writes may run concurrently on
+// two threads; two concurrent readers (or writers) are not supported.
+class Stream {
+  public:
+    virtual ~Stream() = default;
+
+    // Reads between 1 and n bytes, or returns 0 at end of stream.
+    virtual std::size_t read_some(void* buf, std::size_t n, Millis timeout) = 0;
+    // Writes all n bytes or throws.
+    virtual void write_all(const void* buf, std::size_t n, Millis timeout) = 0;
+    // Half-close: the peer reads end of stream after the bytes already written.
+    virtual void shutdown_write() = 0;
+    // Aborts both directions; wakes blocked calls on other threads. Idempotent.
+    virtual void close() noexcept = 0;
+    // A short description for error messages ("tcp 127.0.0.1:5000", "yamux stream 3").
+    virtual std::string describe() const = 0;
+
+    // Reads exactly n bytes within `timeout` (one deadline for the whole read). End of
+    // stream before n bytes is an io_error naming how many bytes arrived.
+    void read_exact(void* buf, std::size_t n, Millis timeout) {
+        auto deadline = deadline_after(timeout);
+        auto* p = static_cast<unsigned char*>(buf);
+        std::size_t got = 0;
+        while (got < n) {
+            auto left = std::chrono::duration_cast<Millis>(deadline - Clock::now());
+            if (left.count() <= 0 && got < n)
+                throw error(errc::timeout, describe() + ": timed out reading " + std::to_string(n) +
+                                               " bytes (got " + std::to_string(got) + ")");
+            std::size_t k = read_some(p + got, n - got, left);
+            if (k == 0)
+                throw error(errc::io_error, describe() + ": end of stream after " +
+                                                std::to_string(got) + " of " + std::to_string(n) +
+                                                " bytes");
+            got += k;
+        }
+    }
+};
+
+// A connected TCP socket. Owns its descriptor.
+class TcpConnection final : public Stream {
+  public:
+    // Takes ownership of a connected socket descriptor.
+    explicit TcpConnection(int fd) : fd_(fd) {
+        if (fd_ < 0) throw error(errc::invalid_argument, "TcpConnection: invalid descriptor");
+        int one = 1;
+        ::setsockopt(fd_, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        set_nonblocking(fd_);
+    }
+    ~TcpConnection() override {
+        if (fd_ >= 0) ::close(fd_);
+    }
+    TcpConnection(const TcpConnection&) = delete;
+    TcpConnection& operator=(const TcpConnection&) = delete;
+
+    // Connects within `timeout`. Throws errc::timeout or errc::io_error naming the peer.
+    static std::unique_ptr<TcpConnection> connect(const Endpoint& to, Millis timeout) {
+        sockaddr_storage ss{};
+        socklen_t len = to_sockaddr(to, ss);
+        int fd = ::socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (fd < 0)
+            throw error(errc::io_error,
+                        "socket() for " + to.to_string() + ": " + socket_error_text(errno));
+        FdGuard guard{fd};
+        set_nonblocking(fd);
+        auto deadline = deadline_after(timeout);
+        if (::connect(fd, reinterpret_cast<sockaddr*>(&ss), len) != 0) {
+            if (errno != EINPROGRESS)
+                throw error(errc::io_error,
+                            "connect to " + to.to_string() + ": " + socket_error_text(errno));
+            for (;;) {
+                pollfd p{fd, POLLOUT, 0};
+                int r = ::poll(&p, 1, millis_until(deadline));
+                if (r < 0 && errno == EINTR) continue;
+                if (r == 0)
+                    throw error(errc::timeout, "connect to " + to.to_string() + ": timed out");
+                if (r < 0)
+                    throw error(errc::io_error,
+                                "connect to " + to.to_string() + ": " + socket_error_text(errno));
+                break;
+            }
+            int err = 0;
+            socklen_t el = sizeof err;
+            ::getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &el);
+            if (err != 0)
+                throw error(errc::io_error,
+                            "connect to " + to.to_string() + ": " + socket_error_text(err));
+        }
+        guard.fd = -1;
+        return std::make_unique<TcpConnection>(fd);
+    }
+
+    std::size_t read_some(void* buf, std::size_t n, Millis timeout) override {
+        if (n == 0) return 0;
+        auto deadline = deadline_after(timeout);
+        for (;;) {
+            if (closed_.load()) throw error(errc::state_error, describe() + ": closed");
+            ssize_t k = ::recv(fd_, buf, n, 0);
+            if (k >= 0) return static_cast<std::size_t>(k);
+            if (errno == EINTR) continue;
+            if (errno != EAGAIN && errno != EWOULDBLOCK)
+                throw error(errc::io_error, describe() + ": read: " + socket_error_text(errno));
+            wait(POLLIN, deadline, "read");
+        }
+    }
+
+    void write_all(const void* buf, std::size_t n, Millis timeout) override {
+        auto deadline = deadline_after(timeout);
+        const auto* p = static_cast<const char*>(buf);
+        while (n > 0) {
+            if (closed_.load()) throw error(errc::state_error, describe() + ": closed");
+            ssize_t k = ::send(fd_, p, n, MSG_NOSIGNAL);
+            if (k > 0) {
+                p += k;
+                n -= static_cast<std::size_t>(k);
+                continue;
+            }
+            if (k < 0 && errno == EINTR) continue;
+            if (k < 0 && errno != EAGAIN && errno != EWOULDBLOCK)
+                throw error(errc::io_error, describe() + ": write: " + socket_error_text(errno));
+            wait(POLLOUT, deadline, "write");
+        }
+    }
+
+    void shutdown_write() override { ::shutdown(fd_, SHUT_WR); }
+
+    void close() noexcept override {
+        if (!closed_.exchange(true)) ::shutdown(fd_, SHUT_RDWR);
+    }
+
+    std::string describe() const override {
+        auto peer = remote_endpoint();
+        return "tcp " + (peer ? peer->to_string() : std::string("(unconnected)"));
+    }
+
+    std::optional<Endpoint> local_endpoint() const { return name_of(fd_, false); }
+    std::optional<Endpoint> remote_endpoint() const { return name_of(fd_, true); }
+    int native_handle() const noexcept { return fd_; }
+
+    static socklen_t to_sockaddr(const Endpoint& e, sockaddr_storage& ss) {
+        std::memset(&ss, 0, sizeof ss);
+        if (e.address.is_v4()) {
+            auto* a = reinterpret_cast<sockaddr_in*>(&ss);
+            a->sin_family = AF_INET;
+            a->sin_port = htons(e.port);
+            std::memcpy(&a->sin_addr, e.address.bytes(), 4);
+            return sizeof *a;
+        }
+        auto* a = reinterpret_cast<sockaddr_in6*>(&ss);
+        a->sin6_family = AF_INET6;
+        a->sin6_port = htons(e.port);
+        std::memcpy(&a->sin6_addr, e.address.bytes(), 16);
+        return sizeof *a;
+    }
+
+    static std::optional<Endpoint> from_sockaddr(const sockaddr_storage& ss) {
+        if (ss.ss_family == AF_INET) {
+            const auto* a = reinterpret_cast<const sockaddr_in*>(&ss);
+            std::uint8_t b[4];
+            std::memcpy(b, &a->sin_addr, 4);
+            return Endpoint{IpAddress::from_v4(b), ntohs(a->sin_port)};
+        }
+        if (ss.ss_family == AF_INET6) {
+            const auto* a = reinterpret_cast<const sockaddr_in6*>(&ss);
+            std::uint8_t b[16];
+            std::memcpy(b, &a->sin6_addr, 16);
+            // Through parse so that a v4-mapped address becomes the IPv4 host.
+            auto ip = IpAddress::from_v6(b);
+            auto canon = IpAddress::parse(ip.to_string());
+            return Endpoint{canon ? *canon : ip, ntohs(a->sin6_port)};
+        }
+        return std::nullopt;
+    }
+
+  private:
+    struct FdGuard {
+        int fd;
+        ~FdGuard() {
+            if (fd >= 0) ::close(fd);
+        }
+    };
+
+    static void set_nonblocking(int fd) {
+        int fl = ::fcntl(fd, F_GETFL, 0);
+        if (fl >= 0) ::fcntl(fd, F_SETFL, fl | O_NONBLOCK);
+    }
+
+    static std::optional<Endpoint> name_of(int fd, bool peer) {
+        sockaddr_storage ss{};
+        socklen_t len = sizeof ss;
+        int r = peer ? ::getpeername(fd, reinterpret_cast<sockaddr*>(&ss), &len)
+                     : ::getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &len);
+        if (r != 0) return std::nullopt;
+        return from_sockaddr(ss);
+    }
+
+    void wait(short events, Clock::time_point deadline, const char* what) {
+        for (;;) {
+            pollfd p{fd_, events, 0};
+            int r = ::poll(&p, 1, millis_until(deadline));
+            if (r > 0) return;  // ready, or an error/hangup the next call will report
+            if (r < 0 && errno == EINTR) continue;
+            if (r == 0) throw error(errc::timeout, describe() + ": " + what + " timed out");
+            throw error(errc::io_error, describe() + ": poll: " + socket_error_text(errno));
+        }
+    }
+
+    int fd_;
+    std::atomic<bool> closed_{false};
+};
+
+// A listening TCP socket.
+class TcpListener {
+  public:
+    // Binds host:port (port 0 = any free port) and listens. Throws errc::io_error naming
+    // the address when the bind fails.
+    explicit TcpListener(const Endpoint& at, int backlog = 128) {
+        sockaddr_storage ss{};
+        socklen_t len = TcpConnection::to_sockaddr(at, ss);
+        fd_ = ::socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (fd_ < 0)
+            throw error(errc::io_error,
+                        "socket() for " + at.to_string() + ": " + socket_error_text(errno));
+        int one = 1;
+        ::setsockopt(fd_, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+        if (at.address.is_v6()) ::setsockopt(fd_, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one);
+        if (::bind(fd_, reinterpret_cast<sockaddr*>(&ss), len) != 0 ||
+            ::listen(fd_, backlog) != 0) {
+            int e = errno;
+            ::close(fd_);
+            throw error(errc::io_error,
+                        "listen on " + at.to_string() + ": " + socket_error_text(e));
+        }
+        int fl = ::fcntl(fd_, F_GETFL, 0);
+        ::fcntl(fd_, F_SETFL, fl | O_NONBLOCK);
+        sockaddr_storage bound{};
+        socklen_t bl = sizeof bound;
+        ::getsockname(fd_, reinterpret_cast<sockaddr*>(&bound), &bl);
+        auto b = TcpConnection::from_sockaddr(bound);
+        local_ = b ? *b : at;
+    }
+    ~TcpListener() { ::close(fd_); }
+    TcpListener(const TcpListener&) = delete;
+    TcpListener& operator=(const TcpListener&) = delete;
+
+    const Endpoint& local_endpoint() const noexcept { return local_; }
+    std::uint16_t port() const noexcept { return local_.port; }
+
+    // Waits up to `timeout` for a connection: nullptr on timeout; throws
+    // errc::state_error once close() was called.
+    std::unique_ptr<TcpConnection> accept(Millis timeout) {
+        auto deadline = deadline_after(timeout);
+        for (;;) {
+            if (closed_.load())
+                throw error(errc::state_error, "listener on " + local_.to_string() + " is closed");
+            int fd = ::accept4(fd_, nullptr, nullptr, SOCK_CLOEXEC);
+            if (fd >= 0) return std::make_unique<TcpConnection>(fd);
+            if (errno == EINTR || errno == ECONNABORTED) continue;
+            if (errno != EAGAIN && errno != EWOULDBLOCK && !closed_.load())
+                throw error(errc::io_error,
+                            "accept on " + local_.to_string() + ": " + socket_error_text(errno));
+            // Wake at least every 200 ms: shutdown() wakes poll on Linux, the slice makes
+            // close() prompt elsewhere too.
+            int left = millis_until(deadline);
+            if (left == 0) return nullptr;
+            pollfd p{fd_, POLLIN, 0};
+            ::poll(&p, 1, left < 200 ? left : 200);
+        }
+    }
+
+    // Stops accepting; a blocked accept() returns promptly. Idempotent, thread-safe.
+    void close() noexcept {
+        if (!closed_.exchange(true)) ::shutdown(fd_, SHUT_RDWR);
+    }
+
+  private:
+    int fd_ = -1;
+    Endpoint local_;
+    std::atomic<bool> closed_{false};
+};
+
+}  // namespace p2prc::detail
+
+// ---- p2prc/frp/wire.hpp ----
+// frp messages and their framing, as frp v0.45.0 puts them on the wire.
+//
+// A message is one frame:
+//
+//     +------+----------------------------+----------------------+
+//     | type | length (int64, big-endian) | body (length bytes)  |
+//     | 1 B  | 8 B                        | JSON object, UTF-8   |
+//     +------+----------------------------+----------------------+
+//
+// The type is an ASCII letter or digit naming the message ('o' Login, '1' LoginResp, ...;
+// 18 in all, see the structs below). A reader rejects any other type byte, a length above
+// 10240 or below zero before reading the body, and a body that is not valid JSON for the
+// struct of that type. There is no separator between frames. Example, a Ping with body
+// "{}":  68 00 00 00 00 00 00 00 02 7b 7d.
+//
+// The body is what Go's encoding/json writes for frp's message structs: compact, keys in
+// struct field order, every field `omitempty` (zero values left out, so an all-zero
+// message is "{}"), map keys sorted, and < > & U+2028 U+2029 escaped as \u003c etc. We
+// write exactly those bytes, so a capture of our traffic matches a capture of Go frp's.
+// Reading follows Go too: unknown keys are ignored, keys match case-insensitively (exact
+// match preferred), null leaves a field at its zero value, and an integer field refuses
+// fractions and out-of-range numbers.
+
+
+#include <nlohmann/json.hpp>
+
+#include <array>
+#include <cstddef>
+#include <cstdint>
+#include <deque>
+#include <limits>
+#include <map>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <tuple>
+#include <type_traits>
+#include <utility>
+#include <variant>
+#include <vector>
+
+namespace p2prc::frp {
+
+// Largest body a reader accepts (golib's msg.MaxMsgLength). Exactly 10240 is allowed.
+inline constexpr std::int64_t kMaxBodyLength = 10240;
+// Type byte + 8 length bytes.
+inline constexpr std::size_t kFrameHeaderSize = 9;
+
+// ---------------------------------------------------------------------------------------
+// Messages. Each struct lists its JSON keys in wire order (`keys`) and its members in the
+// same order (`tie`). Integer fields hold Go `int`/`int64` as int64 and Go `uint16` as
+// uint16; all are omitted from the JSON when zero.
+
+// Go's net.UDPAddr as JSON: {"IP":"203.0.113.7","Port":5353,"Zone":""} -- its fields have
+// no omitempty, so all three keys are always written.
+struct UdpAddr {
+    std::string ip;
+    std::int64_t port = 0;
+    std::string zone;
+    static constexpr std::array<const char*, 3> keys{"IP", "Port", "Zone"};
+    template <class S>
+    static auto tie(S& s) {
+        return std::tie(s.ip, s.port, s.zone);
+    }
+};
+
+// C->S, the first message of a control connection (sent in clear). privilege_key is
+// hex(MD5(token + decimal timestamp)); pool_count asks for that many idle work conns.
+struct Login {
+    static constexpr char type = 'o';
+    static constexpr const char* name = "Login";
+    std::string version, hostname, os, arch, user, privilege_key;
+    std::int64_t timestamp = 0;
+    std::string run_id;
+    std::map<std::string, std::string> metas;
+    std::int64_t pool_count = 0;
+    static constexpr std::array<const char*, 10> keys{
+        "version",       "hostname",  "os",     "arch",  "user",
+        "privilege_key", "timestamp", "run_id", "metas", "pool_count"};
+    template <class S>
+    static auto tie(S& s) {
+        return std::tie(s.version, s.hostname, s.os, s.arch, s.user, s.privilege_key, s.timestamp,
+                        s.run_id, s.metas, s.pool_count);
+    }
+};
+
+// S->C answer to Login (in clear). Success carries run_id; failure carries error.
+struct LoginResp {
+    static constexpr char type = '1';
+    static constexpr const char* name = "LoginResp";
+    std::string version, run_id;
+    std::int64_t server_udp_port = 0;
+    std::string error;
+    static constexpr std::array<const char*, 4> keys{"version", "run_id", "server_udp_port",
+                                                     "error"};
+    template <class S>
+    static auto tie(S& s) {
+        return std::tie(s.version, s.run_id, s.server_udp_port, s.error);
+    }
+};
+
+// C->S: register a proxy. A tcp proxy uses name, type and remote_port (0 = server picks).
+struct NewProxy {
+    static constexpr char type = 'p';
+    static constexpr const char* name = "NewProxy";
+    std::string proxy_name, proxy_type;
+    bool use_encryption = false, use_compression = false;
+    std::string group, group_key;
+    std::map<std::string, std::string> metas;
+    std::int64_t remote_port = 0;
+    std::vector<std::string> custom_domains;
+    std::string subdomain;
+    std::vector<std::string> locations;
+    std::string http_user, http_pwd, host_header_rewrite;
+    std::map<std::string, std::string> headers;
+    std::string route_by_http_user, sk, multiplexer;
+    static constexpr std::array<const char*, 18> keys{
+        "proxy_name",         "proxy_type", "use_encryption", "use_compression",     "group",
+        "group_key",          "metas",      "remote_port",    "custom_domains",      "subdomain",
+        "locations",          "http_user",  "http_pwd",       "host_header_rewrite", "headers",
+        "route_by_http_user", "sk",         "multiplexer"};
+    template <class S>
+    static auto tie(S& s) {
+        return std::tie(s.proxy_name, s.proxy_type, s.use_encryption, s.use_compression, s.group,
+                        s.group_key, s.metas, s.remote_port, s.custom_domains, s.subdomain,
+                        s.locations, s.http_user, s.http_pwd, s.host_header_rewrite, s.headers,
+                        s.route_by_http_user, s.sk, s.multiplexer);
+    }
+};
+
+// S->C: remote_addr is ":<port>" on success, else error says why.
+struct NewProxyResp {
+    static constexpr char type = '2';
+    static constexpr const char* name = "NewProxyResp";
+    std::string proxy_name, remote_addr, error;
+    static constexpr std::array<const char*, 3> keys{"proxy_name", "remote_addr", "error"};
+    template <class S>
+    static auto tie(S& s) {
+        return std::tie(s.proxy_name, s.remote_addr, s.error);
+    }
+};
+
+// C->S: unregister a proxy. No answer.
+struct CloseProxy {
+    static constexpr char type = 'c';
+    static constexpr const char* name = "CloseProxy";
+    std::string proxy_name;
+    static constexpr std::array<const char*, 1> keys{"proxy_name"};
+    template <class S>
+    static auto tie(S& s) {
+        return std::tie(s.proxy_name);
+    }
+};
+
+// C->S, first message of a work connection (in clear); frps parks it in the pool.
+struct NewWorkConn {
+    static constexpr char type = 'w';
+    static constexpr const char* name = "NewWorkConn";
+    std::string run_id, privilege_key;
+    std::int64_t timestamp = 0;
+    static constexpr std::array<const char*, 3> keys{"run_id", "privilege_key", "timestamp"};
+    template <class S>
+    static auto tie(S& s) {
+        return std::tie(s.run_id, s.privilege_key, s.timestamp);
+    }
+};
+
+// S->C on the control: "open one more work connection". Always {}.
+struct ReqWorkConn {
+    static constexpr char type = 'r';
+    static constexpr const char* name = "ReqWorkConn";
+    static constexpr std::array<const char*, 0> keys{};
+    template <class S>
+    static auto tie(S&) {
+        return std::tuple<>();
+    }
+};
+
+// S->C on a pooled work connection (in clear): a user arrived; after this the
+// connection is a raw byte pipe. src = the user, dst = frps's side of that socket.
+struct StartWorkConn {
+    static constexpr char type = 's';
+    static constexpr const char* name = "StartWorkConn";
+    std::string proxy_name, src_addr, dst_addr;
+    std::uint16_t src_port = 0, dst_port = 0;
+    std::string error;
+    static constexpr std::array<const char*, 6> keys{"proxy_name", "src_addr", "dst_addr",
+                                                     "src_port",   "dst_port", "error"};
+    template <class S>
+    static auto tie(S& s) {
+        return std::tie(s.proxy_name, s.src_addr, s.dst_addr, s.src_port, s.dst_port, s.error);
+    }
+};
+
+// C->S, first message of an stcp/sudp visitor connection.
+struct NewVisitorConn {
+    static constexpr char type = 'v';
+    static constexpr const char* name = "NewVisitorConn";
+    std::string proxy_name, sign_key;
+    std::int64_t timestamp = 0;
+    bool use_encryption = false, use_compression = false;
+    static constexpr std::array<const char*, 5> keys{"proxy_name", "sign_key", "timestamp",
+                                                     "use_encryption", "use_compression"};
+    template <class S>
+    static auto tie(S& s) {
+        return std::tie(s.proxy_name, s.sign_key, s.timestamp, s.use_encryption, s.use_compression);
+    }
+};
+
+struct NewVisitorConnResp {
+    static constexpr char type = '3';
+    static constexpr const char* name = "NewVisitorConnResp";
+    std::string proxy_name, error;
+    static constexpr std::array<const char*, 2> keys{"proxy_name", "error"};
+    template <class S>
+    static auto tie(S& s) {
+        return std::tie(s.proxy_name, s.error);
+    }
+};
+
+// C->S heartbeat on the control (encrypted). Key and timestamp only with
+// authenticate_heartbeats; otherwise {}.
+struct Ping {
+    static constexpr char type = 'h';
+    static constexpr const char* name = "Ping";
+    std::string privilege_key;
+    std::int64_t timestamp = 0;
+    static constexpr std::array<const char*, 2> keys{"privilege_key", "timestamp"};
+    template <class S>
+    static auto tie(S& s) {
+        return std::tie(s.privilege_key, s.timestamp);
+    }
+};
+
+// S->C heartbeat answer; a non-empty error makes frpc drop the control.
+struct Pong {
+    static constexpr char type = '4';
+    static constexpr const char* name = "Pong";
+    std::string error;
+    static constexpr std::array<const char*, 1> keys{"error"};
+    template <class S>
+    static auto tie(S& s) {
+        return std::tie(s.error);
+    }
+};
+
+// One datagram inside a udp proxy's work connection: c = base64 payload (with padding),
+// r = the user's address.
+struct UdpPacket {
+    static constexpr char type = 'u';
+    static constexpr const char* name = "UDPPacket";
+    std::string content;
+    std::optional<UdpAddr> local_addr, remote_addr;
+    static constexpr std::array<const char*, 3> keys{"c", "l", "r"};
+    template <class S>
+    static auto tie(S& s) {
+        return std::tie(s.content, s.local_addr, s.remote_addr);
+    }
+};
+
+// xtcp hole punching (carried for completeness: a reader must accept these types).
+struct NatHoleVisitor {
+    static constexpr char type = 'i';
+    static constexpr const char* name = "NatHoleVisitor";
+    std::string proxy_name, sign_key;
+    std::int64_t timestamp = 0;
+    static constexpr std::array<const char*, 3> keys{"proxy_name", "sign_key", "timestamp"};
+    template <class S>
+    static auto tie(S& s) {
+        return std::tie(s.proxy_name, s.sign_key, s.timestamp);
+    }
+};
+
+struct NatHoleClient {
+    static constexpr char type = 'n';
+    static constexpr const char* name = "NatHoleClient";
+    std::string proxy_name, sid;
+    static constexpr std::array<const char*, 2> keys{"proxy_name", "sid"};
+    template <class S>
+    static auto tie(S& s) {
+        return std::tie(s.proxy_name, s.sid);
+    }
+};
+
+struct NatHoleResp {
+    static constexpr char type = 'm';
+    static constexpr const char* name = "NatHoleResp";
+    std::string sid, visitor_addr, client_addr, error;
+    static constexpr std::array<const char*, 4> keys{"sid", "visitor_addr", "client_addr", "error"};
+    template <class S>
+    static auto tie(S& s) {
+        return std::tie(s.sid, s.visitor_addr, s.client_addr, s.error);
+    }
+};
+
+struct NatHoleClientDetectOK {
+    static constexpr char type = 'd';
+    static constexpr const char* name = "NatHoleClientDetectOK";
+    static constexpr std::array<const char*, 0> keys{};
+    template <class S>
+    static auto tie(S&) {
+        return std::tuple<>();
+    }
+};
+
+struct NatHoleSid {
+    static constexpr char type = '5';
+    static constexpr const char* name = "NatHoleSid";
+    std::string sid;
+    static constexpr std::array<const char*, 1> keys{"sid"};
+    template <class S>
+    static auto tie(S& s) {
+        return std::tie(s.sid);
+    }
+};
+
+using Message =
+    std::variant<Login, LoginResp, NewProxy, NewProxyResp, CloseProxy, NewWorkConn, ReqWorkConn,
+                 StartWorkConn, NewVisitorConn, NewVisitorConnResp, Ping, Pong, UdpPacket,
+                 NatHoleVisitor, NatHoleClient, NatHoleResp, NatHoleClientDetectOK, NatHoleSid>;
+
+// Member-wise equality for every message struct (and UdpAddr).
+template <class M, class = decltype(M::keys)>
+bool operator==(const M& a, const M& b) {
+    return M::tie(a) == M::tie(b);
+}
+template <class M, class = decltype(M::keys)>
+bool operator!=(const M& a, const M& b) {
+    return !(a == b);
+}
+
+// The type byte of a message.
+inline char type_of(const Message& m) {
+    return std::visit([](const auto& x) { return std::decay_t<decltype(x)>::type; }, m);
+}
+inline const char* name_of(const Message& m) {
+    return std::visit([](const auto& x) { return std::decay_t<decltype(x)>::name; }, m);
+}
+
+namespace detail {
+
+template <std::size_t I = 0>
+inline int type_index(char t) {
+    if constexpr (I == std::variant_size_v<Message>) {
+        (void)t;
+        return -1;
+    } else {
+        return std::variant_alternative_t<I, Message>::type == t ? int(I) : type_index<I + 1>(t);
+    }
+}
+
+inline std::string hex_byte(unsigned char c) {
+    static const char* digits = "0123456789abcdef";
+    return std::string("0x") + digits[c >> 4] + digits[c & 15];
+}
+
+template <class Tuple, class F, std::size_t... I>
+void for_each_field(Tuple&& t, F&& f, std::index_sequence<I...>) {
+    (void)t;
+    (void)f;
+    (f(I, std::get<I>(t)), ...);
+}
+template <class Tuple, class F>
+void for_each_field(Tuple&& t, F&& f) {
+    for_each_field(t, f, std::make_index_sequence<std::tuple_size_v<std::decay_t<Tuple>>>{});
+}
+
+// ---- Go encoding/json, the writing half ------------------------------------------------
+
+// Length of the valid UTF-8 sequence at s[i], or 0 if invalid (overlong, surrogate,
+// > U+10FFFF or truncated), as Go's utf8.DecodeRuneInString decides.
+inline std::size_t utf8_sequence(std::string_view s, std::size_t i, std::uint32_t& cp) {
+    auto b = [&](std::size_t k) { return static_cast<unsigned char>(s[i + k]); };
+    unsigned char c = b(0);
+    std::size_t n;
+    std::uint32_t min;
+    if (c < 0x80) {
+        cp = c;
+        return 1;
+    } else if ((c & 0xe0) == 0xc0) {
+        n = 2, cp = c & 0x1f, min = 0x80;
+    } else if ((c & 0xf0) == 0xe0) {
+        n = 3, cp = c & 0x0f, min = 0x800;
+    } else if ((c & 0xf8) == 0xf0) {
+        n = 4, cp = c & 0x07, min = 0x10000;
+    } else {
+        return 0;
+    }
+    if (i + n > s.size()) return 0;
+    for (std::size_t k = 1; k < n; ++k) {
+        if ((b(k) & 0xc0) != 0x80) return 0;
+        cp = (cp << 6) | (b(k) & 0x3f);
+    }
+    if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)) return 0;
+    return n;
+}
+
+inline void go_quote(std::string& out, std::string_view s) {
+    static const char* hex = "0123456789abcdef";
+    out += '"';
+    for (std::size_t i = 0; i < s.size();) {
+        auto c = static_cast<unsigned char>(s[i]);
+        if (c < 0x80) {
+            if (c == '"' || c == '\\') {
+                out += '\\';
+                out += char(c);
+            } else if (c == '\n') {
+                out += "\\n";
+            } else if (c == '\r') {
+                out += "\\r";
+            } else if (c == '\t') {
+                out += "\\t";
+            } else if (c < 0x20 || c == '<' || c == '>' || c == '&') {
+                // HTML-safe escaping is Go's default for Marshal.
+                out += "\\u00";
+                out += hex[c >> 4];
+                out += hex[c & 15];
+            } else {
+                out += char(c);
+            }
+            ++i;
+            continue;
+        }
+        std::uint32_t cp = 0;
+        std::size_t n = utf8_sequence(s, i, cp);
+        if (n == 0) {
+            out += "\\ufffd";  // each invalid byte becomes one replacement character
+            ++i;
+        } else if (cp == 0x2028 || cp == 0x2029) {
+            out += cp == 0x2028 ? "\\u2028" : "\\u2029";
+            i += n;
+        } else {
+            out.append(s.substr(i, n));
+            i += n;
+        }
+    }
+    out += '"';
+}
+
+// Appends `"key":value` for a field unless the value is empty (omitempty).
+class GoJsonWriter {
+  public:
+    explicit GoJsonWriter(std::string& out) : out_(out) {}
+
+    void field(const char* key, const std::string& v) {
+        if (v.empty()) return;
+        key_(key);
+        go_quote(out_, v);
+    }
+    void field(const char* key, std::int64_t v) {
+        if (v == 0) return;
+        key_(key);
+        out_ += std::to_string(v);
+    }
+    void field(const char* key, std::uint16_t v) {
+        if (v == 0) return;
+        key_(key);
+        out_ += std::to_string(v);
+    }
+    void field(const char* key, bool v) {
+        if (!v) return;
+        key_(key);
+        out_ += "true";
+    }
+    void field(const char* key, const std::map<std::string, std::string>& v) {
+        if (v.empty()) return;
+        key_(key);
+        // std::map orders keys bytewise, as Go sorts map keys.
+        out_ += '{';
+        bool first = true;
+        for (const auto& [k, val] : v) {
+            if (!first) out_ += ',';
+            first = false;
+            go_quote(out_, k);
+            out_ += ':';
+            go_quote(out_, val);
+        }
+        out_ += '}';
+    }
+    void field(const char* key, const std::vector<std::string>& v) {
+        if (v.empty()) return;
+        key_(key);
+        out_ += '[';
+        for (std::size_t i = 0; i < v.size(); ++i) {
+            if (i) out_ += ',';
+            go_quote(out_, v[i]);
+        }
+        out_ += ']';
+    }
+    void field(const char* key, const std::optional<UdpAddr>& v) {
+        if (!v) return;  // a nil *net.UDPAddr
+        key_(key);
+        // No omitempty inside net.UDPAddr: every key is written.
+        out_ += "{\"IP\":";
+        go_quote(out_, v->ip);
+        out_ += ",\"Port\":" + std::to_string(v->port) + ",\"Zone\":";
+        go_quote(out_, v->zone);
+        out_ += '}';
+    }
+
+  private:
+    void key_(const char* key) {
+        out_ += first_ ? "" : ",";
+        first_ = false;
+        go_quote(out_, key);
+        out_ += ':';
+    }
+    std::string& out_;
+    bool first_ = true;
+};
+
+// ---- Go encoding/json, the reading half ------------------------------------------------
+
+using Json = nlohmann::json;
+
+inline bool iequal(std::string_view a, std::string_view b) {
+    if (a.size() != b.size()) return false;
+    for (std::size_t i = 0; i < a.size(); ++i) {
+        char x = a[i], y = b[i];
+        if (x >= 'A' && x <= 'Z') x = char(x - 'A' + 'a');
+        if (y >= 'A' && y <= 'Z') y = char(y - 'A' + 'a');
+        if (x != y) return false;
+    }
+    return true;
+}
+
+// The value for `key`: exact match first, else a case-insensitive one, as Go matches.
+inline const Json* find_key(const Json& obj, const char* key) {
+    auto it = obj.find(key);
+    if (it != obj.end()) return &*it;
+    for (auto i = obj.begin(); i != obj.end(); ++i)
+        if (iequal(i.key(), key)) return &*i;
+    return nullptr;
+}
+
+[[noreturn]] inline void bad_field(const char* msg, const char* key, const char* expected) {
+    throw error(errc::parse_error, std::string("frp message ") + msg + ": field \"" + key +
+                                       "\": expected " + expected);
+}
+
+inline void read_value(const Json& j, std::string& v, const char* msg, const char* key) {
+    if (!j.is_string()) bad_field(msg, key, "a string");
+    v = j.get<std::string>();
+}
+inline void read_value(const Json& j, bool& v, const char* msg, const char* key) {
+    if (!j.is_boolean()) bad_field(msg, key, "true or false");
+    v = j.get<bool>();
+}
+inline void read_value(const Json& j, std::int64_t& v, const char* msg, const char* key) {
+    if (j.is_number_integer() && !j.is_number_unsigned()) {
+        v = j.get<std::int64_t>();
+    } else if (j.is_number_unsigned()) {
+        auto u = j.get<std::uint64_t>();
+        if (u > std::uint64_t(std::numeric_limits<std::int64_t>::max()))
+            bad_field(msg, key, "an integer within int64");
+        v = std::int64_t(u);
+    } else {
+        bad_field(msg, key, "an integer");
+    }
+}
+inline void read_value(const Json& j, std::uint16_t& v, const char* msg, const char* key) {
+    std::int64_t x = 0;
+    read_value(j, x, msg, key);
+    if (x < 0 || x > 65535) bad_field(msg, key, "an integer 0-65535");
+    v = std::uint16_t(x);
+}
+inline void read_value(const Json& j, std::map<std::string, std::string>& v, const char* msg,
+                       const char* key) {
+    if (!j.is_object()) bad_field(msg, key, "an object of strings");
+    v.clear();
+    for (auto it = j.begin(); it != j.end(); ++it) {
+        if (it->is_null()) {
+            v[it.key()];
+        } else if (it->is_string()) {
+            v[it.key()] = it->get<std::string>();
+        } else {
+            bad_field(msg, key, "an object of strings");
+        }
+    }
+}
+inline void read_value(const Json& j, std::vector<std::string>& v, const char* msg,
+                       const char* key) {
+    if (!j.is_array()) bad_field(msg, key, "an array of strings");
+    v.clear();
+    for (const auto& e : j) {
+        if (e.is_null()) {
+            v.emplace_back();
+        } else if (e.is_string()) {
+            v.push_back(e.get<std::string>());
+        } else {
+            bad_field(msg, key, "an array of strings");
+        }
+    }
+}
+inline void read_value(const Json& j, std::optional<UdpAddr>& v, const char* msg, const char* key) {
+    if (!j.is_object()) bad_field(msg, key, "an address object {\"IP\",\"Port\",\"Zone\"}");
+    UdpAddr a;
+    for_each_field(UdpAddr::tie(a), [&](std::size_t i, auto& member) {
+        if (const Json* f = find_key(j, UdpAddr::keys[i]); f && !f->is_null())
+            read_value(*f, member, msg, UdpAddr::keys[i]);
+    });
+    if (!a.ip.empty() && !IpAddress::parse(a.ip)) bad_field(msg, "IP", "a numeric IP address");
+    v = std::move(a);
+}
+
+template <class M>
+M decode_body_as(std::string_view body) {
+    Json j = Json::parse(body.begin(), body.end(), nullptr, /*allow_exceptions=*/false);
+    if (j.is_discarded())
+        throw error(errc::parse_error,
+                    std::string("frp message ") + M::name + ": body is not valid JSON");
+    M m{};
+    if (j.is_null()) return m;  // Go decodes null into a struct as "no change"
+    if (!j.is_object())
+        throw error(errc::parse_error,
+                    std::string("frp message ") + M::name + ": body is not a JSON object");
+    for_each_field(M::tie(m), [&](std::size_t i, auto& member) {
+        if (const Json* f = find_key(j, M::keys[i]); f && !f->is_null())
+            read_value(*f, member, M::name, M::keys[i]);
+    });
+    return m;
+}
+
+template <std::size_t I = 0>
+Message decode_by_index(std::size_t index, std::string_view body) {
+    if constexpr (I + 1 == std::variant_size_v<Message>) {
+        (void)index;
+        return decode_body_as<std::variant_alternative_t<I, Message>>(body);
+    } else {
+        if (index == I) return decode_body_as<std::variant_alternative_t<I, Message>>(body);
+        return decode_by_index<I + 1>(index, body);
+    }
+}
+
+}  // namespace detail
+
+// True for the 18 type bytes frp registers.
+inline bool is_known_type(char t) {
+    return detail::type_index(t) >= 0;
+}
+
+// The JSON body Go would write for `m`.
+inline std::string encode_body(const Message& m) {
+    std::string out = "{";
+    std::visit(
+        [&](const auto& x) {
+            using M = std::decay_t<decltype(x)>;
+            detail::GoJsonWriter w(out);
+            detail::for_each_field(M::tie(x),
+                                   [&](std::size_t i, const auto& v) { w.field(M::keys[i], v); });
+        },
+        m);
+    out += '}';
+    return out;
+}
+
+// Decodes a body for a type byte. Throws errc::protocol_error for an unknown type and
+// errc::parse_error for a body that does not decode.
+inline Message decode_body(char type, std::string_view body) {
+    int index = detail::type_index(type);
+    if (index < 0)
+        throw error(errc::protocol_error, "frp message: unknown type byte " +
+                                              detail::hex_byte(static_cast<unsigned char>(type)) +
+                                              " (expected one of o1p2cwrsv3h4uinmd5)");
+    return detail::decode_by_index(std::size_t(index), body);
+}
+
+// The whole frame: type byte, int64 big-endian length, body. Throws errc::limit_exceeded
+// if the body would exceed kMaxBodyLength (a Go reader would drop the connection).
+inline std::string encode_frame(const Message& m) {
+    std::string body = encode_body(m);
+    if (std::int64_t(body.size()) > kMaxBodyLength)
+        throw error(errc::limit_exceeded, std::string("frp message ") + name_of(m) + ": body of " +
+                                              std::to_string(body.size()) +
+                                              " bytes exceeds the limit of 10240");
+    std::string out;
+    out.reserve(kFrameHeaderSize + body.size());
+    out += type_of(m);
+    std::uint64_t len = body.size();
+    for (int shift = 56; shift >= 0; shift -= 8) out += char((len >> shift) & 0xff);
+    out += body;
+    return out;
+}
+
+// Validates the 9-byte frame header and returns the body length. The checks happen
+// before any body byte is read, so a hostile length never makes us buffer anything.
+inline std::size_t check_frame_header(const unsigned char* h) {
+    if (!is_known_type(char(h[0])))
+        throw error(errc::protocol_error, "frp frame: unknown type byte " + detail::hex_byte(h[0]) +
+                                              " (expected one of o1p2cwrsv3h4uinmd5)");
+    std::uint64_t u = 0;
+    for (int i = 1; i <= 8; ++i) u = (u << 8) | h[i];
+    auto len = static_cast<std::int64_t>(u);
+    if (len < 0)
+        throw error(errc::protocol_error, "frp frame: negative body length " + std::to_string(len));
+    if (len > kMaxBodyLength)
+        throw error(errc::limit_exceeded, "frp frame: body length " + std::to_string(len) +
+                                              " exceeds the limit of 10240");
+    return static_cast<std::size_t>(len);
+}
+
+// Incremental decoder: feed() any slices of the byte stream, take() whole messages.
+// It holds at most one partial frame (<= 9 + 10240 bytes) and checks the type byte as
+// soon as it arrives and the length as soon as its 8 bytes arrive. After an error it
+// stays failed (the stream cannot be resynchronised) and every feed() throws again.
+class FrameDecoder {
+  public:
+    void feed(const void* data, std::size_t n) {
+        if (failed_) throw error(errc::state_error, "frp frame decoder: failed earlier: " + why_);
+        const auto* p = static_cast<const unsigned char*>(data);
+        try {
+            while (n > 0) {
+                if (header_.size() < kFrameHeaderSize) {
+                    std::size_t k = std::min(n, kFrameHeaderSize - header_.size());
+                    header_.append(reinterpret_cast<const char*>(p), k);
+                    p += k, n -= k;
+                    auto* h = reinterpret_cast<const unsigned char*>(header_.data());
+                    if (header_.size() >= 1 && !is_known_type(char(h[0])))
+                        check_frame_header(h);  // throws the unknown-type error
+                    if (header_.size() == kFrameHeaderSize) {
+                        want_ = check_frame_header(h);
+                        body_.clear();
+                        body_.reserve(want_);
+                    } else {
+                        continue;
+                    }
+                }
+                std::size_t k = std::min(n, want_ - body_.size());
+                body_.append(reinterpret_cast<const char*>(p), k);
+                p += k, n -= k;
+                if (body_.size() == want_) {
+                    ready_.push_back(decode_body(header_[0], body_));
+                    header_.clear();
+                    body_.clear();
+                }
+            }
+        } catch (const error& e) {
+            failed_ = true;
+            why_ = e.what();
+            throw;
+        }
+    }
+
+    // The next complete message, if any.
+    std::optional<Message> take() {
+        if (ready_.empty()) return std::nullopt;
+        Message m = std::move(ready_.front());
+        ready_.pop_front();
+        return m;
+    }
+
+    // Bytes of an unfinished frame held (0 between frames).
+    std::size_t pending() const noexcept { return header_.size() + body_.size(); }
+
+  private:
+    std::string header_, body_;
+    std::size_t want_ = 0;
+    std::deque<Message> ready_;
+    bool failed_ = false;
+    std::string why_;
+};
+
+// Reads exactly one frame from `s` (never a byte past it: what follows may be a cipher
+// IV for another reader). One deadline covers the whole frame.
+inline Message read_msg(p2prc::detail::Stream& s, p2prc::detail::Millis timeout) {
+    using namespace std::chrono;
+    auto deadline = p2prc::detail::deadline_after(timeout);
+    auto left = [&] {
+        auto l = duration_cast<p2prc::detail::Millis>(deadline - p2prc::detail::Clock::now());
+        return l.count() > 0 ? l : p2prc::detail::Millis(0);
+    };
+    unsigned char h[kFrameHeaderSize];
+    s.read_exact(h, 1, left());
+    if (!is_known_type(char(h[0]))) check_frame_header(h);
+    s.read_exact(h + 1, kFrameHeaderSize - 1, left());
+    std::size_t len = check_frame_header(h);
+    std::string body(len, '\0');
+    if (len) s.read_exact(body.data(), len, left());
+    return decode_body(char(h[0]), body);
+}
+
+inline void write_msg(p2prc::detail::Stream& s, const Message& m, p2prc::detail::Millis timeout) {
+    std::string f = encode_frame(m);
+    s.write_all(f.data(), f.size(), timeout);
+}
+
+}  // namespace p2prc::frp
+
+// ---- p2prc/frp/crypto.hpp ----
+// frp's cipher: the control connection after Login/LoginResp, and work connections with
+// use_encryption, are an AES-128-CFB byte stream per direction.
+//
+//  * key  K = PBKDF2-HMAC-SHA1(password = token, salt = "frp", 64 iterations, 16 bytes).
+//    (golib's own default salt is "crypto"; frp overrides it. Using "crypto" is the
+//    classic interop bug.) The same K serves both directions.
+//  * each direction's writer picks a random 16-byte IV and sends it in clear right before
+//    its first ciphertext byte; the reader takes the first 16 bytes it reads as the IV.
+//  * CFB-128 (full-block feedback, OpenSSL's aes-128-cfb) as one continuous stream per
+//    direction: no padding, no per-message reset, no MAC; ciphertext length = plaintext.
+//
+// And the login proof: privilege_key = lowercase hex(MD5(token + decimal timestamp)).
+
+
+#include <openssl/evp.h>
+#include <openssl/rand.h>
+
+#include <array>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace p2prc::frp {
+
+using CipherKey = std::array<std::uint8_t, 16>;
+using CipherIv = std::array<std::uint8_t, 16>;
+
+// K for a token (the empty token is allowed: frp's default).
+inline CipherKey derive_key(std::string_view token) {
+    static const unsigned char salt[] = {'f', 'r', 'p'};
+    CipherKey k{};
+    if (PKCS5_PBKDF2_HMAC(token.data(), int(token.size()), salt, sizeof salt, 64, EVP_sha1(),
+                          int(k.size()), k.data()) != 1)
+        throw error(errc::io_error, "frp key derivation: PBKDF2-HMAC-SHA1 failed in OpenSSL");
+    return k;
+}
+
+// hex(MD5(token || decimal(timestamp))), lower case, 32 characters.
+inline std::string privilege_key(std::string_view token, std::int64_t timestamp) {
+    std::string input(token);
+    input += std::to_string(timestamp);
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned int len = 0;
+    if (EVP_Digest(input.data(), input.size(), md, &len, EVP_md5(), nullptr) != 1)
+        throw error(errc::io_error, "frp privilege key: MD5 failed in OpenSSL");
+    static const char* hex = "0123456789abcdef";
+    std::string out;
+    for (unsigned i = 0; i < len; ++i) {
+        out += hex[md[i] >> 4];
+        out += hex[md[i] & 15];
+    }
+    return out;
+}
+
+// One direction's AES-128-CFB-128 state. apply() may be called with any lengths; the
+// keystream position carries over, partial blocks included.
+class CfbCipher {
+  public:
+    enum class Mode { encrypt, decrypt };
+
+    CfbCipher(const CipherKey& key, const CipherIv& iv, Mode mode)
+        : ctx_(EVP_CIPHER_CTX_new(), &EVP_CIPHER_CTX_free) {
+        if (!ctx_ || EVP_CipherInit_ex(ctx_.get(), EVP_aes_128_cfb128(), nullptr, key.data(),
+                                       iv.data(), mode == Mode::encrypt ? 1 : 0) != 1)
+            throw error(errc::io_error, "frp cipher: AES-128-CFB init failed in OpenSSL");
+    }
+
+    // Transforms n bytes from `in` to `out` (they may be the same buffer).
+    void apply(const std::uint8_t* in, std::uint8_t* out, std::size_t n) {
+        while (n > 0) {
+            int chunk = n > (1u << 30) ? (1 << 30) : int(n);
+            int outl = 0;
+            if (EVP_CipherUpdate(ctx_.get(), out, &outl, in, chunk) != 1 || outl != chunk)
+                throw error(errc::io_error, "frp cipher: AES-128-CFB update failed in OpenSSL");
+            in += chunk, out += chunk, n -= std::size_t(chunk);
+        }
+    }
+    void apply(std::uint8_t* data, std::size_t n) { apply(data, data, n); }
+
+  private:
+    std::unique_ptr<EVP_CIPHER_CTX, decltype(&EVP_CIPHER_CTX_free)> ctx_;
+};
+
+inline CipherIv random_iv() {
+    CipherIv iv{};
+    if (RAND_bytes(iv.data(), int(iv.size())) != 1)
+        throw error(errc::io_error, "frp cipher: no random bytes for an IV from OpenSSL");
+    return iv;
+}
+
+// A stream that encrypts what it writes and decrypts what it reads, over another stream.
+// The write side sends its IV lazily with the first write; the read side takes the first
+// 16 bytes as the peer's IV (a timeout while the IV is incomplete loses nothing).
+class CryptoStream final : public p2prc::detail::Stream {
+  public:
+    // `write_iv` fixes the IV (tests); by default it is random.
+    CryptoStream(std::shared_ptr<p2prc::detail::Stream> inner, const CipherKey& key,
+                 std::optional<CipherIv> write_iv = std::nullopt)
+        : inner_(std::move(inner)), key_(key), write_iv_(write_iv) {
+        if (!inner_) throw error(errc::invalid_argument, "CryptoStream: no inner stream");
+    }
+
+    std::size_t read_some(void* buf, std::size_t n, p2prc::detail::Millis timeout) override {
+        if (n == 0) return 0;
+        auto deadline = p2prc::detail::deadline_after(timeout);
+        while (!reader_) {
+            auto left = std::chrono::duration_cast<p2prc::detail::Millis>(
+                deadline - p2prc::detail::Clock::now());
+            if (left.count() < 0) left = p2prc::detail::Millis(0);
+            std::size_t k =
+                inner_->read_some(read_iv_.data() + iv_got_, read_iv_.size() - iv_got_, left);
+            if (k == 0) {
+                if (iv_got_ == 0) return 0;  // closed before anything was encrypted
+                throw error(errc::io_error, describe() + ": end of stream inside the IV (" +
+                                                std::to_string(iv_got_) + " of 16 bytes)");
+            }
+            iv_got_ += k;
+            if (iv_got_ == read_iv_.size())
+                reader_.emplace(key_, read_iv_, CfbCipher::Mode::decrypt);
+        }
+        auto left = std::chrono::duration_cast<p2prc::detail::Millis>(deadline -
+                                                                      p2prc::detail::Clock::now());
+        if (left.count() < 0) left = p2prc::detail::Millis(0);
+        std::size_t k = inner_->read_some(buf, n, left);
+        reader_->apply(static_cast<std::uint8_t*>(buf), k);
+        return k;
+    }
+
+    void write_all(const void* buf, std::size_t n, p2prc::detail::Millis timeout) override {
+        auto deadline = p2prc::detail::deadline_after(timeout);
+        const auto* p = static_cast<const std::uint8_t*>(buf);
+        scratch_.clear();
+        if (!writer_) {
+            CipherIv iv = write_iv_ ? *write_iv_ : random_iv();
+            writer_.emplace(key_, iv, CfbCipher::Mode::encrypt);
+            scratch_.assign(iv.begin(), iv.end());
+        }
+        // Bounded scratch: encrypt and send at most 64 KiB at a time.
+        constexpr std::size_t kChunk = 64 * 1024;
+        do {
+            std::size_t k = std::min(n, kChunk);
+            std::size_t at = scratch_.size();
+            scratch_.resize(at + k);
+            writer_->apply(p, scratch_.data() + at, k);
+            auto left = std::chrono::duration_cast<p2prc::detail::Millis>(
+                deadline - p2prc::detail::Clock::now());
+            if (left.count() < 0) left = p2prc::detail::Millis(0);
+            inner_->write_all(scratch_.data(), scratch_.size(), left);
+            scratch_.clear();
+            p += k, n -= k;
+        } while (n > 0);
+    }
+
+    void shutdown_write() override { inner_->shutdown_write(); }
+    void close() noexcept override { inner_->close(); }
+    std::string describe() const override { return "encrypted " + inner_->describe(); }
+
+    p2prc::detail::Stream& inner() noexcept { return *inner_; }
+
+  private:
+    std::shared_ptr<p2prc::detail::Stream> inner_;
+    CipherKey key_;
+    std::optional<CipherIv> write_iv_;
+    std::optional<CfbCipher> writer_, reader_;
+    CipherIv read_iv_{};
+    std::size_t iv_got_ = 0;
+    std::vector<std::uint8_t> scratch_;
+};
+
+}  // namespace p2prc::frp
+
+// ---- p2prc/frp/snappy.hpp ----
+// frp's use_compression: the snappy *framing* format (google/snappy framing_format.txt)
+// over a work connection, inside the cipher (write: compress, then encrypt).
+//
+// A direction is a sequence of chunks, each `type (1 byte) | length (3 bytes, little
+// endian) | data`:
+//
+//   ff  stream identifier, data "sNaPpY"; first chunk of every direction (may repeat)
+//   00  compressed: masked CRC-32C of the uncompressed bytes (4, LE) + a snappy block
+//   01  uncompressed: masked CRC-32C (4, LE) + the bytes themselves
+//   02-7f reserved, unskippable: an error        80-fe  skippable: ignored
+//
+// A chunk holds at most 65536 uncompressed bytes. The masked CRC is
+// ((c >> 15) | (c << 17)) + 0xa282ead8 with c = CRC-32C (Castagnoli). Go's writer is
+// unbuffered: each write becomes chunks at once, a block stored uncompressed when
+// compression saves less than 1/8. A snappy block is a varint of the uncompressed length,
+// then literals and back-references (copies) to earlier output.
+
+
+#include <array>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace p2prc::frp {
+
+namespace snappy {
+
+inline constexpr std::size_t kMaxBlock = 65536;
+// Largest compressed form of a 64 KiB block (snappy's MaxEncodedLen(65536)).
+inline constexpr std::size_t kMaxEncodedBlock = 32 + kMaxBlock + kMaxBlock / 6;
+inline constexpr char kStreamIdentifier[] = "\xff\x06\x00\x00sNaPpY";  // 10 bytes
+
+inline std::uint32_t crc32c(const void* data, std::size_t n) {
+    static const auto table = [] {
+        std::array<std::uint32_t, 256> t{};
+        for (std::uint32_t i = 0; i < 256; ++i) {
+            std::uint32_t c = i;
+            for (int k = 0; k < 8; ++k) c = (c >> 1) ^ ((c & 1) ? 0x82f63b78u : 0u);
+            t[i] = c;
+        }
+        return t;
+    }();
+    std::uint32_t c = 0xffffffffu;
+    const auto* p = static_cast<const std::uint8_t*>(data);
+    for (std::size_t i = 0; i < n; ++i) c = table[(c ^ p[i]) & 0xff] ^ (c >> 8);
+    return c ^ 0xffffffffu;
+}
+
+inline std::uint32_t masked_crc(const void* data, std::size_t n) {
+    std::uint32_t c = crc32c(data, n);
+    return ((c >> 15) | (c << 17)) + 0xa282ead8u;
+}
+
+namespace detail {
+
+inline void put_le(std::string& out, std::uint32_t v, int bytes) {
+    for (int i = 0; i < bytes; ++i) out += char((v >> (8 * i)) & 0xff);
+}
+
+inline void emit_literal(std::string& out, const std::uint8_t* p, std::size_t n) {
+    if (n == 0) return;
+    std::size_t m = n - 1;
+    if (m < 60) {
+        out += char(m << 2);
+    } else if (m < 0x100) {
+        out += char(60 << 2);
+        put_le(out, std::uint32_t(m), 1);
+    } else if (m < 0x10000) {
+        out += char(61 << 2);
+        put_le(out, std::uint32_t(m), 2);
+    } else {
+        out += char(62 << 2);
+        put_le(out, std::uint32_t(m), 3);
+    }
+    out.append(reinterpret_cast<const char*>(p), n);
+}
+
+// One copy element: length 1..64 (4..11 with a short offset < 2048).
+inline void emit_copy_piece(std::string& out, std::size_t offset, std::size_t len) {
+    if (len >= 4 && len <= 11 && offset < 2048) {
+        out += char(0x01 | ((len - 4) << 2) | ((offset >> 8) << 5));
+        out += char(offset & 0xff);
+    } else {
+        out += char(0x02 | ((len - 1) << 2));
+        put_le(out, std::uint32_t(offset), 2);
+    }
+}
+
+inline void emit_copy(std::string& out, std::size_t offset, std::size_t len) {
+    while (len >= 68) {
+        emit_copy_piece(out, offset, 64);
+        len -= 64;
+    }
+    if (len > 64) {  // leave at least 4 for the last piece
+        emit_copy_piece(out, offset, 60);
+        len -= 60;
+    }
+    emit_copy_piece(out, offset, len);
+}
+
+inline std::uint32_t load32(const std::uint8_t* p) {
+    std::uint32_t v;
+    std::memcpy(&v, p, 4);
+    return v;
+}
+
+}  // namespace detail
+
+// Compresses one block (<= 64 KiB) into the snappy block format: greedy matching through
+// a hash of the next 4 bytes.
+inline std::string compress_block(const void* data, std::size_t n) {
+    if (n > kMaxBlock) throw error(errc::invalid_argument, "snappy: block larger than 64 KiB");
+    const auto* src = static_cast<const std::uint8_t*>(data);
+    std::string out;
+    out.reserve(n + n / 6 + 8);
+    for (std::uint32_t v = std::uint32_t(n);;) {  // varint preamble
+        if (v < 0x80) {
+            out += char(v);
+            break;
+        }
+        out += char((v & 0x7f) | 0x80);
+        v >>= 7;
+    }
+    constexpr int kBits = 14;
+    std::vector<std::int32_t> table(1u << kBits, -1);
+    auto hash = [](std::uint32_t v) { return (v * 0x1e35a7bdu) >> (32 - kBits); };
+    std::size_t i = 0, literal_start = 0;
+    while (i + 4 <= n) {
+        std::uint32_t cur = detail::load32(src + i);
+        auto h = hash(cur);
+        std::int32_t cand = table[h];
+        table[h] = std::int32_t(i);
+        if (cand >= 0 && detail::load32(src + cand) == cur) {
+            std::size_t len = 4;
+            while (i + len < n && src[std::size_t(cand) + len] == src[i + len]) ++len;
+            detail::emit_literal(out, src + literal_start, i - literal_start);
+            detail::emit_copy(out, i - std::size_t(cand), len);
+            i += len;
+            literal_start = i;
+        } else {
+            ++i;
+        }
+    }
+    detail::emit_literal(out, src + literal_start, n - literal_start);
+    return out;
+}
+
+// Decompresses one snappy block, refusing one that would exceed `max_out` bytes or that
+// is malformed in any way (bad varint, truncated element, copy before the start).
+inline std::string decompress_block(const void* data, std::size_t n,
+                                    std::size_t max_out = kMaxBlock) {
+    const auto* p = static_cast<const std::uint8_t*>(data);
+    std::size_t pos = 0;
+    std::uint64_t expect = 0;
+    for (int shift = 0;; shift += 7) {
+        if (pos >= n || shift > 28) throw error(errc::parse_error, "snappy: bad length preamble");
+        std::uint8_t b = p[pos++];
+        expect |= std::uint64_t(b & 0x7f) << shift;
+        if (!(b & 0x80)) break;
+    }
+    if (expect > max_out)
+        throw error(errc::limit_exceeded, "snappy: block of " + std::to_string(expect) +
+                                              " bytes exceeds " + std::to_string(max_out));
+    std::string out;
+    out.reserve(std::size_t(expect));
+    auto need = [&](std::size_t k) {
+        if (n - pos < k) throw error(errc::parse_error, "snappy: truncated block");
+    };
+    while (pos < n) {
+        std::uint8_t tag = p[pos++];
+        std::size_t len = 0, offset = 0;
+        switch (tag & 3) {
+            case 0: {
+                len = tag >> 2;
+                if (len >= 60) {
+                    std::size_t nb = len - 59;
+                    need(nb);
+                    len = 0;
+                    for (std::size_t k = 0; k < nb; ++k) len |= std::size_t(p[pos + k]) << (8 * k);
+                    pos += nb;
+                }
+                len += 1;
+                need(len);
+                if (out.size() + len > expect)
+                    throw error(errc::parse_error, "snappy: literal runs past the block length");
+                out.append(reinterpret_cast<const char*>(p + pos), len);
+                pos += len;
+                continue;
+            }
+            case 1:
+                need(1);
+                len = 4 + ((tag >> 2) & 7);
+                offset = (std::size_t(tag & 0xe0) << 3) | p[pos];
+                pos += 1;
+                break;
+            case 2:
+                need(2);
+                len = 1 + (tag >> 2);
+                offset = std::size_t(p[pos]) | (std::size_t(p[pos + 1]) << 8);
+                pos += 2;
+                break;
+            default:
+                need(4);
+                len = 1 + (tag >> 2);
+                offset = std::size_t(p[pos]) | (std::size_t(p[pos + 1]) << 8) |
+                         (std::size_t(p[pos + 2]) << 16) | (std::size_t(p[pos + 3]) << 24);
+                pos += 4;
+                break;
+        }
+        if (offset == 0 || offset > out.size())
+            throw error(errc::parse_error, "snappy: copy offset outside the output");
+        if (out.size() + len > expect)
+            throw error(errc::parse_error, "snappy: copy runs past the block length");
+        std::size_t from = out.size() - offset;
+        for (std::size_t k = 0; k < len; ++k) out += out[from + k];  // may overlap
+    }
+    if (out.size() != expect)
+        throw error(errc::parse_error, "snappy: block decodes to " + std::to_string(out.size()) +
+                                           " bytes, preamble says " + std::to_string(expect));
+    return out;
+}
+
+// Writer half: the first call emits the stream identifier; every call emits its bytes at
+// once as chunks of at most 64 KiB (compressed when that saves at least 1/8, as Go does).
+class FrameEncoder {
+  public:
+    std::string encode(const void* data, std::size_t n) {
+        std::string out;
+        if (!started_) {
+            out.append(kStreamIdentifier, 10);
+            started_ = true;
+        }
+        const auto* p = static_cast<const std::uint8_t*>(data);
+        while (n > 0) {
+            std::size_t k = std::min(n, kMaxBlock);
+            std::uint32_t crc = masked_crc(p, k);
+            std::string c = compress_block(p, k);
+            bool compressed = c.size() < k - k / 8;
+            std::size_t body = 4 + (compressed ? c.size() : k);
+            out += char(compressed ? 0x00 : 0x01);
+            detail::put_le(out, std::uint32_t(body), 3);
+            detail::put_le(out, crc, 4);
+            if (compressed)
+                out += c;
+            else
+                out.append(reinterpret_cast<const char*>(p), k);
+            p += k, n -= k;
+        }
+        return out;
+    }
+
+  private:
+    bool started_ = false;
+};
+
+// Reader half, incremental: feed() any slices, read() what they decoded to. Checks a
+// chunk's type and length at its header (before buffering it) and every CRC. Errors are
+// sticky.
+class FrameDecoder {
+  public:
+    void feed(const void* data, std::size_t n) {
+        if (failed_) throw error(errc::state_error, "snappy decoder: failed earlier: " + why_);
+        const auto* p = static_cast<const std::uint8_t*>(data);
+        try {
+            while (n > 0) {
+                if (head_fill_ < 4) {
+                    std::size_t k = std::min(n, 4 - head_fill_);
+                    std::memcpy(head_ + head_fill_, p, k);
+                    head_fill_ += k, p += k, n -= k;
+                    if (head_fill_ < 4) break;
+                    start_chunk();
+                    if (want_ == 0) finish_chunk();
+                    continue;
+                }
+                std::size_t k = std::min(n, want_ - got_);
+                if (!skip_) body_.append(reinterpret_cast<const char*>(p), k);
+                got_ += k, p += k, n -= k;
+                if (got_ == want_) finish_chunk();
+            }
+        } catch (const error& e) {
+            failed_ = true;
+            why_ = e.what();
+            throw;
+        }
+    }
+
+    // Moves up to n decoded bytes into buf; returns how many.
+    std::size_t read(void* buf, std::size_t n) {
+        std::size_t k = std::min(n, out_.size() - out_pos_);
+        std::memcpy(buf, out_.data() + out_pos_, k);
+        out_pos_ += k;
+        if (out_pos_ == out_.size()) out_.clear(), out_pos_ = 0;
+        return k;
+    }
+    std::size_t available() const noexcept { return out_.size() - out_pos_; }
+    // True between chunks (end of stream here is clean).
+    bool at_chunk_boundary() const noexcept { return head_fill_ == 0; }
+
+  private:
+    void start_chunk() {
+        type_ = head_[0];
+        want_ =
+            std::size_t(head_[1]) | (std::size_t(head_[2]) << 8) | (std::size_t(head_[3]) << 16);
+        got_ = 0;
+        skip_ = false;
+        body_.clear();
+        if (!seen_identifier_ && type_ != 0xff)
+            throw error(errc::protocol_error,
+                        "snappy stream: expected the stream identifier chunk first");
+        if (type_ == 0xff) {
+            if (want_ != 6) throw error(errc::protocol_error, "snappy stream: bad identifier");
+        } else if (type_ == 0x00) {
+            if (want_ < 4 || want_ - 4 > kMaxEncodedBlock)
+                throw error(errc::limit_exceeded, "snappy stream: compressed chunk of " +
+                                                      std::to_string(want_) + " bytes");
+        } else if (type_ == 0x01) {
+            if (want_ < 4 || want_ - 4 > kMaxBlock)
+                throw error(errc::limit_exceeded, "snappy stream: uncompressed chunk of " +
+                                                      std::to_string(want_) + " bytes");
+        } else if (type_ < 0x80) {
+            throw error(errc::protocol_error,
+                        "snappy stream: reserved unskippable chunk type " + std::to_string(type_));
+        } else {
+            skip_ = true;  // 0x80-0xfe: padding or reserved skippable
+        }
+    }
+
+    void finish_chunk() {
+        head_fill_ = 0;
+        if (skip_) return;
+        if (type_ == 0xff) {
+            if (body_ != "sNaPpY")
+                throw error(errc::protocol_error, "snappy stream: bad identifier");
+            seen_identifier_ = true;
+            return;
+        }
+        std::uint32_t crc = std::uint32_t(std::uint8_t(body_[0])) |
+                            (std::uint32_t(std::uint8_t(body_[1])) << 8) |
+                            (std::uint32_t(std::uint8_t(body_[2])) << 16) |
+                            (std::uint32_t(std::uint8_t(body_[3])) << 24);
+        std::string plain = type_ == 0x00
+                                ? decompress_block(body_.data() + 4, body_.size() - 4, kMaxBlock)
+                                : body_.substr(4);
+        if (masked_crc(plain.data(), plain.size()) != crc)
+            throw error(errc::protocol_error, "snappy stream: CRC mismatch");
+        out_ += plain;
+    }
+
+    std::uint8_t head_[4] = {};
+    std::size_t head_fill_ = 0;
+    std::uint8_t type_ = 0;
+    std::size_t want_ = 0, got_ = 0;
+    bool skip_ = false;
+    bool seen_identifier_ = false;
+    std::string body_;
+    std::string out_;
+    std::size_t out_pos_ = 0;
+    bool failed_ = false;
+    std::string why_;
+};
+
+}  // namespace snappy
+
+// A stream that compresses what it writes and decompresses what it reads (use_compression),
+// over another stream -- for a work connection with both flags, over the CryptoStream.
+class SnappyStream final : public p2prc::detail::Stream {
+  public:
+    explicit SnappyStream(std::shared_ptr<p2prc::detail::Stream> inner) : inner_(std::move(inner)) {
+        if (!inner_) throw error(errc::invalid_argument, "SnappyStream: no inner stream");
+    }
+
+    std::size_t read_some(void* buf, std::size_t n, p2prc::detail::Millis timeout) override {
+        if (n == 0) return 0;
+        auto deadline = p2prc::detail::deadline_after(timeout);
+        while (decoder_.available() == 0) {
+            auto left = std::chrono::duration_cast<p2prc::detail::Millis>(
+                deadline - p2prc::detail::Clock::now());
+            if (left.count() < 0) left = p2prc::detail::Millis(0);
+            std::size_t k = inner_->read_some(in_.data(), in_.size(), left);
+            if (k == 0) {
+                if (decoder_.at_chunk_boundary()) return 0;
+                throw error(errc::io_error, describe() + ": end of stream inside a chunk");
+            }
+            decoder_.feed(in_.data(), k);
+        }
+        return decoder_.read(buf, n);
+    }
+
+    void write_all(const void* buf, std::size_t n, p2prc::detail::Millis timeout) override {
+        std::string out = encoder_.encode(buf, n);
+        inner_->write_all(out.data(), out.size(), timeout);
+    }
+
+    void shutdown_write() override { inner_->shutdown_write(); }
+    void close() noexcept override { inner_->close(); }
+    std::string describe() const override { return "compressed " + inner_->describe(); }
+
+  private:
+    std::shared_ptr<p2prc::detail::Stream> inner_;
+    snappy::FrameEncoder encoder_;
+    snappy::FrameDecoder decoder_;
+    std::array<std::uint8_t, 16 * 1024> in_{};
+};
+
+}  // namespace p2prc::frp
+
+// ---- p2prc/frp/mux.hpp ----
+// yamux: many byte streams over one connection, as hashicorp/yamux v0.1.1 (frp's tcp_mux)
+// speaks it. frpc is the client (opens every stream, odd ids 1, 3, 5, ...), frps the
+// server (accepts; would use even ids).
+//
+// Every frame starts with a 12-byte big-endian header:
+//
+//     +---------+------+-------+-----------+--------+
+//     | version | type | flags | stream id | length |
+//     | 1 B = 0 | 1 B  | 2 B   | 4 B       | 4 B    |
+//     +---------+------+-------+-----------+--------+
+//
+//   type 0 Data          `length` payload bytes follow the header
+//   type 1 WindowUpdate  length = bytes added to the sender's window for that stream
+//   type 2 Ping          stream 0; length = opaque id, echoed back with ACK
+//   type 3 GoAway        stream 0; length = 0 normal, 1 protocol error, 2 internal error
+//   flags  SYN 1 (open), ACK 2 (accepted / ping reply), FIN 4 (half-close), RST 8 (abort)
+//
+// A stream is opened by a frame with SYN (Go sends WindowUpdate+SYN, delta 0) and
+// accepted by one with ACK; data may follow the SYN at once. Each direction of each stream
+// has a 256 KiB window: a sender never has more unacknowledged payload in flight, and a
+// Data frame longer than the receiver's remaining window is a protocol error (GoAway 1,
+// connection closed). The receiver returns window with WindowUpdate frames as the
+// application consumes data (Go: when at least half the window is free again). FIN ends
+// one direction (reads see end of stream once drained); RST ends both at once. Frames for
+// unknown (closed) streams are ignored. A peer that does not answer a Ping is dead.
+//
+// Threads: each session has one reader thread (parses frames, fills stream buffers, never
+// blocks on a write so two sessions can never deadlock each other) and one writer thread
+// (sends window updates, ping replies, FIN/RST queued by the reader or by close()).
+// Application threads write their Data frames themselves, taking any queued control
+// frames along; one lock serialises frames on the transport. Both threads are joined by
+// ~MuxSession; closing the transport makes every blocked stream operation fail promptly.
+
+
+#include <array>
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <cstring>
+#include <deque>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <set>
+#include <string>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+namespace p2prc::frp {
+
+namespace yamux {
+
+inline constexpr std::uint8_t kVersion = 0;
+inline constexpr std::size_t kHeaderSize = 12;
+// The per-stream window both sides assume at open; frp never raises it.
+inline constexpr std::uint32_t kInitialWindow = 256 * 1024;
+
+enum class FrameType : std::uint8_t { data = 0, window_update = 1, ping = 2, go_away = 3 };
+
+enum Flag : std::uint16_t { kSyn = 1, kAck = 2, kFin = 4, kRst = 8 };
+
+enum GoAwayCode : std::uint32_t { kGoAwayNormal = 0, kGoAwayProtocol = 1, kGoAwayInternal = 2 };
+
+struct Header {
+    FrameType type = FrameType::data;
+    std::uint16_t flags = 0;
+    std::uint32_t stream_id = 0;
+    std::uint32_t length = 0;
+    friend bool operator==(const Header& a, const Header& b) {
+        return a.type == b.type && a.flags == b.flags && a.stream_id == b.stream_id &&
+               a.length == b.length;
+    }
+};
+
+inline std::array<std::uint8_t, kHeaderSize> encode_header(const Header& h) {
+    std::array<std::uint8_t, kHeaderSize> b{};
+    b[0] = kVersion;
+    b[1] = static_cast<std::uint8_t>(h.type);
+    b[2] = std::uint8_t(h.flags >> 8);
+    b[3] = std::uint8_t(h.flags);
+    for (int i = 0; i < 4; ++i) {
+        b[4 + i] = std::uint8_t(h.stream_id >> (24 - 8 * i));
+        b[8 + i] = std::uint8_t(h.length >> (24 - 8 * i));
+    }
+    return b;
+}
+
+// Decodes a header. A version other than 0 or a type above 3 is a protocol error (Go
+// closes the session).
+inline Header parse_header(const std::uint8_t* b) {
+    if (b[0] != kVersion)
+        throw error(errc::protocol_error,
+                    "yamux: unsupported version " + std::to_string(b[0]) + " (expected 0)");
+    if (b[1] > 3)
+        throw error(errc::protocol_error,
+                    "yamux: unknown frame type " + std::to_string(b[1]) + " (expected 0-3)");
+    Header h;
+    h.type = static_cast<FrameType>(b[1]);
+    h.flags = std::uint16_t((b[2] << 8) | b[3]);
+    h.stream_id = (std::uint32_t(b[4]) << 24) | (std::uint32_t(b[5]) << 16) |
+                  (std::uint32_t(b[6]) << 8) | b[7];
+    h.length = (std::uint32_t(b[8]) << 24) | (std::uint32_t(b[9]) << 16) |
+               (std::uint32_t(b[10]) << 8) | b[11];
+    return h;
+}
+
+struct Frame {
+    Header header;
+    std::string payload;  // Data frames only
+};
+
+// Incremental, thread-free frame parser: feed() bytes as they arrive, next() whole
+// frames. A Data frame longer than `max_data` is refused as soon as its header is
+// complete (no valid peer exceeds our window), so at most one header plus `max_data`
+// bytes are ever buffered. Errors are sticky.
+class FrameParser {
+  public:
+    explicit FrameParser(std::uint32_t max_data = kInitialWindow) : max_data_(max_data) {}
+
+    void feed(const void* data, std::size_t n) {
+        if (failed_) throw error(errc::state_error, "yamux parser: failed earlier: " + why_);
+        const auto* p = static_cast<const std::uint8_t*>(data);
+        try {
+            while (n > 0) {
+                if (!in_payload_) {
+                    std::size_t k = std::min(n, kHeaderSize - head_fill_);
+                    std::memcpy(head_.data() + head_fill_, p, k);
+                    head_fill_ += k, p += k, n -= k;
+                    if (head_fill_ < kHeaderSize) continue;
+                    head_fill_ = 0;
+                    cur_.header = parse_header(head_.data());
+                    cur_.payload.clear();
+                    if (cur_.header.type != FrameType::data || cur_.header.length == 0) {
+                        ready_.push_back(std::move(cur_));
+                        cur_ = Frame{};
+                        continue;
+                    }
+                    if (cur_.header.length > max_data_)
+                        throw error(errc::protocol_error, "yamux: Data frame of " +
+                                                              std::to_string(cur_.header.length) +
+                                                              " bytes exceeds the largest window " +
+                                                              std::to_string(max_data_));
+                    cur_.payload.reserve(cur_.header.length);
+                    in_payload_ = true;
+                }
+                std::size_t k = std::min<std::size_t>(n, cur_.header.length - cur_.payload.size());
+                cur_.payload.append(reinterpret_cast<const char*>(p), k);
+                p += k, n -= k;
+                if (cur_.payload.size() == cur_.header.length) {
+                    ready_.push_back(std::move(cur_));
+                    cur_ = Frame{};
+                    in_payload_ = false;
+                }
+            }
+        } catch (const error& e) {
+            failed_ = true;
+            why_ = e.what();
+            throw;
+        }
+    }
+
+    std::optional<Frame> next() {
+        if (ready_.empty()) return std::nullopt;
+        Frame f = std::move(ready_.front());
+        ready_.pop_front();
+        return f;
+    }
+
+  private:
+    std::uint32_t max_data_;
+    std::array<std::uint8_t, kHeaderSize> head_{};
+    std::size_t head_fill_ = 0;
+    bool in_payload_ = false;
+    Frame cur_;
+    std::deque<Frame> ready_;
+    bool failed_ = false;
+    std::string why_;
+};
+
+}  // namespace yamux
+
+enum class MuxRole { client, server };
+
+struct MuxConfig {
+    // Streams waiting for accept(); a SYN beyond this is answered with RST.
+    std::size_t accept_backlog = 256;
+    // Streams we opened that the peer has not ACKed yet; open() waits beyond this.
+    std::size_t max_unacked_opens = 256;
+    // Send our own Ping this often and close the session when the answer takes longer
+    // than ping_timeout. Zero disables our pings (peer pings are always answered).
+    p2prc::detail::Millis keepalive_interval{30000};
+    p2prc::detail::Millis ping_timeout{10000};
+    // Time one frame may take to get onto the transport (Go: ConnectionWriteTimeout).
+    p2prc::detail::Millis write_timeout{10000};
+    // After close(), how long we wait for the peer's FIN before resetting the stream.
+    p2prc::detail::Millis half_closed_timeout{300000};
+    // Largest Data frame we send (smaller frames interleave streams more fairly).
+    std::uint32_t max_frame = 64 * 1024;
+    // Queued control frames (window updates, ping replies...) before the peer counts as
+    // not reading and the session is closed.
+    std::size_t max_queued_control = 65536;
+};
+
+namespace detail {
+
+// A mutex whose lock can time out, built on std::mutex + condition_variable (it also keeps
+// thread sanitizers exact, which do not all model std::timed_mutex).
+class FrameWriteLock {
+  public:
+    bool try_lock_until(p2prc::detail::Clock::time_point deadline) {
+        std::unique_lock<std::mutex> lk(m_);
+        if (!cv_.wait_until(lk, deadline, [&] { return !busy_; })) return false;
+        busy_ = true;
+        return true;
+    }
+    void unlock() {
+        {
+            std::lock_guard<std::mutex> lk(m_);
+            busy_ = false;
+        }
+        cv_.notify_one();
+    }
+
+    // Holds the lock for a scope once try_lock_until succeeded.
+    class Guard {
+      public:
+        explicit Guard(FrameWriteLock& l) : l_(l) {}
+        ~Guard() { l_.unlock(); }
+        Guard(const Guard&) = delete;
+        Guard& operator=(const Guard&) = delete;
+
+      private:
+        FrameWriteLock& l_;
+    };
+
+  private:
+    std::mutex m_;
+    std::condition_variable cv_;
+    bool busy_ = false;
+};
+
+struct MuxStreamState {
+    explicit MuxStreamState(std::uint32_t i) : id(i) {}
+    const std::uint32_t id;
+    // Separate waits for readers (data, FIN) and writers (window), so that a frame wakes
+    // only the thread it concerns.
+    std::condition_variable read_cv, write_cv;
+    void wake_all() {
+        read_cv.notify_all();
+        write_cv.notify_all();
+    }
+    std::deque<std::string> chunks;
+    std::size_t front_offset = 0;
+    std::size_t buffered = 0;
+    std::uint32_t recv_window = yamux::kInitialWindow;
+    std::uint64_t send_window = yamux::kInitialWindow;
+    bool opened_here = false;
+    bool acked = false;         // the peer ACKed a stream we opened
+    bool remote_fin = false;    // the peer will send no more
+    bool local_fin = false;     // we sent FIN (no more writes)
+    bool local_closed = false;  // close() was called: no more reads either
+    bool reset = false;         // RST sent or received
+};
+
+class MuxCore {
+  public:
+    using Millis = p2prc::detail::Millis;
+    using Clock = p2prc::detail::Clock;
+    using StatePtr = std::shared_ptr<MuxStreamState>;
+
+    MuxCore(std::shared_ptr<p2prc::detail::Stream> transport, MuxRole role, MuxConfig cfg)
+        : transport_(std::move(transport)), cfg_(cfg), next_id_(role == MuxRole::client ? 1 : 2) {}
+
+    // ---- session --------------------------------------------------------------------
+
+    void kill(const std::string& why) noexcept {
+        {
+            std::lock_guard<std::mutex> lk(mu_);
+            if (dead_) return;
+            dead_ = true;
+            reason_ = why;
+            for (auto& [id, st] : streams_) st->wake_all();
+            accept_cv_.notify_all();
+            writer_cv_.notify_all();
+            open_cv_.notify_all();
+            ping_cv_.notify_all();
+        }
+        transport_->close();
+    }
+
+    bool dead() const {
+        std::lock_guard<std::mutex> lk(mu_);
+        return dead_;
+    }
+    std::string reason() const {
+        std::lock_guard<std::mutex> lk(mu_);
+        return reason_;
+    }
+    std::size_t stream_count() const {
+        std::lock_guard<std::mutex> lk(mu_);
+        return streams_.size();
+    }
+
+    [[noreturn]] void throw_dead() const {
+        throw error(errc::io_error, "yamux session closed: " + reason_);
+    }
+
+    // The reader thread: parse frames until the transport ends or breaks the protocol.
+    void read_loop() noexcept {
+        std::vector<std::uint8_t> buf(64 * 1024);
+        yamux::FrameParser parser(yamux::kInitialWindow);
+        try {
+            for (;;) {
+                if (dead()) return;
+                std::size_t k = 0;
+                try {
+                    k = transport_->read_some(buf.data(), buf.size(), Millis(1000));
+                } catch (const error& e) {
+                    if (e.code() == errc::timeout) continue;
+                    throw;
+                }
+                if (k == 0) {
+                    kill("the peer closed the connection");
+                    return;
+                }
+                parser.feed(buf.data(), k);
+                while (auto f = parser.next()) handle(*f);
+            }
+        } catch (const error& e) {
+            if (e.code() == errc::protocol_error || e.code() == errc::limit_exceeded) {
+                // Tell the peer why, briefly and best-effort, then drop the connection.
+                try {
+                    send_now(yamux::Header{yamux::FrameType::go_away, 0, 0, yamux::kGoAwayProtocol},
+                             nullptr, 0, Millis(1000));
+                } catch (...) {
+                }
+            }
+            kill(std::string("reader: ") + e.what());
+        } catch (const std::exception& e) {
+            kill(std::string("reader: ") + e.what());
+        }
+    }
+
+    // The writer thread: flush queued control frames; run the keepalive.
+    void write_loop() noexcept {
+        using namespace std::chrono;
+        auto next_ping = Clock::now() + cfg_.keepalive_interval;
+        bool keepalive = cfg_.keepalive_interval.count() > 0;
+        std::optional<std::uint32_t> outstanding;
+        Clock::time_point ping_deadline{};
+        std::unique_lock<std::mutex> lk(mu_);
+        while (!dead_) {
+            if (dead_pending_) {
+                lk.unlock();
+                kill("the peer does not read: " + std::to_string(cfg_.max_queued_control) +
+                     " control frames queued");
+                lk.lock();
+                break;
+            }
+            if (!control_.empty()) {
+                lk.unlock();
+                try {
+                    flush_control_blocking();
+                } catch (...) {
+                    lk.lock();
+                    break;  // the session is closed
+                }
+                lk.lock();
+                continue;
+            }
+            auto now = Clock::now();
+            // A stream we closed whose peer never sends its FIN is reset after a while,
+            // so a silent peer cannot pin entries in the table (Go: 5 minutes).
+            if (!lingering_.empty() && lingering_.front().first <= now) {
+                auto st = lingering_.front().second.lock();
+                lingering_.pop_front();
+                if (st && !st->remote_fin && !st->reset) {
+                    st->reset = true;
+                    st->wake_all();
+                    maybe_forget_locked(*st);
+                    queue_control_locked(
+                        yamux::Header{yamux::FrameType::window_update, yamux::kRst, st->id, 0});
+                }
+                continue;
+            }
+            auto wake = Clock::time_point::max();
+            if (!lingering_.empty()) wake = lingering_.front().first;
+            if (keepalive) {
+                if (outstanding) {
+                    if (ping_acked_.count(*outstanding)) {
+                        ping_acked_.erase(*outstanding);
+                        outstanding.reset();
+                    } else if (now >= ping_deadline) {
+                        lk.unlock();
+                        kill("keepalive: no answer to ping within " +
+                             std::to_string(cfg_.ping_timeout.count()) + " ms");
+                        lk.lock();
+                        break;
+                    }
+                }
+                if (!outstanding && now >= next_ping) {
+                    std::uint32_t id = next_ping_id_++;
+                    outstanding = id;
+                    pings_.insert(id);
+                    ping_deadline = now + cfg_.ping_timeout;
+                    next_ping = now + cfg_.keepalive_interval;
+                    control_.push_back(yamux::encode_header(
+                        yamux::Header{yamux::FrameType::ping, yamux::kSyn, 0, id}));
+                    continue;
+                }
+                wake = std::min(wake, outstanding ? std::min(ping_deadline, next_ping) : next_ping);
+            }
+            if (wake == Clock::time_point::max())
+                writer_cv_.wait(lk);
+            else
+                writer_cv_.wait_until(lk, wake);
+        }
+    }
+
+    // ---- frames from the peer -------------------------------------------------------
+
+    void handle(yamux::Frame& f) {
+        const auto& h = f.header;
+        switch (h.type) {
+            case yamux::FrameType::data:
+            case yamux::FrameType::window_update:
+                handle_stream_frame(f);
+                return;
+            case yamux::FrameType::ping:
+                if (h.flags & yamux::kSyn) {
+                    queue_control(yamux::Header{yamux::FrameType::ping, yamux::kAck, 0, h.length});
+                } else if (h.flags & yamux::kAck) {
+                    std::lock_guard<std::mutex> lk(mu_);
+                    if (pings_.erase(h.length)) {
+                        ping_acked_.insert(h.length);
+                        ping_cv_.notify_all();
+                        writer_cv_.notify_all();
+                    }
+                }
+                return;
+            case yamux::FrameType::go_away:
+                if (h.length == yamux::kGoAwayNormal) {
+                    std::lock_guard<std::mutex> lk(mu_);
+                    remote_goaway_ = true;
+                    open_cv_.notify_all();
+                } else {
+                    kill("the peer sent GoAway with code " + std::to_string(h.length) +
+                         (h.length == 1 ? " (protocol error)" : " (internal error)"));
+                }
+                return;
+        }
+    }
+
+    void handle_stream_frame(yamux::Frame& f) {
+        const auto& h = f.header;
+        bool queue_rst = false;
+        {
+            std::lock_guard<std::mutex> lk(mu_);
+            if (h.flags & yamux::kSyn) {
+                if (h.stream_id == 0)
+                    throw error(errc::protocol_error, "yamux: SYN for stream id 0");
+                if (streams_.count(h.stream_id))
+                    throw error(errc::protocol_error, "yamux: SYN for stream " +
+                                                          std::to_string(h.stream_id) +
+                                                          " which already exists");
+                if (local_goaway_ || accept_q_.size() >= cfg_.accept_backlog) {
+                    queue_rst = true;  // refuse it; its payload is dropped below
+                } else {
+                    auto st = std::make_shared<MuxStreamState>(h.stream_id);
+                    streams_.emplace(h.stream_id, st);
+                    accept_q_.push_back(st);
+                    accept_cv_.notify_one();
+                }
+            }
+            auto it = queue_rst ? streams_.end() : streams_.find(h.stream_id);
+            if (it != streams_.end()) {
+                auto st = it->second;  // keep alive past a possible erase below
+                if ((h.flags & yamux::kAck) && st->opened_here && !st->acked) {
+                    st->acked = true;
+                    --unacked_;
+                    open_cv_.notify_all();
+                }
+                if (h.type == yamux::FrameType::data && h.length > 0) {
+                    if (h.length > st->recv_window)
+                        throw error(errc::protocol_error,
+                                    "yamux: stream " + std::to_string(h.stream_id) + " sent " +
+                                        std::to_string(h.length) + " bytes with only " +
+                                        std::to_string(st->recv_window) + " bytes of window left");
+                    st->recv_window -= h.length;
+                    if (st->local_closed || st->reset) {
+                        credit_window_locked(*st);  // nobody will read it: free it now
+                    } else {
+                        st->buffered += f.payload.size();
+                        st->chunks.push_back(std::move(f.payload));
+                    }
+                } else if (h.type == yamux::FrameType::window_update) {
+                    st->send_window += h.length;
+                }
+                if (h.flags & yamux::kFin) st->remote_fin = true;
+                if (h.flags & yamux::kRst) {
+                    st->reset = true;
+                    if (st->opened_here && !st->acked) {
+                        st->acked = true;
+                        --unacked_;
+                        open_cv_.notify_all();
+                    }
+                }
+                maybe_forget_locked(*st);
+                bool data = h.type == yamux::FrameType::data && h.length > 0;
+                if (data || (h.flags & (yamux::kFin | yamux::kRst))) st->read_cv.notify_all();
+                if ((h.type == yamux::FrameType::window_update && h.length > 0) ||
+                    (h.flags & yamux::kRst))
+                    st->write_cv.notify_all();
+            }
+        }
+        if (queue_rst)
+            queue_control(
+                yamux::Header{yamux::FrameType::window_update, yamux::kRst, h.stream_id, 0});
+    }
+
+    // ---- stream operations (application threads) ------------------------------------
+
+    StatePtr open(Millis timeout) {
+        auto deadline = p2prc::detail::deadline_after(timeout);
+        StatePtr st;
+        {
+            std::unique_lock<std::mutex> lk(mu_);
+            for (;;) {
+                if (dead_) throw_dead();
+                if (remote_goaway_)
+                    throw error(errc::state_error,
+                                "yamux: the peer sent GoAway and accepts no new streams");
+                if (unacked_ < cfg_.max_unacked_opens) break;
+                if (open_cv_.wait_until(lk, deadline) == std::cv_status::timeout &&
+                    unacked_ >= cfg_.max_unacked_opens)
+                    throw error(errc::timeout,
+                                "yamux: open timed out: " + std::to_string(unacked_) +
+                                    " streams still wait for the peer's ACK");
+            }
+            if (next_id_ > 0xfffffffdu)
+                throw error(errc::limit_exceeded,
+                            "yamux: stream ids exhausted; open a new session");
+            st = std::make_shared<MuxStreamState>(next_id_);
+            next_id_ += 2;
+            st->opened_here = true;
+            ++unacked_;
+            streams_.emplace(st->id, st);
+        }
+        // SYN goes out before any Data of this stream: sent here, synchronously.
+        send_now(yamux::Header{yamux::FrameType::window_update, yamux::kSyn, st->id, 0}, nullptr, 0,
+                 cfg_.write_timeout);
+        return st;
+    }
+
+    // nullptr on timeout; throws once the session is closed.
+    StatePtr accept(Millis timeout) {
+        StatePtr st;
+        {
+            std::unique_lock<std::mutex> lk(mu_);
+            accept_cv_.wait_until(lk, p2prc::detail::deadline_after(timeout),
+                                  [&] { return dead_ || !accept_q_.empty(); });
+            if (dead_) throw_dead();
+            if (accept_q_.empty()) return nullptr;
+            st = accept_q_.front();
+            accept_q_.pop_front();
+        }
+        // ACK before the application can write anything on it.
+        send_now(yamux::Header{yamux::FrameType::window_update, yamux::kAck, st->id, 0}, nullptr, 0,
+                 cfg_.write_timeout);
+        return st;
+    }
+
+    std::size_t read(MuxStreamState& st, void* buf, std::size_t n, Millis timeout) {
+        if (n == 0) return 0;
+        std::unique_lock<std::mutex> lk(mu_);
+        auto ready = [&] {
+            return st.buffered > 0 || st.remote_fin || st.reset || st.local_closed || dead_;
+        };
+        if (!st.read_cv.wait_until(lk, p2prc::detail::deadline_after(timeout), ready))
+            throw error(errc::timeout,
+                        "yamux stream " + std::to_string(st.id) + ": read timed out");
+        if (st.local_closed)
+            throw error(errc::state_error,
+                        "yamux stream " + std::to_string(st.id) + ": read after close");
+        if (st.reset)
+            throw error(errc::io_error, "yamux stream " + std::to_string(st.id) + " was reset");
+        if (st.buffered == 0) {
+            if (st.remote_fin) return 0;
+            throw_dead();
+        }
+        auto* out = static_cast<char*>(buf);
+        std::size_t got = 0;
+        while (got < n && !st.chunks.empty()) {
+            auto& front = st.chunks.front();
+            std::size_t k = std::min(n - got, front.size() - st.front_offset);
+            std::memcpy(out + got, front.data() + st.front_offset, k);
+            got += k;
+            st.front_offset += k;
+            if (st.front_offset == front.size()) {
+                st.chunks.pop_front();
+                st.front_offset = 0;
+            }
+        }
+        st.buffered -= got;
+        bool queued = credit_window_locked(st, /*wake_writer=*/false);
+        lk.unlock();
+        if (queued) flush_or_wake();
+        return got;
+    }
+
+    void write(MuxStreamState& st, const void* buf, std::size_t n, Millis timeout) {
+        auto deadline = p2prc::detail::deadline_after(timeout);
+        const auto* p = static_cast<const std::uint8_t*>(buf);
+        while (n > 0) {
+            std::uint32_t chunk = 0;
+            {
+                std::unique_lock<std::mutex> lk(mu_);
+                auto ready = [&] {
+                    return st.send_window > 0 || st.reset || st.local_fin || dead_;
+                };
+                if (!st.write_cv.wait_until(lk, deadline, ready))
+                    throw error(errc::timeout,
+                                "yamux stream " + std::to_string(st.id) +
+                                    ": write timed out waiting for the peer's window");
+                if (st.local_fin)
+                    throw error(errc::state_error,
+                                "yamux stream " + std::to_string(st.id) + ": write after close");
+                if (st.reset)
+                    throw error(errc::io_error,
+                                "yamux stream " + std::to_string(st.id) + " was reset");
+                if (dead_) throw_dead();
+                chunk = std::uint32_t(std::min<std::uint64_t>(
+                    {std::uint64_t(n), st.send_window, std::uint64_t(cfg_.max_frame)}));
+                st.send_window -= chunk;
+            }
+            send_now(yamux::Header{yamux::FrameType::data, 0, st.id, chunk}, p, chunk,
+                     cfg_.write_timeout);
+            p += chunk, n -= chunk;
+        }
+    }
+
+    void shutdown_write(MuxStreamState& st) {
+        {
+            std::lock_guard<std::mutex> lk(mu_);
+            if (st.local_fin || st.reset || dead_) return;
+            st.local_fin = true;
+            maybe_forget_locked(st);
+            st.wake_all();
+        }
+        queue_control(yamux::Header{yamux::FrameType::window_update, yamux::kFin, st.id, 0});
+    }
+
+    // Full close: FIN if not sent yet; further reads fail; arriving data is discarded.
+    void close(MuxStreamState& st) noexcept {
+        bool fin = false;
+        {
+            std::lock_guard<std::mutex> lk(mu_);
+            if (st.local_closed) return;
+            st.local_closed = true;
+            st.chunks.clear();
+            st.front_offset = 0;
+            st.buffered = 0;
+            if (!dead_ && !st.reset) credit_window_locked(st);
+            fin = !st.local_fin && !st.reset && !dead_;
+            st.local_fin = true;
+            maybe_forget_locked(st);
+            auto it = streams_.find(st.id);
+            if (!dead_ && it != streams_.end() && it->second.get() == &st) {
+                lingering_.emplace_back(p2prc::detail::deadline_after(cfg_.half_closed_timeout),
+                                        it->second);
+                writer_cv_.notify_one();
+            }
+            st.wake_all();
+        }
+        if (fin) {
+            try {
+                queue_control(
+                    yamux::Header{yamux::FrameType::window_update, yamux::kFin, st.id, 0});
+            } catch (...) {
+            }
+        }
+    }
+
+    void reset(MuxStreamState& st) noexcept {
+        bool send = false;
+        {
+            std::lock_guard<std::mutex> lk(mu_);
+            send = !st.reset && !dead_;
+            st.reset = true;
+            st.local_closed = true;
+            st.local_fin = true;
+            st.chunks.clear();
+            st.buffered = 0;
+            maybe_forget_locked(st);
+            st.wake_all();
+        }
+        if (send) {
+            try {
+                queue_control(
+                    yamux::Header{yamux::FrameType::window_update, yamux::kRst, st.id, 0});
+            } catch (...) {
+            }
+        }
+    }
+
+    // ---- session operations ---------------------------------------------------------
+
+    std::optional<Millis> ping(Millis timeout) {
+        auto start = Clock::now();
+        std::uint32_t id;
+        {
+            std::lock_guard<std::mutex> lk(mu_);
+            if (dead_) throw_dead();
+            id = next_ping_id_++;
+            pings_.insert(id);
+        }
+        queue_control(yamux::Header{yamux::FrameType::ping, yamux::kSyn, 0, id});
+        std::unique_lock<std::mutex> lk(mu_);
+        bool ok = ping_cv_.wait_until(lk, p2prc::detail::deadline_after(timeout),
+                                      [&] { return dead_ || ping_acked_.count(id); });
+        pings_.erase(id);
+        if (ok && ping_acked_.erase(id))
+            return std::chrono::duration_cast<Millis>(Clock::now() - start);
+        if (dead_) throw_dead();
+        return std::nullopt;
+    }
+
+    void go_away() {
+        {
+            std::lock_guard<std::mutex> lk(mu_);
+            if (local_goaway_ || dead_) return;
+            local_goaway_ = true;
+        }
+        queue_control(yamux::Header{yamux::FrameType::go_away, 0, 0, yamux::kGoAwayNormal});
+    }
+
+    const MuxConfig& config() const noexcept { return cfg_; }
+
+  private:
+    // Returns window to the peer once at least half of it is free again (Go's rule), so a
+    // Go sender never stalls. Caller holds mu_.
+    // Returns whether a WindowUpdate was queued.
+    bool credit_window_locked(MuxStreamState& st, bool wake_writer = true) {
+        std::uint64_t free_space =
+            yamux::kInitialWindow - std::min<std::uint64_t>(st.buffered, yamux::kInitialWindow);
+        if (free_space <= st.recv_window) return false;
+        auto delta = std::uint32_t(free_space - st.recv_window);
+        if (delta < yamux::kInitialWindow / 2) return false;
+        st.recv_window += delta;
+        queue_control_locked(yamux::Header{yamux::FrameType::window_update, 0, st.id, delta},
+                             wake_writer);
+        return true;
+    }
+
+    // A stream both sides finished (or reset) leaves the table; later frames for its id
+    // are ignored. Caller holds mu_.
+    void maybe_forget_locked(MuxStreamState& st) {
+        if (st.reset || (st.local_fin && st.remote_fin)) {
+            if (st.opened_here && !st.acked) {  // no ACK will come for a forgotten id
+                st.acked = true;
+                --unacked_;
+                open_cv_.notify_all();
+            }
+            auto it = streams_.find(st.id);
+            if (it != streams_.end() && it->second.get() == &st) streams_.erase(it);
+        }
+    }
+
+    void queue_control(const yamux::Header& h) {
+        std::lock_guard<std::mutex> lk(mu_);
+        queue_control_locked(h);
+    }
+    void queue_control_locked(const yamux::Header& h, bool wake_writer = true) {
+        if (dead_) return;
+        if (control_.size() >= cfg_.max_queued_control) {
+            // The peer sends faster than it reads our answers: treat it as dead.
+            dead_pending_ = true;
+            writer_cv_.notify_all();
+            return;
+        }
+        control_.push_back(yamux::encode_header(h));
+        if (wake_writer) writer_cv_.notify_one();
+    }
+
+    // From an application thread: send the queued control frames now if nobody is
+    // writing (saves a hop through the writer thread), else leave them to the writer
+    // thread. Never waits for the write lock.
+    void flush_or_wake() {
+        if (write_mu_.try_lock_until(Clock::now())) {
+            FrameWriteLock::Guard wl(write_mu_);
+            scratch_.clear();
+            take_control(scratch_);
+            if (!scratch_.empty()) {
+                try {
+                    write_locked(scratch_.data(), scratch_.size(), cfg_.write_timeout);
+                } catch (const error&) {
+                    // The session is closed; the caller's read already succeeded.
+                }
+            }
+            return;
+        }
+        std::lock_guard<std::mutex> lk(mu_);
+        writer_cv_.notify_one();
+    }
+
+    // Moves the queued control frames into `out` (the write lock is held).
+    void take_control(std::vector<std::uint8_t>& out) {
+        std::lock_guard<std::mutex> lk(mu_);
+        for (const auto& h : control_) out.insert(out.end(), h.begin(), h.end());
+        control_.clear();
+    }
+
+    // Writes one frame now (serialised with every other writer). A failure leaves the
+    // transport mid-frame, so it ends the session.
+    void send_now(const yamux::Header& h, const std::uint8_t* payload, std::size_t n,
+                  Millis timeout) {
+        if (!write_mu_.try_lock_until(p2prc::detail::deadline_after(timeout)))
+            throw error(errc::timeout, "yamux: could not write a frame within " +
+                                           std::to_string(timeout.count()) + " ms");
+        FrameWriteLock::Guard wl(write_mu_);
+        {
+            std::lock_guard<std::mutex> lk(mu_);
+            if (dead_) throw_dead();
+        }
+        auto head = yamux::encode_header(h);
+        // Queued control frames (window updates...) ride along, ahead of this frame.
+        scratch_.clear();
+        take_control(scratch_);
+        scratch_.insert(scratch_.end(), head.begin(), head.end());
+        if (n) scratch_.insert(scratch_.end(), payload, payload + n);
+        write_locked(scratch_.data(), scratch_.size(), timeout);
+    }
+
+    // The writer thread's flush: waits for the write lock, then takes the queue (taking it
+    // only under the lock keeps control frames in the order they were queued).
+    void flush_control_blocking() {
+        if (!write_mu_.try_lock_until(p2prc::detail::deadline_after(cfg_.write_timeout))) {
+            kill("writer: transport blocked for " + std::to_string(cfg_.write_timeout.count()) +
+                 " ms");
+            throw error(errc::timeout, "yamux: transport blocked");
+        }
+        FrameWriteLock::Guard wl(write_mu_);
+        scratch_.clear();
+        take_control(scratch_);
+        if (!scratch_.empty()) write_locked(scratch_.data(), scratch_.size(), cfg_.write_timeout);
+    }
+
+    void write_locked(const void* data, std::size_t n, Millis timeout) {
+        try {
+            transport_->write_all(data, n, timeout);
+        } catch (const error& e) {
+            kill(std::string("write failed: ") + e.what());
+            throw error(errc::io_error,
+                        std::string("yamux session closed: write failed: ") + e.what());
+        }
+    }
+
+    std::shared_ptr<p2prc::detail::Stream> transport_;
+    MuxConfig cfg_;
+
+    mutable std::mutex mu_;  // everything below except write_mu_/scratch_
+    std::unordered_map<std::uint32_t, StatePtr> streams_;
+    std::deque<StatePtr> accept_q_;
+    std::condition_variable accept_cv_, writer_cv_, open_cv_, ping_cv_;
+    std::deque<std::array<std::uint8_t, yamux::kHeaderSize>> control_;
+    std::deque<std::pair<Clock::time_point, std::weak_ptr<MuxStreamState>>> lingering_;
+    std::uint32_t next_id_;
+    std::size_t unacked_ = 0;
+    std::uint32_t next_ping_id_ = 0;
+    std::set<std::uint32_t> pings_, ping_acked_;
+    bool dead_ = false, dead_pending_ = false;
+    std::string reason_;
+    bool local_goaway_ = false, remote_goaway_ = false;
+
+    FrameWriteLock write_mu_;
+    std::vector<std::uint8_t> scratch_;
+};
+
+}  // namespace detail
+
+// One multiplexed stream: a detail::Stream like a TCP connection. Destroying it closes it
+// (FIN to the peer).
+class MuxStream final : public p2prc::detail::Stream {
+  public:
+    MuxStream(std::shared_ptr<detail::MuxCore> core, std::shared_ptr<detail::MuxStreamState> st)
+        : core_(std::move(core)), st_(std::move(st)) {}
+    ~MuxStream() override { close(); }
+    MuxStream(const MuxStream&) = delete;
+    MuxStream& operator=(const MuxStream&) = delete;
+
+    std::uint32_t id() const noexcept { return st_->id; }
+
+    std::size_t read_some(void* buf, std::size_t n, p2prc::detail::Millis timeout) override {
+        return core_->read(*st_, buf, n, timeout);
+    }
+    void write_all(const void* buf, std::size_t n, p2prc::detail::Millis timeout) override {
+        core_->write(*st_, buf, n, timeout);
+    }
+    // Sends FIN: the peer reads end of stream; we can still read.
+    void shutdown_write() override { core_->shutdown_write(*st_); }
+    // FIN (if not sent) and stop reading. Wakes blocked reads and writes on other threads.
+    void close() noexcept override { core_->close(*st_); }
+    // RST: abort both directions at once; the peer's reads and writes fail.
+    void reset() noexcept { core_->reset(*st_); }
+    std::string describe() const override { return "yamux stream " + std::to_string(st_->id); }
+
+  private:
+    std::shared_ptr<detail::MuxCore> core_;
+    std::shared_ptr<detail::MuxStreamState> st_;
+};
+
+// A yamux session over a transport (a TCP connection, usually). Owns its two threads.
+class MuxSession {
+  public:
+    MuxSession(std::shared_ptr<p2prc::detail::Stream> transport, MuxRole role, MuxConfig cfg = {})
+        : core_(std::make_shared<detail::MuxCore>(std::move(transport), role, cfg)) {
+        if (cfg.accept_backlog == 0 || cfg.max_frame == 0 || cfg.max_unacked_opens == 0)
+            throw error(errc::invalid_argument,
+                        "MuxConfig: accept_backlog, max_frame and max_unacked_opens must be > 0");
+        reader_ = std::thread([c = core_] { c->read_loop(); });
+        writer_ = std::thread([c = core_] { c->write_loop(); });
+    }
+    ~MuxSession() {
+        close();
+        if (reader_.joinable()) reader_.join();
+        if (writer_.joinable()) writer_.join();
+    }
+    MuxSession(const MuxSession&) = delete;
+    MuxSession& operator=(const MuxSession&) = delete;
+
+    // Opens a stream (SYN). Throws when the session is closed or the peer sent GoAway.
+    std::unique_ptr<MuxStream> open(p2prc::detail::Millis timeout) {
+        return std::make_unique<MuxStream>(core_, core_->open(timeout));
+    }
+    // The next stream the peer opened (ACKs it), or nullptr after `timeout`. Throws once
+    // the session is closed.
+    std::unique_ptr<MuxStream> accept(p2prc::detail::Millis timeout) {
+        auto st = core_->accept(timeout);
+        if (!st) return nullptr;
+        return std::make_unique<MuxStream>(core_, std::move(st));
+    }
+    // Round-trip time of one Ping, or nullopt if no answer within `timeout`.
+    std::optional<p2prc::detail::Millis> ping(p2prc::detail::Millis timeout) {
+        return core_->ping(timeout);
+    }
+    // GoAway(0): the peer may open no more streams; existing ones continue.
+    void go_away() { core_->go_away(); }
+    // Closes the transport: every stream's pending and future operations fail.
+    void close() noexcept { core_->kill("closed locally"); }
+    bool closed() const { return core_->dead(); }
+    // Why the session ended ("the peer closed the connection", a protocol error...).
+    std::string close_reason() const { return core_->reason(); }
+    // Streams in the table (open, or half-closed and waiting for the other FIN).
+    std::size_t stream_count() const { return core_->stream_count(); }
+
+  private:
+    std::shared_ptr<detail::MuxCore> core_;
+    std::thread reader_, writer_;
+};
+
+}  // namespace p2prc::frp
+
 // ---- p2prc/node.hpp ----
 // p2prc::Node: a server of the network. It ties the configuration, the table file, the
 // HTTP server, the probes and discovery together.
