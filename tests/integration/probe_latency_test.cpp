@@ -112,8 +112,15 @@ TEST_CASE("delay proxy + probe_latency: the added round trip is measured within 
         p2prc_test::DelayProxy proxy(
             p2prc_test::ProxyRoute{s.port(), std::chrono::milliseconds(one_way_ms), 0});
         const double expected = 2.0 * one_way_ms;  // one request and one answer cross the proxy
-        auto r = p2prc::probe_latency(local(proxy.port()));
-        REQUIRE(r.reachable);
+        // The minimum of up to 5 probes of 5 samples each: on a loaded machine a sample can
+        // only come out late (the scheduler), never early.
+        p2prc::LatencyResult r;
+        for (int attempt = 0; attempt < 5; ++attempt) {
+            auto one = p2prc::probe_latency(local(proxy.port()));
+            REQUIRE(one.reachable);
+            if (attempt == 0 || one.min_ms < r.min_ms) r = one;
+            if (r.min_ms - direct.min_ms <= expected + (0.2 * expected + 2.0)) break;
+        }
         const double added = r.min_ms - direct.min_ms;
         CAPTURE(r.min_ms);
         CAPTURE(direct.min_ms);

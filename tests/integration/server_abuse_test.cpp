@@ -61,6 +61,7 @@ TEST_CASE("abuse: a client sending one byte a second is cut, and others are serv
     o.worker_threads = 2;
     o.read_timeout = 5s;  // per receive: a byte a second never trips it
     o.header_timeout = 1500ms;
+    o.overload_idle_timeout = 60s;  // only the header timeout may cut it here
     p2prc::Server s(o);
     s.start();
 

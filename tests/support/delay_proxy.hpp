@@ -7,10 +7,13 @@
 //            at the earliest, order kept. One request/response exchange therefore takes
 //            2*D longer than without the proxy.
 //   rate R:  (bytes/s, 0 = unlimited) a token bucket; the bytes written in any interval
-//            of length T are at most R*T + burst, burst = max(16 KiB, 5 ms of R).
-// Each connection has its own pair of buckets. At most 256 KiB wait in the proxy per direction;
-// beyond that it stops reading, so the sender feels the limit (TCP backpressure) as it would on a
-// real slow link.
+//            of length T are at most R*T + burst, burst = max(16 KiB, 50 ms of R): a
+//            proxy thread that the scheduler delays loses nothing; while data flows the
+//            bucket is empty, so the long-run rate is R.
+// Delays count from the kernel's receive time of the data (SO_TIMESTAMPNS), so the
+// proxy's own scheduling delays do not add to them. Each connection has its own pair of
+// buckets. At most 256 KiB wait in the proxy per direction; beyond that it stops reading,
+// so the sender feels the limit (TCP backpressure) as it would on a real slow link.
 //
 // One thread serves every route and connection (poll-driven), so a benchmark can put
 // hundreds of peers behind it.
@@ -22,6 +25,8 @@
 #include <netinet/tcp.h>
 #include <poll.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -125,7 +130,7 @@ class DelayProxy {
     }
 
     double burst(const ProxyRoute& r) const {
-        return std::max(16384.0, r.rate_bytes_per_second * 0.005);
+        return std::max(16384.0, r.rate_bytes_per_second * 0.05);
     }
 
     void accept_from(Listener& l) {
@@ -147,6 +152,10 @@ class DelayProxy {
             int one = 1;
             setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
             setsockopt(s, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+            // Kernel receive times: a proxy thread that wakes late does not add its
+            // lateness to the delay.
+            setsockopt(fd, SOL_SOCKET, SO_TIMESTAMPNS, &one, sizeof one);
+            setsockopt(s, SOL_SOCKET, SO_TIMESTAMPNS, &one, sizeof one);
             auto c = std::make_unique<Conn>();
             c->route = l.route;
             c->client = fd;
@@ -164,10 +173,30 @@ class DelayProxy {
 
     void read_side(Conn& c, Direction& d) {
         char buf[kReadChunk];
-        ssize_t n = ::recv(d.from, buf, sizeof buf, 0);
+        iovec iov{buf, sizeof buf};
+        alignas(cmsghdr) char control[CMSG_SPACE(sizeof(timespec))];
+        msghdr msg{};
+        msg.msg_iov = &iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control;
+        msg.msg_controllen = sizeof control;
+        ssize_t n = ::recvmsg(d.from, &msg, 0);
         if (n > 0) {
             Chunk ch;
-            ch.due = Clock::now() + c.route.delay;
+            auto arrived = Clock::now();
+            for (cmsghdr* cm = CMSG_FIRSTHDR(&msg); cm; cm = CMSG_NXTHDR(&msg, cm)) {
+                if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_TIMESTAMPNS) continue;
+                timespec ts{};
+                std::memcpy(&ts, CMSG_DATA(cm), sizeof ts);
+                timespec real{};
+                clock_gettime(CLOCK_REALTIME, &real);
+                const auto late = std::chrono::seconds(real.tv_sec - ts.tv_sec) +
+                                  std::chrono::nanoseconds(real.tv_nsec - ts.tv_nsec);
+                // The timestamp is of the last segment in this read: never in the future.
+                if (late.count() > 0 && late < std::chrono::seconds(1))
+                    arrived -= std::chrono::duration_cast<Clock::duration>(late);
+            }
+            ch.due = arrived + c.route.delay;
             ch.data.assign(buf, static_cast<std::size_t>(n));
             d.queued += ch.data.size();
             d.queue.push_back(std::move(ch));
