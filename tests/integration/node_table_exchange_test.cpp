@@ -210,3 +210,30 @@ TEST_CASE("the scope rule: a public sender cannot teach internal addresses") {
     CHECK(priv.filter.accepted == 0);
     CHECK(node.table().empty());
 }
+
+TEST_CASE("a node trusts the address its peers observe once two distinct peers agree") {
+    p2prc_test::TempDir dir;
+    // Two peers on distinct loopback addresses: two distinct reporters.
+    auto c2 = test_config(dir, "two");
+    c2.bind = "127.0.0.2";
+    auto c3 = test_config(dir, "three");
+    c3.bind = "127.0.0.3";
+    p2prc::Node two(c2), three(c3);
+    two.start();
+    three.start();
+    auto cf = test_config(dir, "self");
+    cf.behind_nat = p2prc::BehindNat::automatic;
+    p2prc::Node self(cf);
+    self.start();
+
+    // One peer is not enough.
+    auto r1 = self.discover({p2prc::Endpoint{IpAddress::from_string("127.0.0.2"), two.port()}});
+    CHECK(r1.contacted.size() >= 1);
+    CHECK_FALSE(self.observed().trusted().has_value());
+    // A second, distinct peer agrees: trusted. It is one of this machine's addresses, so
+    // the node is not behind NAT.
+    self.discover({p2prc::Endpoint{IpAddress::from_string("127.0.0.3"), three.port()}});
+    REQUIRE(self.observed().trusted().has_value());
+    CHECK(self.observed().trusted()->to_string() == "127.0.0.1");
+    CHECK_FALSE(self.behind_nat());
+}
