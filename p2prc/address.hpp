@@ -151,6 +151,22 @@ private:
     std::array<std::uint8_t, 16> bytes_{};
 };
 
+namespace detail {
+
+// Parses unsigned decimal text: digits only (no sign, no spaces), at most 19 of them so
+// the value fits in 64 bits.
+inline std::optional<std::uint64_t> parse_decimal_u64(std::string_view s) noexcept {
+    if (s.empty() || s.size() > 19) return std::nullopt;
+    std::uint64_t v = 0;
+    for (char c : s) {
+        if (c < '0' || c > '9') return std::nullopt;
+        v = v * 10 + std::uint64_t(c - '0');
+    }
+    return v;
+}
+
+}  // namespace detail
+
 // Parses a port given as decimal text: 1-65535, digits only (no sign, no spaces).
 inline std::optional<std::uint16_t> parse_port(std::string_view text) noexcept {
     if (text.empty() || text.size() > 5) return std::nullopt;

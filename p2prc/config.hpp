@@ -228,16 +228,6 @@ inline std::optional<std::uint64_t> json_uint(const nlohmann::json& v) {
     return std::nullopt;
 }
 
-inline std::optional<std::uint64_t> text_uint(std::string_view s) {
-    if (s.empty() || s.size() > 19) return std::nullopt;
-    std::uint64_t v = 0;
-    for (char c : s) {
-        if (c < '0' || c > '9') return std::nullopt;
-        v = v * 10 + std::uint64_t(c - '0');
-    }
-    return v;
-}
-
 inline std::optional<bool> text_bool(std::string_view s) {
     auto l = ascii_lower(s);
     if (l.empty() || l == "true" || l == "1" || l == "yes" || l == "on") return true;
@@ -278,7 +268,7 @@ ConfigKey integer_key(const char* key, const char* flag, const char* metavar, co
         return true;
     };
     k.from_json = [set](Config& c, const nlohmann::json& v) { return set(c, json_uint(v)); };
-    k.from_text = [set](Config& c, std::string_view s) { return set(c, text_uint(s)); };
+    k.from_text = [set](Config& c, std::string_view s) { return set(c, parse_decimal_u64(s)); };
     k.to_json = [access](const Config& c) { return nlohmann::json(access(c)); };
     return k;
 }
@@ -562,15 +552,7 @@ inline Config Config::parse(std::string_view text, const std::string& origin) {
         throw error(errc::limit_exceeded, origin + ": " + std::to_string(text.size()) +
                                               " bytes, larger than the limit of " +
                                               std::to_string(max_file_bytes));
-    detail::check_json_depth(text, 16, origin);
-    nlohmann::json doc;
-    try {
-        doc = nlohmann::json::parse(text.begin(), text.end());
-    } catch (const nlohmann::json::parse_error& e) {
-        throw error(errc::parse_error, origin + ": invalid JSON at " +
-                                           detail::line_column(text, e.byte ? e.byte - 1 : 0) +
-                                           ": expected a JSON object of configuration keys");
-    }
+    const nlohmann::json doc = detail::parse_json_bounded(text, 16, origin);
     if (!doc.is_object())
         throw error(errc::parse_error,
                     origin + ": expected a JSON object of configuration keys, found " +

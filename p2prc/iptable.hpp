@@ -70,6 +70,22 @@ inline void check_json_depth(std::string_view text, std::size_t max_depth, const
     }
 }
 
+inline std::string line_column(std::string_view text, std::size_t byte);
+
+// Parses JSON text after the depth check; a syntax error becomes p2prc::error naming
+// `origin`, the line and column, and what the parser expected.
+inline nlohmann::json parse_json_bounded(std::string_view text, std::size_t max_depth,
+                                         const std::string& origin) {
+    check_json_depth(text, max_depth, origin);
+    try {
+        return nlohmann::json::parse(text.begin(), text.end());
+    } catch (const nlohmann::json::parse_error& e) {
+        throw error(errc::parse_error, origin + ": invalid JSON at " +
+                                           line_column(text, e.byte ? e.byte - 1 : 0) + " (byte " +
+                                           std::to_string(e.byte) + "): " + e.what());
+    }
+}
+
 inline std::string line_column(std::string_view text, std::size_t byte) {
     std::size_t line = 1, col = 1;
     for (std::size_t i = 0; i < byte && i < text.size(); ++i) {
@@ -256,16 +272,7 @@ public:
                                                   std::to_string(limits.max_bytes));
         if (text.find_first_not_of(" \t\r\n") == std::string_view::npos)
             throw error(errc::parse_error, origin + ": empty: expected a JSON object with an \"ip_address\" array");
-        detail::check_json_depth(text, limits.max_depth, origin);
-        nlohmann::json doc;
-        try {
-            doc = nlohmann::json::parse(text.begin(), text.end());
-        } catch (const nlohmann::json::parse_error& e) {
-            throw error(errc::parse_error, origin + ": invalid JSON at " +
-                                               detail::line_column(text, e.byte ? e.byte - 1 : 0) +
-                                               " (byte " + std::to_string(e.byte) + "): " + e.what());
-        }
-        return from_json(doc, origin, limits);
+        return from_json(detail::parse_json_bounded(text, limits.max_depth, origin), origin, limits);
     }
 
     // Reads a parsed document ({"ip_address":[...]}).

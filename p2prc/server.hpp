@@ -651,16 +651,6 @@ inline std::string regex_escape(const std::string& s) {
     return out;
 }
 
-// Parses a decimal byte count: digits only, at most 19 of them.
-inline std::optional<std::uint64_t> parse_byte_count(const std::string& s) {
-    if (s.empty() || s.size() > 19) return std::nullopt;
-    std::uint64_t v = 0;
-    for (char c : s) {
-        if (c < '0' || c > '9') return std::nullopt;
-        v = v * 10 + std::uint64_t(c - '0');
-    }
-    return v;
-}
 
 }  // namespace detail
 
@@ -860,7 +850,7 @@ class Server {
                                 "application/json");
                 return;
             }
-            auto n = detail::parse_byte_count(req.get_param_value("bytes"));
+            auto n = detail::parse_decimal_u64(req.get_param_value("bytes"));
             if (!n) {
                 res.status = 400;
                 res.set_content(
@@ -975,7 +965,7 @@ class Server {
                           req.method.substr(0, 20) + " not allowed on " + req.path.substr(0, 200));
         }
         if (req.has_header("Content-Length")) {
-            auto n = detail::parse_byte_count(req.get_header_value("Content-Length"));
+            auto n = detail::parse_decimal_u64(req.get_header_value("Content-Length"));
             if (!n) return reject(400, "invalid Content-Length");
             if (*n > options_.max_body_bytes) {
                 too_large(res, options_.max_body_bytes);
@@ -1048,7 +1038,7 @@ class Server {
         using Clock = std::chrono::steady_clock;
         std::uint64_t warmup_ms = 0;
         if (req.has_param("warmup_ms")) {
-            auto w = detail::parse_byte_count(req.get_param_value("warmup_ms"));
+            auto w = detail::parse_decimal_u64(req.get_param_value("warmup_ms"));
             if (!w || *w > 60000) {
                 res.status = 400;
                 res.set_content(detail::json_error_body("warmup_ms: expected 0-60000"),

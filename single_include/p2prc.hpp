@@ -223,6 +223,22 @@ private:
     std::array<std::uint8_t, 16> bytes_{};
 };
 
+namespace detail {
+
+// Parses unsigned decimal text: digits only (no sign, no spaces), at most 19 of them so
+// the value fits in 64 bits.
+inline std::optional<std::uint64_t> parse_decimal_u64(std::string_view s) noexcept {
+    if (s.empty() || s.size() > 19) return std::nullopt;
+    std::uint64_t v = 0;
+    for (char c : s) {
+        if (c < '0' || c > '9') return std::nullopt;
+        v = v * 10 + std::uint64_t(c - '0');
+    }
+    return v;
+}
+
+}  // namespace detail
+
 // Parses a port given as decimal text: 1-65535, digits only (no sign, no spaces).
 inline std::optional<std::uint16_t> parse_port(std::string_view text) noexcept {
     if (text.empty() || text.size() > 5) return std::nullopt;
@@ -714,6 +730,22 @@ inline void check_json_depth(std::string_view text, std::size_t max_depth, const
     }
 }
 
+inline std::string line_column(std::string_view text, std::size_t byte);
+
+// Parses JSON text after the depth check; a syntax error becomes p2prc::error naming
+// `origin`, the line and column, and what the parser expected.
+inline nlohmann::json parse_json_bounded(std::string_view text, std::size_t max_depth,
+                                         const std::string& origin) {
+    check_json_depth(text, max_depth, origin);
+    try {
+        return nlohmann::json::parse(text.begin(), text.end());
+    } catch (const nlohmann::json::parse_error& e) {
+        throw error(errc::parse_error, origin + ": invalid JSON at " +
+                                           line_column(text, e.byte ? e.byte - 1 : 0) + " (byte " +
+                                           std::to_string(e.byte) + "): " + e.what());
+    }
+}
+
 inline std::string line_column(std::string_view text, std::size_t byte) {
     std::size_t line = 1, col = 1;
     for (std::size_t i = 0; i < byte && i < text.size(); ++i) {
@@ -900,16 +932,7 @@ public:
                                                   std::to_string(limits.max_bytes));
         if (text.find_first_not_of(" \t\r\n") == std::string_view::npos)
             throw error(errc::parse_error, origin + ": empty: expected a JSON object with an \"ip_address\" array");
-        detail::check_json_depth(text, limits.max_depth, origin);
-        nlohmann::json doc;
-        try {
-            doc = nlohmann::json::parse(text.begin(), text.end());
-        } catch (const nlohmann::json::parse_error& e) {
-            throw error(errc::parse_error, origin + ": invalid JSON at " +
-                                               detail::line_column(text, e.byte ? e.byte - 1 : 0) +
-                                               " (byte " + std::to_string(e.byte) + "): " + e.what());
-        }
-        return from_json(doc, origin, limits);
+        return from_json(detail::parse_json_bounded(text, limits.max_depth, origin), origin, limits);
     }
 
     // Reads a parsed document ({"ip_address":[...]}).
@@ -1360,16 +1383,6 @@ inline std::optional<std::uint64_t> json_uint(const nlohmann::json& v) {
     return std::nullopt;
 }
 
-inline std::optional<std::uint64_t> text_uint(std::string_view s) {
-    if (s.empty() || s.size() > 19) return std::nullopt;
-    std::uint64_t v = 0;
-    for (char c : s) {
-        if (c < '0' || c > '9') return std::nullopt;
-        v = v * 10 + std::uint64_t(c - '0');
-    }
-    return v;
-}
-
 inline std::optional<bool> text_bool(std::string_view s) {
     auto l = ascii_lower(s);
     if (l.empty() || l == "true" || l == "1" || l == "yes" || l == "on") return true;
@@ -1410,7 +1423,7 @@ ConfigKey integer_key(const char* key, const char* flag, const char* metavar, co
         return true;
     };
     k.from_json = [set](Config& c, const nlohmann::json& v) { return set(c, json_uint(v)); };
-    k.from_text = [set](Config& c, std::string_view s) { return set(c, text_uint(s)); };
+    k.from_text = [set](Config& c, std::string_view s) { return set(c, parse_decimal_u64(s)); };
     k.to_json = [access](const Config& c) { return nlohmann::json(access(c)); };
     return k;
 }
@@ -1694,15 +1707,7 @@ inline Config Config::parse(std::string_view text, const std::string& origin) {
         throw error(errc::limit_exceeded, origin + ": " + std::to_string(text.size()) +
                                               " bytes, larger than the limit of " +
                                               std::to_string(max_file_bytes));
-    detail::check_json_depth(text, 16, origin);
-    nlohmann::json doc;
-    try {
-        doc = nlohmann::json::parse(text.begin(), text.end());
-    } catch (const nlohmann::json::parse_error& e) {
-        throw error(errc::parse_error, origin + ": invalid JSON at " +
-                                           detail::line_column(text, e.byte ? e.byte - 1 : 0) +
-                                           ": expected a JSON object of configuration keys");
-    }
+    const nlohmann::json doc = detail::parse_json_bounded(text, 16, origin);
     if (!doc.is_object())
         throw error(errc::parse_error,
                     origin + ": expected a JSON object of configuration keys, found " +
@@ -2745,16 +2750,6 @@ inline std::string regex_escape(const std::string& s) {
     return out;
 }
 
-// Parses a decimal byte count: digits only, at most 19 of them.
-inline std::optional<std::uint64_t> parse_byte_count(const std::string& s) {
-    if (s.empty() || s.size() > 19) return std::nullopt;
-    std::uint64_t v = 0;
-    for (char c : s) {
-        if (c < '0' || c > '9') return std::nullopt;
-        v = v * 10 + std::uint64_t(c - '0');
-    }
-    return v;
-}
 
 }  // namespace detail
 
@@ -2954,7 +2949,7 @@ class Server {
                                 "application/json");
                 return;
             }
-            auto n = detail::parse_byte_count(req.get_param_value("bytes"));
+            auto n = detail::parse_decimal_u64(req.get_param_value("bytes"));
             if (!n) {
                 res.status = 400;
                 res.set_content(
@@ -3069,7 +3064,7 @@ class Server {
                           req.method.substr(0, 20) + " not allowed on " + req.path.substr(0, 200));
         }
         if (req.has_header("Content-Length")) {
-            auto n = detail::parse_byte_count(req.get_header_value("Content-Length"));
+            auto n = detail::parse_decimal_u64(req.get_header_value("Content-Length"));
             if (!n) return reject(400, "invalid Content-Length");
             if (*n > options_.max_body_bytes) {
                 too_large(res, options_.max_body_bytes);
@@ -3142,7 +3137,7 @@ class Server {
         using Clock = std::chrono::steady_clock;
         std::uint64_t warmup_ms = 0;
         if (req.has_param("warmup_ms")) {
-            auto w = detail::parse_byte_count(req.get_param_value("warmup_ms"));
+            auto w = detail::parse_decimal_u64(req.get_param_value("warmup_ms"));
             if (!w || *w > 60000) {
                 res.status = 400;
                 res.set_content(detail::json_error_body("warmup_ms: expected 0-60000"),
