@@ -120,7 +120,8 @@ p2prc::Endpoint endpoint_arg(const std::string& text) {
     auto colon = text.rfind(':');
     if (colon == std::string::npos || colon == 0) throw UsageError("expected HOST:PORT, got \"" + text + "\"");
     std::string host = text.substr(0, colon);
-    auto port = p2prc::port_from_string(text.substr(colon + 1));
+    auto port = p2prc::parse_port(text.substr(colon + 1));
+    if (!port) throw UsageError("invalid port in \"" + text + "\": expected HOST:PORT with a port 1-65535");
     addrinfo hints{};
     hints.ai_socktype = SOCK_STREAM;
     addrinfo* res = nullptr;
@@ -131,10 +132,19 @@ p2prc::Endpoint endpoint_arg(const std::string& text) {
                                                   : static_cast<const void*>(&reinterpret_cast<sockaddr_in6*>(res->ai_addr)->sin6_addr);
     inet_ntop(res->ai_family, addr, buf, sizeof buf);
     freeaddrinfo(res);
-    return {p2prc::IpAddress::from_string(buf), port};
+    return {p2prc::IpAddress::from_string(buf), *port};
 }
 
 bool tty(FILE* f) { return isatty(fileno(f)) == 1; }
+
+// Text from the network, made safe for a terminal: control bytes (escape sequences, line
+// breaks that would fake table rows) become '?'.
+std::string printable(const std::string& s) {
+    std::string out = s;
+    for (auto& c : out)
+        if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) c = '?';
+    return out;
+}
 
 std::string fixed(double v, int decimals) {
     char buf[64];
@@ -150,13 +160,13 @@ void print_table(const p2prc::IpTable& table, bool colour) {
     std::vector<Row> rows;
     for (const auto& p : table.peers()) {
         Row r;
-        r.name = p.name.empty() ? "-" : p.name;
+        r.name = p.name.empty() ? "-" : printable(p.name);
         auto eps = p.endpoints();
         for (std::size_t i = 0; i < eps.size(); ++i) r.address += (i ? " " : "") + eps[i].to_string();
         r.latency = p.latency_ms ? fixed(*p.latency_ms, 2) + " ms" : "-";
         r.down = p.download_mbps ? fixed(*p.download_mbps, 1) : "-";
         r.up = p.upload_mbps ? fixed(*p.upload_mbps, 1) : "-";
-        r.nat = p.nat ? (p.escape_implementation.empty() ? "yes" : "yes (" + p.escape_implementation + ")") : "no";
+        r.nat = p.nat ? (p.escape_implementation.empty() ? "yes" : "yes (" + printable(p.escape_implementation) + ")") : "no";
         r.colour = !p.latency_ms ? "\033[2m" : *p.latency_ms < 50 ? "\033[32m" : *p.latency_ms < 150 ? "\033[33m" : "\033[31m";
         rows.push_back(r);
     }
@@ -211,7 +221,8 @@ void print_refresh(const p2prc::RefreshReport& r) {
     std::cout << "probed " << r.kept.size() + r.pruned.size() << " servers in " << fixed(r.seconds, 2) << " s: "
               << r.kept.size() << " kept, " << r.pruned.size() << " pruned\n";
     for (const auto& e : r.pruned)
-        std::cout << "  pruned " << e.peer.label() << " (" << e.latency.endpoint.to_string() << "): " << e.latency.reason << "\n";
+        std::cout << "  pruned " << printable(e.peer.label()) << " (" << e.latency.endpoint.to_string()
+                  << "): " << printable(e.latency.reason) << "\n";
 }
 
 int wait_for_signal() {
@@ -225,9 +236,13 @@ int wait_for_signal() {
 }
 
 int run(const Cli& cli) {
-    if (cli.help || cli.command.empty() || cli.command == "help") {
+    if (cli.command.empty() && !cli.help) {
+        print_help(std::cerr);  // asked for nothing: the usage, as an error
+        return 2;
+    }
+    if (cli.help || cli.command == "help") {
         print_help(std::cout, cli.command == "help" ? "" : cli.command);
-        return cli.command.empty() && !cli.help ? 2 : 0;
+        return 0;
     }
     p2prc::Config config = p2prc::Config::from_sources(cli.config_path, p2prc::process_environment);
     config.apply_flags(cli.flags);
@@ -269,7 +284,7 @@ int run(const Cli& cli) {
         auto t = p2prc::IpTable::load(config.iptable, config.peer_table_limits());
         t.dedupe();
         t.sort_by_latency();
-        if (cli.json) std::cout << t.dump(config.table_format);
+        if (cli.json) std::cout << t.dump(config.table_format, -1);
         else print_table(t, tty(stdout));
         return 0;
     }
@@ -312,12 +327,14 @@ int run(const Cli& cli) {
             nlohmann::json contacted = nlohmann::json::array();
             for (const auto& e : report.contacted) contacted.push_back(e.to_string());
             std::cout << nlohmann::json{{"contacted", contacted}, {"failed", failed}, {"hops", report.hops},
+                                        {"budget_exhausted", report.budget_exhausted},
                                         {"refresh", refresh_json(report.refresh)}}
                              .dump()
                       << "\n";
         } else {
             std::cout << "contacted " << report.contacted.size() << " servers in " << report.hops << " rounds\n";
-            for (const auto& [e, why] : report.failed) std::cout << "  no answer from " << e.to_string() << ": " << why << "\n";
+            for (const auto& [e, why] : report.failed)
+                std::cout << "  no answer from " << e.to_string() << ": " << printable(why) << "\n";
             print_refresh(report.refresh);
             auto t = node.table();
             t.sort_by_latency();

@@ -127,6 +127,13 @@ public:
         static constexpr std::uint8_t zero[16] = {};
         if (std::memcmp(b, zero, 16) == 0) return Scope::unspecified;
         if (std::memcmp(b, zero, 15) == 0 && b[15] == 1) return Scope::loopback;
+        // IPv4-compatible (::a.b.c.d) and NAT64 (64:ff9b::/96) addresses reach an IPv4
+        // host: they are as internal as the address they embed.
+        static constexpr std::uint8_t nat64[12] = {0, 0x64, 0xff, 0x9b, 0, 0, 0, 0, 0, 0, 0, 0};
+        if (std::memcmp(b, zero, 12) == 0 || std::memcmp(b, nat64, 12) == 0) {
+            const std::uint8_t v4[4] = {b[12], b[13], b[14], b[15]};
+            return from_v4(v4).scope();
+        }
         if (b[0] == 0xfe && (b[1] & 0xc0) == 0x80) return Scope::link_local;
         if ((b[0] & 0xfe) == 0xfc) return Scope::private_network;               // ULA fc00::/7
         if (b[0] == 0xfe && (b[1] & 0xc0) == 0xc0) return Scope::private_network;  // site-local

@@ -131,6 +131,7 @@ inline LearnReport filter_learned(IpTable& incoming, const IpAddress& sender,
             p.download_mbps.reset();
             p.upload_mbps.reset();
             p.measured_at.reset();
+            p.extra = nlohmann::json();  // unknown keys from a peer: not ours to keep
             kept.push_back(std::move(p));
         }
         ++index;

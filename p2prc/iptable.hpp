@@ -48,8 +48,12 @@ inline std::string errno_text(int e) { return std::strerror(e); }
 
 // Refuses nesting deeper than max_depth before the JSON parser sees the text, so a
 // hostile document ("[[[[..." 100,000 deep) costs one linear scan and no recursion.
-inline void check_json_depth(std::string_view text, std::size_t max_depth, const std::string& origin) {
-    std::size_t depth = 0;
+// With max_items, also refuses more than that many values in the containers at depth 2
+// (a table's "ip_address" array), so a document of millions of tiny entries is refused
+// before it costs memory.
+inline void check_json_depth(std::string_view text, std::size_t max_depth, const std::string& origin,
+                             std::size_t max_items = 0) {
+    std::size_t depth = 0, items = 0;
     bool in_string = false, escaped = false;
     for (std::size_t i = 0; i < text.size(); ++i) {
         char c = text[i];
@@ -66,6 +70,9 @@ inline void check_json_depth(std::string_view text, std::size_t max_depth, const
                                                    std::to_string(i));
         } else if ((c == ']' || c == '}') && depth > 0) {
             --depth;
+        } else if (c == ',' && depth == 2 && max_items && ++items >= max_items) {
+            throw error(errc::limit_exceeded, origin + ": more than the limit of " +
+                                                  std::to_string(max_items) + " entries");
         }
     }
 }
@@ -75,8 +82,8 @@ inline std::string line_column(std::string_view text, std::size_t byte);
 // Parses JSON text after the depth check; a syntax error becomes p2prc::error naming
 // `origin`, the line and column, and what the parser expected.
 inline nlohmann::json parse_json_bounded(std::string_view text, std::size_t max_depth,
-                                         const std::string& origin) {
-    check_json_depth(text, max_depth, origin);
+                                         const std::string& origin, std::size_t max_items = 0) {
+    check_json_depth(text, max_depth, origin, max_items);
     try {
         return nlohmann::json::parse(text.begin(), text.end());
     } catch (const nlohmann::json::parse_error& e) {
@@ -195,13 +202,15 @@ public:
         fd_.reset(::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644));
         if (!fd_) throw_io("cannot open the lock file", path, errno);
         auto deadline = std::chrono::steady_clock::now() + timeout;
-        auto pause = std::chrono::microseconds(200);
+        // Short, jittered pauses: a waiter must not lose every race to a holder that
+        // re-locks at once (long pauses would starve it).
+        std::uint64_t jitter = static_cast<std::uint64_t>(::getpid()) * 2654435761u;
         while (::flock(fd_.get(), LOCK_EX | LOCK_NB) != 0) {
             if (errno != EWOULDBLOCK && errno != EINTR) throw_io("cannot lock", path, errno);
             if (std::chrono::steady_clock::now() >= deadline)
                 throw error(errc::timeout, "cannot lock " + path + ": another process holds it");
-            std::this_thread::sleep_for(pause);
-            pause = std::min(pause * 2, std::chrono::microseconds(20000));
+            jitter = jitter * 6364136223846793005ull + 1442695040888963407ull;
+            std::this_thread::sleep_for(std::chrono::microseconds(100 + (jitter >> 33) % 900));
         }
     }
     ~FileLock() {
@@ -272,7 +281,8 @@ public:
                                                   std::to_string(limits.max_bytes));
         if (text.find_first_not_of(" \t\r\n") == std::string_view::npos)
             throw error(errc::parse_error, origin + ": empty: expected a JSON object with an \"ip_address\" array");
-        return from_json(detail::parse_json_bounded(text, limits.max_depth, origin), origin, limits);
+        return from_json(detail::parse_json_bounded(text, limits.max_depth, origin, limits.max_entries), origin,
+                         limits);
     }
 
     // Reads a parsed document ({"ip_address":[...]}).
@@ -371,7 +381,15 @@ public:
     std::size_t dedupe() {
         const std::size_t before = peers_.size();
         // In place: entry i either registers its endpoints or folds into an earlier entry
-        // and dies; one compaction at the end. No second copy of the table.
+        // and dies; one compaction at the end, no second copy of the table. A folded slot
+        // forwards to the one it went into (union-find), so index entries that still name
+        // it resolve to the living entry.
+        std::vector<std::size_t> owner(before);
+        for (std::size_t i = 0; i < before; ++i) owner[i] = i;
+        auto resolve = [&](std::size_t j) {
+            while (owner[j] != j) j = owner[j] = owner[owner[j]];
+            return j;
+        };
         std::vector<bool> dead(before, false);
         std::unordered_map<Endpoint, std::size_t> index;
         index.reserve(before + before / 2);
@@ -385,25 +403,26 @@ public:
             p.for_each_endpoint([&](const Endpoint& e) {
                 auto it = index.find(e);
                 if (it == index.end()) return;
-                std::size_t j = it->second;
+                std::size_t j = resolve(it->second);
                 if (!at) {
                     at = j;
                 } else if (*at != j) {
                     // p joins two earlier entries: fold the later one into the earlier one.
                     std::size_t keep = std::min(*at, j), drop = std::max(*at, j);
-                    peers_[drop].for_each_endpoint([&](const Endpoint& e2) { index[e2] = keep; });
                     detail::merge_peer(peers_[keep], std::move(peers_[drop]));
                     dead[drop] = true;
+                    owner[drop] = keep;
                     at = keep;
                 }
             });
             if (at) {
                 detail::merge_peer(peers_[*at], std::move(p));
                 dead[i] = true;
+                owner[i] = *at;
             } else {
                 at = i;
             }
-            peers_[*at].for_each_endpoint([&](const Endpoint& e) { index.emplace(e, *at); });
+            peers_[*at].for_each_endpoint([&](const Endpoint& e) { index[e] = *at; });
         }
         std::size_t kept = 0;
         for (std::size_t i = 0; i < before; ++i)

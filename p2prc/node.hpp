@@ -33,7 +33,9 @@ struct LearnOutcome {
     std::size_t new_servers = 0;      // entries the table did not know
     std::size_t checked = 0;          // of those, probed for liveness
     std::size_t added = 0;            // of those, alive and added
-    std::size_t unchecked = 0;        // not probed: over the per-request cap or the time budget
+    std::size_t unchecked = 0;        // not probed: over the per-request cap, the time budget,
+                                      // or the node's bound on concurrent checks
+    std::vector<Peer> added_peers;    // what was added
 };
 
 struct DiscoverReport {
@@ -92,6 +94,8 @@ public:
     // New servers in one POST /IpTable that are probed before they enter the table; the
     // rest wait for a later exchange. Bounds the work one request can cause.
     static constexpr std::size_t max_liveness_checks = 64;
+    // learn() calls that may probe at the same time; others add nothing new.
+    static constexpr int max_concurrent_learning = 2;
 
     explicit Node(Config config) : config_(std::move(config)) {}
     ~Node() { stop(); }
@@ -121,16 +125,18 @@ public:
         server->start();
         bound_port_ = server->port();
         server_ = std::move(server);
+        running_ = true;
         modify([](IpTable&) {});
     }
 
     void stop() {
         std::lock_guard<std::mutex> lock(lifecycle_);
+        running_ = false;
         if (server_) server_->stop();
         server_.reset();
     }
 
-    bool running() const { return bound_port_ != 0 && server_ != nullptr; }
+    bool running() const noexcept { return running_; }
 
     // The port the server listens on, or (before start) the configured one.
     std::uint16_t port() const noexcept {
@@ -139,7 +145,9 @@ public:
     }
 
     // The table as it is on disk.
-    IpTable table() const { return IpTable::load(config_.iptable, config_.peer_table_limits()); }
+    // (The node's own file is read with the default, generous limits; a peer's table with
+    // the configured ones.)
+    IpTable table() const { return IpTable::load(config_.iptable); }
 
     // Every endpoint that is this node: never listed in its own table.
     std::vector<Endpoint> own_endpoints() const {
@@ -223,8 +231,14 @@ public:
             go.max_answer_bytes = lim.max_body_bytes;
             go.limits = config_.peer_table_limits();
             std::vector<GossipResult> results(frontier.size());
-            detail::parallel_for(frontier.size(), lim.discovery_concurrency,
-                                 [&](std::size_t i) { results[i] = exchange_tables(frontier[i], ours, go); });
+            detail::parallel_for(frontier.size(), lim.discovery_concurrency, [&](std::size_t i) {
+                if (std::chrono::steady_clock::now() >= deadline) {
+                    results[i].peer = frontier[i];
+                    results[i].reason = "discovery time budget exhausted";
+                    return;
+                }
+                results[i] = exchange_tables(frontier[i], ours, go);
+            });
             ++report.hops;
 
             std::vector<Endpoint> next;
@@ -235,17 +249,30 @@ public:
                 }
                 report.contacted.push_back(r.peer);
                 if (r.observed) observed_.report(r.peer.address, *r.observed);
-                filter_learned(r.table, r.peer.address, scope_policy(config_), lim.max_entries);
-                // The server that answered is alive and known, whatever its table says.
+                // The server that answered is alive; its answer goes through the same gate
+                // as a POST /IpTable: the scope rule, only servers not known yet, each one
+                // probed before it is listed. Known entries are never rewritten by a peer.
+                // What the peer says of itself (its entry at the endpoint we reached) is its
+                // own word: its name and facts are taken, for that endpoint only.
                 Peer answered;
+                if (const Peer* own = r.table.find(r.peer.to_string())) answered = *own;
+                answered.ipv4.reset();
+                answered.ipv6.reset();
                 answered.server_port = r.peer.port;
                 (r.peer.address.is_v4() ? answered.ipv4 : answered.ipv6) = r.peer.address;
-                r.table.add(answered);
-                for (const auto& p : r.table.peers())
+                answered.latency_ms.reset();
+                answered.download_mbps.reset();
+                answered.upload_mbps.reset();
+                answered.measured_at.reset();
+                answered.extra = nlohmann::json();
+                r.table.remove(r.peer.to_string());
+                modify([&](IpTable& t) { t.add(answered); });
+                auto outcome = learn(std::move(r.table), r.peer.address);
+                for (const auto& p : outcome.added_peers)
                     if (auto e = p.endpoint(); e && seen.insert(*e).second) next.push_back(*e);
-                modify([&](IpTable& t) { t.merge(r.table); });
             }
             frontier = std::move(next);
+            if (std::chrono::steady_clock::now() >= deadline) report.budget_exhausted = !frontier.empty();
         }
         report.refresh = update(progress);
         return report;
@@ -286,14 +313,31 @@ public:
             if (!is_known) fresh.push_back(p);
         }
         out.new_servers = fresh.size();
+        // At most two learn() calls probe at once in the whole node: a flood of tables
+        // cannot turn the node into a prober of addresses its senders pick.
+        struct Slot {
+            std::atomic<int>& n;
+            bool held;
+            explicit Slot(std::atomic<int>& c) : n(c), held(++c <= max_concurrent_learning) {}
+            ~Slot() { --n; }
+        } slot(learning_);
+        if (!slot.held) {
+            out.unchecked = fresh.size();
+            return out;
+        }
         if (fresh.size() > max_liveness_checks) {
             out.unchecked += fresh.size() - max_liveness_checks;
             fresh.resize(max_liveness_checks);
         }
+        // Every endpoint of a new entry must answer; one that does not is dropped, so a
+        // live address cannot carry an unchecked one into the table.
+        std::vector<std::pair<std::size_t, Endpoint>> checks;
+        for (std::size_t i = 0; i < fresh.size(); ++i)
+            fresh[i].for_each_endpoint([&](const Endpoint& e) { checks.emplace_back(i, e); });
         const auto budget = detail::ms(config_.limits.liveness_budget_ms);
         const auto deadline = std::chrono::steady_clock::now() + budget;
-        std::vector<char> alive(fresh.size(), 0), ran(fresh.size(), 0);
-        detail::parallel_for(fresh.size(), 16, [&](std::size_t i) {
+        std::vector<char> alive(checks.size(), 0), ran(checks.size(), 0);
+        detail::parallel_for(checks.size(), 16, [&](std::size_t k) {
             auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
             if (left < std::chrono::milliseconds(50)) return;
             LatencyOptions lo;
@@ -301,16 +345,23 @@ public:
             lo.connect_timeout = std::min(left, std::chrono::milliseconds(1000));
             lo.read_timeout = left;
             lo.total_timeout = left;
-            ran[i] = 1;
-            alive[i] = probe_latency(fresh[i], lo).reachable ? 1 : 0;
+            ran[k] = 1;
+            alive[k] = probe_latency(checks[k].second, lo).reachable ? 1 : 0;
         });
+        std::vector<char> entry_ran(fresh.size(), 1);
+        for (std::size_t k = 0; k < checks.size(); ++k) {
+            Peer& p = fresh[checks[k].first];
+            if (!ran[k]) entry_ran[checks[k].first] = 0;
+            if (!alive[k]) (checks[k].second.address.is_v4() ? p.ipv4 : p.ipv6).reset();
+        }
         IpTable add;
         for (std::size_t i = 0; i < fresh.size(); ++i) {
-            if (!ran[i]) ++out.unchecked;
+            if (!entry_ran[i]) ++out.unchecked;
             else ++out.checked;
-            if (alive[i]) add.add(fresh[i]);
+            if (entry_ran[i] && (fresh[i].ipv4 || fresh[i].ipv6)) add.add(fresh[i]);
         }
         out.added = add.size();
+        out.added_peers = add.peers();
         if (!add.empty()) modify([&](IpTable& t) { t.merge(add); });
         return out;
     }
@@ -326,7 +377,7 @@ private:
                 t.dedupe();
                 t.remove_self(own);
             },
-            config_.table_format, std::chrono::seconds(30), config_.peer_table_limits());
+            config_.table_format, std::chrono::seconds(30));
     }
 
     static IpAddress best_interface_address() {
@@ -391,6 +442,8 @@ private:
     std::mutex lifecycle_;
     std::unique_ptr<Server> server_;
     std::atomic<std::uint16_t> bound_port_{0};
+    std::atomic<bool> running_{false};
+    std::atomic<int> learning_{0};  // learn() calls probing right now
     ObservedAddress observed_;
 };
 

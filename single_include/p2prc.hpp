@@ -199,6 +199,13 @@ public:
         static constexpr std::uint8_t zero[16] = {};
         if (std::memcmp(b, zero, 16) == 0) return Scope::unspecified;
         if (std::memcmp(b, zero, 15) == 0 && b[15] == 1) return Scope::loopback;
+        // IPv4-compatible (::a.b.c.d) and NAT64 (64:ff9b::/96) addresses reach an IPv4
+        // host: they are as internal as the address they embed.
+        static constexpr std::uint8_t nat64[12] = {0, 0x64, 0xff, 0x9b, 0, 0, 0, 0, 0, 0, 0, 0};
+        if (std::memcmp(b, zero, 12) == 0 || std::memcmp(b, nat64, 12) == 0) {
+            const std::uint8_t v4[4] = {b[12], b[13], b[14], b[15]};
+            return from_v4(v4).scope();
+        }
         if (b[0] == 0xfe && (b[1] & 0xc0) == 0x80) return Scope::link_local;
         if ((b[0] & 0xfe) == 0xfc) return Scope::private_network;               // ULA fc00::/7
         if (b[0] == 0xfe && (b[1] & 0xc0) == 0xc0) return Scope::private_network;  // site-local
@@ -708,8 +715,12 @@ inline std::string errno_text(int e) { return std::strerror(e); }
 
 // Refuses nesting deeper than max_depth before the JSON parser sees the text, so a
 // hostile document ("[[[[..." 100,000 deep) costs one linear scan and no recursion.
-inline void check_json_depth(std::string_view text, std::size_t max_depth, const std::string& origin) {
-    std::size_t depth = 0;
+// With max_items, also refuses more than that many values in the containers at depth 2
+// (a table's "ip_address" array), so a document of millions of tiny entries is refused
+// before it costs memory.
+inline void check_json_depth(std::string_view text, std::size_t max_depth, const std::string& origin,
+                             std::size_t max_items = 0) {
+    std::size_t depth = 0, items = 0;
     bool in_string = false, escaped = false;
     for (std::size_t i = 0; i < text.size(); ++i) {
         char c = text[i];
@@ -726,6 +737,9 @@ inline void check_json_depth(std::string_view text, std::size_t max_depth, const
                                                    std::to_string(i));
         } else if ((c == ']' || c == '}') && depth > 0) {
             --depth;
+        } else if (c == ',' && depth == 2 && max_items && ++items >= max_items) {
+            throw error(errc::limit_exceeded, origin + ": more than the limit of " +
+                                                  std::to_string(max_items) + " entries");
         }
     }
 }
@@ -735,8 +749,8 @@ inline std::string line_column(std::string_view text, std::size_t byte);
 // Parses JSON text after the depth check; a syntax error becomes p2prc::error naming
 // `origin`, the line and column, and what the parser expected.
 inline nlohmann::json parse_json_bounded(std::string_view text, std::size_t max_depth,
-                                         const std::string& origin) {
-    check_json_depth(text, max_depth, origin);
+                                         const std::string& origin, std::size_t max_items = 0) {
+    check_json_depth(text, max_depth, origin, max_items);
     try {
         return nlohmann::json::parse(text.begin(), text.end());
     } catch (const nlohmann::json::parse_error& e) {
@@ -855,13 +869,15 @@ public:
         fd_.reset(::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644));
         if (!fd_) throw_io("cannot open the lock file", path, errno);
         auto deadline = std::chrono::steady_clock::now() + timeout;
-        auto pause = std::chrono::microseconds(200);
+        // Short, jittered pauses: a waiter must not lose every race to a holder that
+        // re-locks at once (long pauses would starve it).
+        std::uint64_t jitter = static_cast<std::uint64_t>(::getpid()) * 2654435761u;
         while (::flock(fd_.get(), LOCK_EX | LOCK_NB) != 0) {
             if (errno != EWOULDBLOCK && errno != EINTR) throw_io("cannot lock", path, errno);
             if (std::chrono::steady_clock::now() >= deadline)
                 throw error(errc::timeout, "cannot lock " + path + ": another process holds it");
-            std::this_thread::sleep_for(pause);
-            pause = std::min(pause * 2, std::chrono::microseconds(20000));
+            jitter = jitter * 6364136223846793005ull + 1442695040888963407ull;
+            std::this_thread::sleep_for(std::chrono::microseconds(100 + (jitter >> 33) % 900));
         }
     }
     ~FileLock() {
@@ -932,7 +948,8 @@ public:
                                                   std::to_string(limits.max_bytes));
         if (text.find_first_not_of(" \t\r\n") == std::string_view::npos)
             throw error(errc::parse_error, origin + ": empty: expected a JSON object with an \"ip_address\" array");
-        return from_json(detail::parse_json_bounded(text, limits.max_depth, origin), origin, limits);
+        return from_json(detail::parse_json_bounded(text, limits.max_depth, origin, limits.max_entries), origin,
+                         limits);
     }
 
     // Reads a parsed document ({"ip_address":[...]}).
@@ -1031,7 +1048,15 @@ public:
     std::size_t dedupe() {
         const std::size_t before = peers_.size();
         // In place: entry i either registers its endpoints or folds into an earlier entry
-        // and dies; one compaction at the end. No second copy of the table.
+        // and dies; one compaction at the end, no second copy of the table. A folded slot
+        // forwards to the one it went into (union-find), so index entries that still name
+        // it resolve to the living entry.
+        std::vector<std::size_t> owner(before);
+        for (std::size_t i = 0; i < before; ++i) owner[i] = i;
+        auto resolve = [&](std::size_t j) {
+            while (owner[j] != j) j = owner[j] = owner[owner[j]];
+            return j;
+        };
         std::vector<bool> dead(before, false);
         std::unordered_map<Endpoint, std::size_t> index;
         index.reserve(before + before / 2);
@@ -1045,25 +1070,26 @@ public:
             p.for_each_endpoint([&](const Endpoint& e) {
                 auto it = index.find(e);
                 if (it == index.end()) return;
-                std::size_t j = it->second;
+                std::size_t j = resolve(it->second);
                 if (!at) {
                     at = j;
                 } else if (*at != j) {
                     // p joins two earlier entries: fold the later one into the earlier one.
                     std::size_t keep = std::min(*at, j), drop = std::max(*at, j);
-                    peers_[drop].for_each_endpoint([&](const Endpoint& e2) { index[e2] = keep; });
                     detail::merge_peer(peers_[keep], std::move(peers_[drop]));
                     dead[drop] = true;
+                    owner[drop] = keep;
                     at = keep;
                 }
             });
             if (at) {
                 detail::merge_peer(peers_[*at], std::move(p));
                 dead[i] = true;
+                owner[i] = *at;
             } else {
                 at = i;
             }
-            peers_[*at].for_each_endpoint([&](const Endpoint& e) { index.emplace(e, *at); });
+            peers_[*at].for_each_endpoint([&](const Endpoint& e) { index[e] = *at; });
         }
         std::size_t kept = 0;
         for (std::size_t i = 0; i < before; ++i)
@@ -4040,6 +4066,7 @@ inline LearnReport filter_learned(IpTable& incoming, const IpAddress& sender,
             p.download_mbps.reset();
             p.upload_mbps.reset();
             p.measured_at.reset();
+            p.extra = nlohmann::json();  // unknown keys from a peer: not ours to keep
             kept.push_back(std::move(p));
         }
         ++index;
@@ -7029,7 +7056,9 @@ struct LearnOutcome {
     std::size_t new_servers = 0;      // entries the table did not know
     std::size_t checked = 0;          // of those, probed for liveness
     std::size_t added = 0;            // of those, alive and added
-    std::size_t unchecked = 0;        // not probed: over the per-request cap or the time budget
+    std::size_t unchecked = 0;        // not probed: over the per-request cap, the time budget,
+                                      // or the node's bound on concurrent checks
+    std::vector<Peer> added_peers;    // what was added
 };
 
 struct DiscoverReport {
@@ -7088,6 +7117,8 @@ public:
     // New servers in one POST /IpTable that are probed before they enter the table; the
     // rest wait for a later exchange. Bounds the work one request can cause.
     static constexpr std::size_t max_liveness_checks = 64;
+    // learn() calls that may probe at the same time; others add nothing new.
+    static constexpr int max_concurrent_learning = 2;
 
     explicit Node(Config config) : config_(std::move(config)) {}
     ~Node() { stop(); }
@@ -7117,16 +7148,18 @@ public:
         server->start();
         bound_port_ = server->port();
         server_ = std::move(server);
+        running_ = true;
         modify([](IpTable&) {});
     }
 
     void stop() {
         std::lock_guard<std::mutex> lock(lifecycle_);
+        running_ = false;
         if (server_) server_->stop();
         server_.reset();
     }
 
-    bool running() const { return bound_port_ != 0 && server_ != nullptr; }
+    bool running() const noexcept { return running_; }
 
     // The port the server listens on, or (before start) the configured one.
     std::uint16_t port() const noexcept {
@@ -7135,7 +7168,9 @@ public:
     }
 
     // The table as it is on disk.
-    IpTable table() const { return IpTable::load(config_.iptable, config_.peer_table_limits()); }
+    // (The node's own file is read with the default, generous limits; a peer's table with
+    // the configured ones.)
+    IpTable table() const { return IpTable::load(config_.iptable); }
 
     // Every endpoint that is this node: never listed in its own table.
     std::vector<Endpoint> own_endpoints() const {
@@ -7219,8 +7254,14 @@ public:
             go.max_answer_bytes = lim.max_body_bytes;
             go.limits = config_.peer_table_limits();
             std::vector<GossipResult> results(frontier.size());
-            detail::parallel_for(frontier.size(), lim.discovery_concurrency,
-                                 [&](std::size_t i) { results[i] = exchange_tables(frontier[i], ours, go); });
+            detail::parallel_for(frontier.size(), lim.discovery_concurrency, [&](std::size_t i) {
+                if (std::chrono::steady_clock::now() >= deadline) {
+                    results[i].peer = frontier[i];
+                    results[i].reason = "discovery time budget exhausted";
+                    return;
+                }
+                results[i] = exchange_tables(frontier[i], ours, go);
+            });
             ++report.hops;
 
             std::vector<Endpoint> next;
@@ -7231,17 +7272,30 @@ public:
                 }
                 report.contacted.push_back(r.peer);
                 if (r.observed) observed_.report(r.peer.address, *r.observed);
-                filter_learned(r.table, r.peer.address, scope_policy(config_), lim.max_entries);
-                // The server that answered is alive and known, whatever its table says.
+                // The server that answered is alive; its answer goes through the same gate
+                // as a POST /IpTable: the scope rule, only servers not known yet, each one
+                // probed before it is listed. Known entries are never rewritten by a peer.
+                // What the peer says of itself (its entry at the endpoint we reached) is its
+                // own word: its name and facts are taken, for that endpoint only.
                 Peer answered;
+                if (const Peer* own = r.table.find(r.peer.to_string())) answered = *own;
+                answered.ipv4.reset();
+                answered.ipv6.reset();
                 answered.server_port = r.peer.port;
                 (r.peer.address.is_v4() ? answered.ipv4 : answered.ipv6) = r.peer.address;
-                r.table.add(answered);
-                for (const auto& p : r.table.peers())
+                answered.latency_ms.reset();
+                answered.download_mbps.reset();
+                answered.upload_mbps.reset();
+                answered.measured_at.reset();
+                answered.extra = nlohmann::json();
+                r.table.remove(r.peer.to_string());
+                modify([&](IpTable& t) { t.add(answered); });
+                auto outcome = learn(std::move(r.table), r.peer.address);
+                for (const auto& p : outcome.added_peers)
                     if (auto e = p.endpoint(); e && seen.insert(*e).second) next.push_back(*e);
-                modify([&](IpTable& t) { t.merge(r.table); });
             }
             frontier = std::move(next);
+            if (std::chrono::steady_clock::now() >= deadline) report.budget_exhausted = !frontier.empty();
         }
         report.refresh = update(progress);
         return report;
@@ -7282,14 +7336,31 @@ public:
             if (!is_known) fresh.push_back(p);
         }
         out.new_servers = fresh.size();
+        // At most two learn() calls probe at once in the whole node: a flood of tables
+        // cannot turn the node into a prober of addresses its senders pick.
+        struct Slot {
+            std::atomic<int>& n;
+            bool held;
+            explicit Slot(std::atomic<int>& c) : n(c), held(++c <= max_concurrent_learning) {}
+            ~Slot() { --n; }
+        } slot(learning_);
+        if (!slot.held) {
+            out.unchecked = fresh.size();
+            return out;
+        }
         if (fresh.size() > max_liveness_checks) {
             out.unchecked += fresh.size() - max_liveness_checks;
             fresh.resize(max_liveness_checks);
         }
+        // Every endpoint of a new entry must answer; one that does not is dropped, so a
+        // live address cannot carry an unchecked one into the table.
+        std::vector<std::pair<std::size_t, Endpoint>> checks;
+        for (std::size_t i = 0; i < fresh.size(); ++i)
+            fresh[i].for_each_endpoint([&](const Endpoint& e) { checks.emplace_back(i, e); });
         const auto budget = detail::ms(config_.limits.liveness_budget_ms);
         const auto deadline = std::chrono::steady_clock::now() + budget;
-        std::vector<char> alive(fresh.size(), 0), ran(fresh.size(), 0);
-        detail::parallel_for(fresh.size(), 16, [&](std::size_t i) {
+        std::vector<char> alive(checks.size(), 0), ran(checks.size(), 0);
+        detail::parallel_for(checks.size(), 16, [&](std::size_t k) {
             auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
             if (left < std::chrono::milliseconds(50)) return;
             LatencyOptions lo;
@@ -7297,16 +7368,23 @@ public:
             lo.connect_timeout = std::min(left, std::chrono::milliseconds(1000));
             lo.read_timeout = left;
             lo.total_timeout = left;
-            ran[i] = 1;
-            alive[i] = probe_latency(fresh[i], lo).reachable ? 1 : 0;
+            ran[k] = 1;
+            alive[k] = probe_latency(checks[k].second, lo).reachable ? 1 : 0;
         });
+        std::vector<char> entry_ran(fresh.size(), 1);
+        for (std::size_t k = 0; k < checks.size(); ++k) {
+            Peer& p = fresh[checks[k].first];
+            if (!ran[k]) entry_ran[checks[k].first] = 0;
+            if (!alive[k]) (checks[k].second.address.is_v4() ? p.ipv4 : p.ipv6).reset();
+        }
         IpTable add;
         for (std::size_t i = 0; i < fresh.size(); ++i) {
-            if (!ran[i]) ++out.unchecked;
+            if (!entry_ran[i]) ++out.unchecked;
             else ++out.checked;
-            if (alive[i]) add.add(fresh[i]);
+            if (entry_ran[i] && (fresh[i].ipv4 || fresh[i].ipv6)) add.add(fresh[i]);
         }
         out.added = add.size();
+        out.added_peers = add.peers();
         if (!add.empty()) modify([&](IpTable& t) { t.merge(add); });
         return out;
     }
@@ -7322,7 +7400,7 @@ private:
                 t.dedupe();
                 t.remove_self(own);
             },
-            config_.table_format, std::chrono::seconds(30), config_.peer_table_limits());
+            config_.table_format, std::chrono::seconds(30));
     }
 
     static IpAddress best_interface_address() {
@@ -7387,6 +7465,8 @@ private:
     std::mutex lifecycle_;
     std::unique_ptr<Server> server_;
     std::atomic<std::uint16_t> bound_port_{0};
+    std::atomic<bool> running_{false};
+    std::atomic<int> learning_{0};  // learn() calls probing right now
     ObservedAddress observed_;
 };
 

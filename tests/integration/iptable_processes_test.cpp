@@ -47,15 +47,26 @@ TEST_CASE("a process killed while saving leaves the old or the new table, never 
 
     const int rounds = 40;
     for (int round = 0; round < rounds; ++round) {
+        int ready[2];
+        REQUIRE(pipe(ready) == 0);
         pid_t child = fork();
         REQUIRE(child >= 0);
         if (child == 0) {
-            // Save bigger and bigger tables, each generation different, until killed.
-            for (int g = 1; g < 100000; ++g) table_of(round * 1000 + g, 200 + (g % 50)).save(path);
+            // Save tables of varying size, each generation different, until killed; say
+            // when the first save is done, so the kill lands among saves in progress.
+            close(ready[0]);
+            for (int g = 1; g < 100000; ++g) {
+                table_of(round * 1000 + g, 200 + (g % 50)).save(path);
+                if (g == 1 && write(ready[1], "x", 1) != 1) _exit(2);
+            }
             _exit(0);
         }
+        close(ready[1]);
+        char byte = 0;
+        CHECK(read(ready[0], &byte, 1) == 1);  // the child is saving in a loop now
+        close(ready[0]);
         // Kill at a point that varies from round to round.
-        std::this_thread::sleep_for(std::chrono::microseconds(2000 + (round * 1777) % 25000));
+        std::this_thread::sleep_for(std::chrono::microseconds(300 + (round * 1777) % 12000));
         kill(child, SIGKILL);
         int status = 0;
         waitpid(child, &status, 0);

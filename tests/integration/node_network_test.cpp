@@ -29,7 +29,7 @@ struct RunningNode {
 
 std::vector<std::string> node_flags(const RunningNode& n) {
     return {"--name", n.name, "--bind", "127.0.0.1", "--port", std::to_string(n.port), "--table", n.table,
-            "--behind-nat", "false", "--probe-timeout-ms", "1000"};
+            "--behind-nat", "false"};
 }
 
 RunningNode start_node(const p2prc_test::TempDir& dir, const std::string& name) {

@@ -203,6 +203,22 @@ TEST_CASE("the scope rule: a public sender cannot teach internal addresses") {
     CHECK(outcome.new_servers == 0);
     CHECK(node.table().empty());
 
+    // What the rule lets through (checked on the filter alone, so nothing is probed):
+    // public addresses from a public sender, private and public ones from a private one.
+    IpTable mixed = IpTable::parse(R"({"ip_address":[
+        {"ipv4":"198.51.100.4","port no":"8078"},
+        {"ipv4":"10.0.0.5","port no":"8078"},
+        {"ipv6":"2001:db8::5","port no":"8078"}
+    ]})");
+    IpTable from_public = mixed;
+    auto pub = p2prc::filter_learned(from_public, IpAddress::from_string("203.0.113.7"), p2prc::ScopePolicy{});
+    CHECK(pub.accepted == 2);
+    CHECK(from_public.find("198.51.100.4:8078"));
+    CHECK(from_public.find("[2001:db8::5]:8078"));
+    CHECK_FALSE(from_public.find("10.0.0.5:8078"));
+    IpTable from_private = mixed;
+    CHECK(p2prc::filter_learned(from_private, IpAddress::from_string("10.0.0.9"), p2prc::ScopePolicy{}).accepted == 3);
+
     // A private sender cannot teach loopback either. (Only refused addresses here: the
     // test never makes the node probe anything off this machine.)
     auto priv = node.learn(IpTable::parse(R"({"ip_address":[{"ipv4":"127.0.0.1","port no":"8078"}]})"),

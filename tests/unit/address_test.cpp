@@ -92,3 +92,12 @@ TEST_CASE("endpoints") {
         CHECK_FALSE(Endpoint::parse(bad).has_value());
     }
 }
+
+TEST_CASE("IPv6 forms that embed an IPv4 address take its scope") {
+    auto scope = [](const char* s) { return IpAddress::from_string(s).scope(); };
+    CHECK(scope("64:ff9b::10.0.0.1") == Scope::private_network);
+    CHECK(scope("64:ff9b::127.0.0.1") == Scope::loopback);
+    CHECK(scope("64:ff9b::203.0.113.9") == Scope::public_network);
+    CHECK(scope("::10.1.2.3") == Scope::private_network);
+    CHECK(scope("::169.254.0.1") == Scope::link_local);
+}

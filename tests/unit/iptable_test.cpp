@@ -359,3 +359,25 @@ TEST_CASE("update: a throwing change writes nothing") {
                     std::runtime_error);
     CHECK(IpTable::load(path).size() == 1);
 }
+
+TEST_CASE("a fold through an entry that was itself folded keeps everything") {
+    // Z knows an IPv6 Y; AX joins A and BX; AZ then joins that entry and Z; B comes last
+    // and must land in the living entry, not in a slot folded earlier.
+    auto v6 = [](Peer p, const char* a) {
+        p.ipv6 = IpAddress::from_string(a);
+        return p;
+    };
+    Peer z = v6(make_peer("Z", nullptr, 80), "2001:db8::99");
+    Peer a = make_peer("A", "203.0.113.1", 80);
+    Peer bx = v6(make_peer("BX", "203.0.113.2", 80), "2001:db8::2");
+    Peer ax = v6(make_peer("AX", "203.0.113.1", 80), "2001:db8::2");
+    Peer az = v6(make_peer("AZ", "203.0.113.1", 80), "2001:db8::99");
+    Peer b = make_peer("B", "203.0.113.2", 80);
+    b.latency_ms = 7;
+    IpTable t({z, a, bx, ax, az, b});
+    t.dedupe();
+    REQUIRE(t.size() == 1);
+    CHECK(t.peers()[0].name == "B");  // the last word
+    REQUIRE(t.peers()[0].latency_ms);
+    CHECK(*t.peers()[0].latency_ms == 7);
+}
