@@ -3751,6 +3751,267 @@ class SnappyStream final : public p2prc::detail::Stream {
 
 }  // namespace p2prc::frp
 
+// ---- p2prc/frp/tls.hpp ----
+// TLS for the relay transport, as frp uses it: frpc writes the byte 0x17 and then starts
+// a TLS handshake on the same TCP connection (or, with disable_custom_tls_first_byte,
+// starts the handshake at once: the ClientHello's first byte is 0x16). frps accepts both
+// and plain TCP on one port. frpc does not verify the server's certificate by default, and
+// frps makes itself a self-signed one at start when none is configured.
+//
+// TlsStream drives an OpenSSL session over a non-blocking TcpConnection. OpenSSL allows
+// one call on a session at a time, so each SSL_read/SSL_write runs under a mutex and
+// returns at once (non-blocking); the waiting for the socket happens outside the mutex,
+// which lets one thread read while another writes, as the relay's pipes do.
+
+
+#include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/ssl.h>
+#include <openssl/x509.h>
+
+#include <atomic>
+#include <memory>
+#include <mutex>
+#include <string>
+
+namespace p2prc::frp {
+
+// The first byte frpc sends before its TLS ClientHello (unless told not to).
+inline constexpr unsigned char kTlsFirstByte = 0x17;
+
+namespace detail {
+
+inline std::string openssl_error_text() {
+    std::string out;
+    while (unsigned long e = ERR_get_error()) {
+        char buf[256];
+        ERR_error_string_n(e, buf, sizeof buf);
+        if (!out.empty()) out += "; ";
+        out += buf;
+    }
+    return out.empty() ? "no detail from OpenSSL" : out;
+}
+
+struct SslCtxFree {
+    void operator()(SSL_CTX* c) const { SSL_CTX_free(c); }
+};
+struct SslFree {
+    void operator()(SSL* s) const { SSL_free(s); }
+};
+struct PkeyFree {
+    void operator()(EVP_PKEY* k) const { EVP_PKEY_free(k); }
+};
+struct X509Free {
+    void operator()(X509* x) const { X509_free(x); }
+};
+
+// Waits for the socket to be readable or writable, in slices so that a closed stream
+// notices quickly.
+inline void wait_socket(int fd, short events, p2prc::detail::Clock::time_point deadline,
+                        const std::atomic<bool>& closed, const std::string& what) {
+    for (;;) {
+        if (closed.load()) throw error(errc::state_error, what + ": closed");
+        int left = p2prc::detail::millis_until(deadline);
+        if (left == 0) throw error(errc::timeout, what + ": timed out");
+        pollfd p{fd, events, 0};
+        int r = ::poll(&p, 1, left < 200 ? left : 200);
+        if (r > 0) return;
+        if (r < 0 && errno != EINTR)
+            throw error(errc::io_error, what + ": poll: " + p2prc::detail::socket_error_text(errno));
+    }
+}
+
+}  // namespace detail
+
+// An OpenSSL context for one side. Shared by every connection of a server or client.
+class TlsContext {
+  public:
+    // Server side: the certificate and key from PEM files, or, both empty, a fresh
+    // self-signed ECDSA P-256 certificate (as frps does with an RSA one).
+    static std::shared_ptr<TlsContext> server(const std::string& cert_file = {},
+                                              const std::string& key_file = {}) {
+        auto ctx = std::shared_ptr<TlsContext>(new TlsContext(TLS_server_method()));
+        if (cert_file.empty() != key_file.empty())
+            throw error(errc::invalid_argument,
+                        "TLS: give both a certificate file and a key file, or neither");
+        if (!cert_file.empty()) {
+            if (SSL_CTX_use_certificate_chain_file(ctx->ctx_.get(), cert_file.c_str()) != 1)
+                throw error(errc::io_error, "TLS: cannot load certificate " + cert_file + ": " +
+                                                detail::openssl_error_text());
+            if (SSL_CTX_use_PrivateKey_file(ctx->ctx_.get(), key_file.c_str(), SSL_FILETYPE_PEM) !=
+                1)
+                throw error(errc::io_error, "TLS: cannot load key " + key_file + ": " +
+                                                detail::openssl_error_text());
+        } else {
+            ctx->use_self_signed();
+        }
+        if (SSL_CTX_check_private_key(ctx->ctx_.get()) != 1)
+            throw error(errc::invalid_argument, "TLS: the key does not match the certificate: " +
+                                                    detail::openssl_error_text());
+        return ctx;
+    }
+
+    // Client side: like frpc's default, the server's certificate is not verified (the
+    // token authenticates the login; TLS only hides the traffic).
+    static std::shared_ptr<TlsContext> client() {
+        auto ctx = std::shared_ptr<TlsContext>(new TlsContext(TLS_client_method()));
+        SSL_CTX_set_verify(ctx->ctx_.get(), SSL_VERIFY_NONE, nullptr);
+        return ctx;
+    }
+
+    SSL_CTX* native() const noexcept { return ctx_.get(); }
+
+  private:
+    explicit TlsContext(const SSL_METHOD* method) : ctx_(SSL_CTX_new(method)) {
+        if (!ctx_)
+            throw error(errc::io_error, "TLS: SSL_CTX_new failed: " + detail::openssl_error_text());
+        SSL_CTX_set_min_proto_version(ctx_.get(), TLS1_2_VERSION);
+        SSL_CTX_set_mode(ctx_.get(),
+                         SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+        // A peer that closes TCP without close_notify (Go does) is an end of stream.
+        SSL_CTX_set_options(ctx_.get(), SSL_OP_IGNORE_UNEXPECTED_EOF);
+    }
+
+    void use_self_signed() {
+        std::unique_ptr<EVP_PKEY, detail::PkeyFree> key(EVP_EC_gen("P-256"));
+        std::unique_ptr<X509, detail::X509Free> cert(X509_new());
+        if (!key || !cert)
+            throw error(errc::io_error,
+                        "TLS: cannot make a key pair: " + detail::openssl_error_text());
+        X509_set_version(cert.get(), 2);
+        ASN1_INTEGER_set(X509_get_serialNumber(cert.get()), 1);
+        X509_gmtime_adj(X509_getm_notBefore(cert.get()), -3600);
+        X509_gmtime_adj(X509_getm_notAfter(cert.get()), 10L * 365 * 24 * 3600);
+        X509_NAME* name = X509_get_subject_name(cert.get());
+        X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC,
+                                   reinterpret_cast<const unsigned char*>("p2prc relay"), -1, -1,
+                                   0);
+        X509_set_issuer_name(cert.get(), name);
+        if (X509_set_pubkey(cert.get(), key.get()) != 1 ||
+            X509_sign(cert.get(), key.get(), EVP_sha256()) <= 0 ||
+            SSL_CTX_use_certificate(ctx_.get(), cert.get()) != 1 ||
+            SSL_CTX_use_PrivateKey(ctx_.get(), key.get()) != 1)
+            throw error(errc::io_error, "TLS: cannot make a self-signed certificate: " +
+                                            detail::openssl_error_text());
+    }
+
+    std::unique_ptr<SSL_CTX, detail::SslCtxFree> ctx_;
+};
+
+// A TLS session over a TCP connection (shares it: closing either wakes the other).
+class TlsStream final : public p2prc::detail::Stream {
+  public:
+    using Millis = p2prc::detail::Millis;
+
+    // Server handshake on `tcp` (whose next byte is the ClientHello).
+    static std::shared_ptr<TlsStream> accept(std::shared_ptr<p2prc::detail::TcpConnection> tcp,
+                                             const std::shared_ptr<TlsContext>& ctx,
+                                             Millis timeout) {
+        auto s = std::shared_ptr<TlsStream>(new TlsStream(std::move(tcp), ctx));
+        SSL_set_accept_state(s->ssl_.get());
+        s->handshake(timeout);
+        return s;
+    }
+
+    // Client handshake (the caller wrote 0x17 first if the server expects it).
+    static std::shared_ptr<TlsStream> connect(std::shared_ptr<p2prc::detail::TcpConnection> tcp,
+                                              const std::shared_ptr<TlsContext>& ctx,
+                                              Millis timeout) {
+        auto s = std::shared_ptr<TlsStream>(new TlsStream(std::move(tcp), ctx));
+        SSL_set_connect_state(s->ssl_.get());
+        s->handshake(timeout);
+        return s;
+    }
+
+    std::size_t read_some(void* buf, std::size_t n, Millis timeout) override {
+        if (n == 0) return 0;
+        int want = n > (1u << 30) ? (1 << 30) : int(n);
+        return io([&](SSL* ssl) { return SSL_read(ssl, buf, want); },
+                  p2prc::detail::deadline_after(timeout), "read");
+    }
+
+    void write_all(const void* buf, std::size_t n, Millis timeout) override {
+        auto deadline = p2prc::detail::deadline_after(timeout);
+        const auto* p = static_cast<const char*>(buf);
+        while (n > 0) {
+            int chunk = n > (1u << 30) ? (1 << 30) : int(n);
+            std::size_t k = io([&](SSL* ssl) { return SSL_write(ssl, p, chunk); }, deadline,
+                               "write");
+            if (k == 0) throw error(errc::io_error, describe() + ": write: the session ended");
+            p += k;
+            n -= k;
+        }
+    }
+
+    // Sends close_notify: the peer reads end of stream; we can still read.
+    void shutdown_write() override {
+        std::lock_guard<std::mutex> lk(mu_);
+        if (closed_.load() || shut_) return;
+        shut_ = true;
+        ERR_clear_error();
+        SSL_shutdown(ssl_.get());  // best effort; a full socket buffer loses the alert
+    }
+
+    void close() noexcept override {
+        closed_.store(true);
+        tcp_->close();
+    }
+
+    std::string describe() const override { return "tls " + tcp_->describe(); }
+
+  private:
+    TlsStream(std::shared_ptr<p2prc::detail::TcpConnection> tcp,
+              const std::shared_ptr<TlsContext>& ctx)
+        : tcp_(std::move(tcp)), ctx_(ctx), ssl_(SSL_new(ctx->native())) {
+        if (!ssl_ || SSL_set_fd(ssl_.get(), tcp_->native_handle()) != 1)
+            throw error(errc::io_error, "TLS: SSL_new failed: " + detail::openssl_error_text());
+    }
+
+    void handshake(Millis timeout) {
+        io([](SSL* ssl) { return SSL_do_handshake(ssl); }, p2prc::detail::deadline_after(timeout),
+           "handshake");
+    }
+
+    // Runs one non-blocking OpenSSL call until it succeeds; waits for the socket outside
+    // the lock. Returns the call's positive result, or 0 at a clean end of stream.
+    template <class Op>
+    std::size_t io(Op op, p2prc::detail::Clock::time_point deadline, const char* what) {
+        for (;;) {
+            int r = 0, err = 0;
+            {
+                std::lock_guard<std::mutex> lk(mu_);
+                if (closed_.load()) throw error(errc::state_error, describe() + ": closed");
+                ERR_clear_error();
+                r = op(ssl_.get());
+                if (r > 0) return std::size_t(r);
+                err = SSL_get_error(ssl_.get(), r);
+            }
+            if (err == SSL_ERROR_WANT_READ) {
+                detail::wait_socket(tcp_->native_handle(), POLLIN, deadline, closed_,
+                                    describe() + ": " + what);
+            } else if (err == SSL_ERROR_WANT_WRITE) {
+                detail::wait_socket(tcp_->native_handle(), POLLOUT, deadline, closed_,
+                                    describe() + ": " + what);
+            } else if (err == SSL_ERROR_ZERO_RETURN) {
+                return 0;
+            } else {
+                throw error(errc::io_error, describe() + ": TLS " + what + " failed: " +
+                                                detail::openssl_error_text());
+            }
+        }
+    }
+
+    std::shared_ptr<p2prc::detail::TcpConnection> tcp_;
+    std::shared_ptr<TlsContext> ctx_;
+    std::unique_ptr<SSL, detail::SslFree> ssl_;
+    std::mutex mu_;
+    std::atomic<bool> closed_{false};
+    bool shut_ = false;
+};
+
+}  // namespace p2prc::frp
+
 // ---- p2prc/frp/pipe.hpp ----
 // Plumbing shared by the relay roles (frp/server.hpp, frp/client.hpp): owned worker
 // threads, a registry of live streams to abort on stop, a stream that replays sniffed
@@ -4034,9 +4295,10 @@ inline std::array<long, 3> parse_version(const std::string& v) {
 // One port serves everything. Each accepted connection is told apart by its first byte:
 // 0x00 is a yamux header (a tcp_mux client: the connection is a yamux session whose
 // streams are logical connections), an frp message type byte is a plain logical
-// connection (tcp_mux off), 0x16/0x17 is TLS (not supported yet: the connection is
-// closed). So clients with tcp_mux on and off work against the same server without any
-// setting, unlike stock frps.
+// connection (tcp_mux off), 0x17 is frpc's TLS marker (dropped; a TLS handshake
+// follows) and 0x16 a bare TLS ClientHello. Inside TLS the same first-byte test tells
+// yamux from plain. So clients with tcp_mux on or off, with TLS or without, work against
+// the same server without any setting, unlike stock frps.
 //
 // A logical connection's first message decides its role (10 s to send it): Login makes
 // it a control connection, NewWorkConn a pooled work connection of the control with that
@@ -4094,8 +4356,11 @@ struct ServerOptions {
     p2prc::detail::Millis mux_ping_timeout{10000};
     // A piped connection with no byte in one direction for this long is closed.
     p2prc::detail::Millis idle_timeout{3600000};
-    // TLS transport (0x17 + TLS, bare TLS): not supported yet; true throws.
-    bool tls = false;
+    // TLS (0x17 + TLS, or bare TLS) is always accepted, with this certificate and key
+    // (PEM files) or, both empty, a self-signed certificate made at start.
+    std::string tls_cert_file, tls_key_file;
+    // Refuse connections that do not start TLS (frps's tls_only).
+    bool tls_only = false;
     // Optional event log (logins, proxies, refusals), one line per call.
     std::function<void(const std::string&)> log;
 };
@@ -4274,6 +4539,7 @@ class ServerCore {
         : opt_(std::move(opt)),
           key_(derive_key(opt_.token)),
           proxy_bind_(opt_.proxy_bind ? *opt_.proxy_bind : opt_.bind.address),
+          tls_(TlsContext::server(opt_.tls_cert_file, opt_.tls_key_file)),
           tasks_(opt_.max_connections) {}
 
     const ServerOptions& options() const { return opt_; }
@@ -4294,31 +4560,61 @@ class ServerCore {
                 return;  // closed by stop()
             }
             if (!c) continue;
-            StreamPtr conn(std::move(c));
+            std::shared_ptr<p2prc::detail::TcpConnection> conn(std::move(c));
             if (!tasks_.spawn([this, conn] { handle_connection(conn); })) conn->close();
         }
     }
 
-    // Sniffs the first byte: yamux, a plain frp message, or TLS.
-    void handle_connection(StreamPtr conn) {
-        StreamRegistry::Registration reg(live_, conn);
-        unsigned char first = 0;
-        try {
-            if (conn->read_some(&first, 1, opt_.login_timeout) != 1) return;
-        } catch (const error&) {
-            conn->close();
+    // Sniffs the first byte: TLS (then sniffs again inside), yamux or a plain message.
+    void handle_connection(std::shared_ptr<p2prc::detail::TcpConnection> tcp) {
+        StreamRegistry::Registration reg(live_, tcp);
+        auto deadline = p2prc::detail::deadline_after(opt_.login_timeout);
+        auto left = [&] {
+            auto l = std::chrono::duration_cast<Millis>(deadline - Clock::now());
+            return l.count() > 0 ? l : Millis(1);
+        };
+        int first = peek_byte(*tcp, left());
+        StreamPtr s = tcp;
+        if (first == 0x16 || first == kTlsFirstByte) {
+            try {
+                unsigned char marker;
+                if (first == kTlsFirstByte) tcp->read_exact(&marker, 1, left());
+                auto tls = TlsStream::accept(tcp, tls_, left());
+                s = tls;
+                unsigned char b = 0;
+                if (tls->read_some(&b, 1, left()) != 1) throw error(errc::io_error, "no data");
+                first = b;
+                s = std::make_shared<ReplayStream>(tls, std::string(1, char(b)));
+            } catch (const std::exception& e) {
+                log("TLS connection from " + tcp->describe() + " failed: " + e.what());
+                tcp->close();
+                return;
+            }
+        } else if (opt_.tls_only) {
+            tcp->close();
             return;
         }
-        auto replay = std::make_shared<ReplayStream>(conn, std::string(1, char(first)));
         if (first == 0x00) {
-            run_mux_session(replay);
-        } else if (first == 0x16 || first == 0x17) {
-            log("refused a TLS connection from " + conn->describe() + ": TLS is not supported");
-            conn->close();
-        } else if (is_known_type(char(first))) {
-            handle_logical(replay, false);
+            run_mux_session(s);
+        } else if (first >= 0 && is_known_type(char(first))) {
+            handle_logical(s, false);
         } else {
-            conn->close();
+            tcp->close();
+        }
+    }
+
+    // The first byte of a connection without taking it, or -1 (timeout, end, error).
+    static int peek_byte(p2prc::detail::TcpConnection& c, Millis timeout) {
+        auto deadline = p2prc::detail::deadline_after(timeout);
+        for (;;) {
+            unsigned char b = 0;
+            ssize_t k = ::recv(c.native_handle(), &b, 1, MSG_PEEK);
+            if (k == 1) return b;
+            if (k == 0 || (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) return -1;
+            int wait = p2prc::detail::millis_until(deadline);
+            if (wait == 0) return -1;
+            pollfd p{c.native_handle(), POLLIN, 0};
+            ::poll(&p, 1, wait < 200 ? wait : 200);
         }
     }
 
@@ -4659,6 +4955,7 @@ class ServerCore {
     ServerOptions opt_;
     CipherKey key_;
     IpAddress proxy_bind_;
+    std::shared_ptr<TlsContext> tls_;
     std::atomic<bool> stopping_{false};
     std::mutex mu_;
     std::map<std::string, std::shared_ptr<ServerControl>> controls_;
@@ -4694,8 +4991,6 @@ inline void ServerControl::shutdown() {
 class Server {
   public:
     explicit Server(ServerOptions opt) {
-        if (opt.tls)
-            throw error(errc::unsupported, "frp::Server: TLS is not supported yet");
         if (opt.max_clients == 0 || opt.max_connections < 4 || opt.max_pool_count < 0 ||
             opt.login_timeout.count() <= 0 || opt.user_conn_timeout.count() <= 0 ||
             opt.idle_timeout.count() <= 0 || opt.mux_ping_timeout.count() <= 0)
@@ -4808,8 +5103,11 @@ struct ClientOptions {
     Endpoint server;  // the frps-compatible server (its bind_port)
     std::string token;
     bool tcp_mux = true;  // must match the server unless it is a p2prc::frp::Server
-    // TLS transport (0x17 + TLS): not supported yet; true throws.
+    // TLS on every connection to the server (frpc's tls_enable), preceded by the byte 0x17
+    // unless tls_first_byte is false (frpc's disable_custom_tls_first_byte). The server's
+    // certificate is not verified, as frpc does by default.
     bool tls = false;
+    bool tls_first_byte = true;
     // Encrypt every proxy's work connections (in addition to ProxySpec::use_encryption).
     bool use_encryption = false;
     std::vector<ProxySpec> proxies;
@@ -4860,8 +5158,10 @@ inline const char* go_arch() {
 class Client {
   public:
     explicit Client(ClientOptions opt)
-        : opt_(std::move(opt)), key_(derive_key(opt_.token)), tasks_(opt_.max_connections) {
-        if (opt_.tls) throw error(errc::unsupported, "frp::Client: TLS is not supported yet");
+        : opt_(std::move(opt)),
+          key_(derive_key(opt_.token)),
+          tls_(opt_.tls ? TlsContext::client() : nullptr),
+          tasks_(opt_.max_connections) {
         if (opt_.server.port == 0)
             throw error(errc::invalid_argument, "frp::Client: the server port must not be 0");
         if (opt_.pool_count < 0 || opt_.pool_count > 100)
@@ -5010,12 +5310,15 @@ class Client {
                 set_status(name, ProxyState::pending, 0, {});
             if (out == Outcome::stopped || stopping()) break;
             if (out == Outcome::refused && !ever && opt_.login_fail_exit) {
+                {
+                    // The client state first: a waiter woken by a proxy status sees it.
+                    std::lock_guard<std::mutex> lk(mu_);
+                    state_ = ClientState::failed;
+                    cv_.notify_all();
+                }
                 std::string why = last_error();
                 for (const auto& [name, spec] : specs_)
                     set_status(name, ProxyState::failed, 0, "login refused: " + why);
-                std::lock_guard<std::mutex> lk(mu_);
-                state_ = ClientState::failed;
-                cv_.notify_all();
                 return;
             }
             {
@@ -5033,6 +5336,15 @@ class Client {
         last_error_ = why;
     }
 
+    // A connection to the server with the transport options applied: TLS (after 0x17) or
+    // plain. `tcp` receives the TCP connection underneath (closing it aborts everything).
+    StreamPtr dial(std::shared_ptr<p2prc::detail::TcpConnection>& tcp) {
+        tcp = p2prc::detail::TcpConnection::connect(opt_.server, opt_.dial_timeout);
+        if (!tls_) return tcp;
+        if (opt_.tls_first_byte) tcp->write_all(&kTlsFirstByte, 1, opt_.dial_timeout);
+        return TlsStream::connect(tcp, tls_, opt_.dial_timeout);
+    }
+
     // One login and its control, until the control is lost. Sets `logged_in` once the
     // server accepted the login.
     Outcome session(bool& logged_in) {
@@ -5047,6 +5359,18 @@ class Client {
             std::lock_guard<std::mutex> lk(mu_);
             if (stop_) return Outcome::stopped;
             current_ = tcp;
+        }
+        StreamPtr transport = tcp;
+        if (tls_) {
+            try {
+                if (opt_.tls_first_byte) tcp->write_all(&kTlsFirstByte, 1, opt_.dial_timeout);
+                transport = TlsStream::connect(tcp, tls_, opt_.dial_timeout);
+            } catch (const std::exception& e) {
+                tcp->close();
+                if (stopping()) return Outcome::stopped;
+                fail(std::string("TLS with the server: ") + e.what());
+                return Outcome::lost;
+            }
         }
         struct Clear {
             Client& c;
@@ -5075,10 +5399,10 @@ class Client {
                 MuxConfig cfg;
                 cfg.keepalive_interval = opt_.mux_keepalive_interval;
                 cfg.ping_timeout = opt_.mux_ping_timeout;
-                mux = std::make_shared<MuxSession>(tcp, MuxRole::client, cfg);
+                mux = std::make_shared<MuxSession>(transport, MuxRole::client, cfg);
                 ctl = StreamPtr(mux->open(opt_.dial_timeout));
             } else {
-                ctl = tcp;
+                ctl = transport;
             }
             Login login;
             login.version = kProtocolVersion;
@@ -5213,7 +5537,13 @@ class Client {
                 if (!mux) return;
                 w = StreamPtr(mux->open(opt_.dial_timeout));
             } else {
-                w = p2prc::detail::TcpConnection::connect(opt_.server, opt_.dial_timeout);
+                std::shared_ptr<p2prc::detail::TcpConnection> tcp;
+                try {
+                    w = dial(tcp);
+                } catch (...) {
+                    if (tcp) tcp->close();
+                    throw;
+                }
             }
         } catch (const std::exception& e) {
             log(std::string("work connection: ") + e.what());
@@ -5270,6 +5600,7 @@ class Client {
 
     const ClientOptions opt_;
     const CipherKey key_;
+    const std::shared_ptr<TlsContext> tls_;
     std::map<std::string, ProxySpec> specs_;  // fixed after construction
 
     mutable std::mutex mu_;

@@ -21,6 +21,7 @@
 #include "mux.hpp"
 #include "pipe.hpp"
 #include "snappy.hpp"
+#include "tls.hpp"
 #include "wire.hpp"
 
 #include <atomic>
@@ -76,8 +77,11 @@ struct ClientOptions {
     Endpoint server;  // the frps-compatible server (its bind_port)
     std::string token;
     bool tcp_mux = true;  // must match the server unless it is a p2prc::frp::Server
-    // TLS transport (0x17 + TLS): not supported yet; true throws.
+    // TLS on every connection to the server (frpc's tls_enable), preceded by the byte 0x17
+    // unless tls_first_byte is false (frpc's disable_custom_tls_first_byte). The server's
+    // certificate is not verified, as frpc does by default.
     bool tls = false;
+    bool tls_first_byte = true;
     // Encrypt every proxy's work connections (in addition to ProxySpec::use_encryption).
     bool use_encryption = false;
     std::vector<ProxySpec> proxies;
@@ -128,8 +132,10 @@ inline const char* go_arch() {
 class Client {
   public:
     explicit Client(ClientOptions opt)
-        : opt_(std::move(opt)), key_(derive_key(opt_.token)), tasks_(opt_.max_connections) {
-        if (opt_.tls) throw error(errc::unsupported, "frp::Client: TLS is not supported yet");
+        : opt_(std::move(opt)),
+          key_(derive_key(opt_.token)),
+          tls_(opt_.tls ? TlsContext::client() : nullptr),
+          tasks_(opt_.max_connections) {
         if (opt_.server.port == 0)
             throw error(errc::invalid_argument, "frp::Client: the server port must not be 0");
         if (opt_.pool_count < 0 || opt_.pool_count > 100)
@@ -278,12 +284,15 @@ class Client {
                 set_status(name, ProxyState::pending, 0, {});
             if (out == Outcome::stopped || stopping()) break;
             if (out == Outcome::refused && !ever && opt_.login_fail_exit) {
+                {
+                    // The client state first: a waiter woken by a proxy status sees it.
+                    std::lock_guard<std::mutex> lk(mu_);
+                    state_ = ClientState::failed;
+                    cv_.notify_all();
+                }
                 std::string why = last_error();
                 for (const auto& [name, spec] : specs_)
                     set_status(name, ProxyState::failed, 0, "login refused: " + why);
-                std::lock_guard<std::mutex> lk(mu_);
-                state_ = ClientState::failed;
-                cv_.notify_all();
                 return;
             }
             {
@@ -301,6 +310,15 @@ class Client {
         last_error_ = why;
     }
 
+    // A connection to the server with the transport options applied: TLS (after 0x17) or
+    // plain. `tcp` receives the TCP connection underneath (closing it aborts everything).
+    StreamPtr dial(std::shared_ptr<p2prc::detail::TcpConnection>& tcp) {
+        tcp = p2prc::detail::TcpConnection::connect(opt_.server, opt_.dial_timeout);
+        if (!tls_) return tcp;
+        if (opt_.tls_first_byte) tcp->write_all(&kTlsFirstByte, 1, opt_.dial_timeout);
+        return TlsStream::connect(tcp, tls_, opt_.dial_timeout);
+    }
+
     // One login and its control, until the control is lost. Sets `logged_in` once the
     // server accepted the login.
     Outcome session(bool& logged_in) {
@@ -315,6 +333,18 @@ class Client {
             std::lock_guard<std::mutex> lk(mu_);
             if (stop_) return Outcome::stopped;
             current_ = tcp;
+        }
+        StreamPtr transport = tcp;
+        if (tls_) {
+            try {
+                if (opt_.tls_first_byte) tcp->write_all(&kTlsFirstByte, 1, opt_.dial_timeout);
+                transport = TlsStream::connect(tcp, tls_, opt_.dial_timeout);
+            } catch (const std::exception& e) {
+                tcp->close();
+                if (stopping()) return Outcome::stopped;
+                fail(std::string("TLS with the server: ") + e.what());
+                return Outcome::lost;
+            }
         }
         struct Clear {
             Client& c;
@@ -343,10 +373,10 @@ class Client {
                 MuxConfig cfg;
                 cfg.keepalive_interval = opt_.mux_keepalive_interval;
                 cfg.ping_timeout = opt_.mux_ping_timeout;
-                mux = std::make_shared<MuxSession>(tcp, MuxRole::client, cfg);
+                mux = std::make_shared<MuxSession>(transport, MuxRole::client, cfg);
                 ctl = StreamPtr(mux->open(opt_.dial_timeout));
             } else {
-                ctl = tcp;
+                ctl = transport;
             }
             Login login;
             login.version = kProtocolVersion;
@@ -481,7 +511,13 @@ class Client {
                 if (!mux) return;
                 w = StreamPtr(mux->open(opt_.dial_timeout));
             } else {
-                w = p2prc::detail::TcpConnection::connect(opt_.server, opt_.dial_timeout);
+                std::shared_ptr<p2prc::detail::TcpConnection> tcp;
+                try {
+                    w = dial(tcp);
+                } catch (...) {
+                    if (tcp) tcp->close();
+                    throw;
+                }
             }
         } catch (const std::exception& e) {
             log(std::string("work connection: ") + e.what());
@@ -538,6 +574,7 @@ class Client {
 
     const ClientOptions opt_;
     const CipherKey key_;
+    const std::shared_ptr<TlsContext> tls_;
     std::map<std::string, ProxySpec> specs_;  // fixed after construction
 
     mutable std::mutex mu_;

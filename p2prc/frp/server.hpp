@@ -4,9 +4,10 @@
 // One port serves everything. Each accepted connection is told apart by its first byte:
 // 0x00 is a yamux header (a tcp_mux client: the connection is a yamux session whose
 // streams are logical connections), an frp message type byte is a plain logical
-// connection (tcp_mux off), 0x16/0x17 is TLS (not supported yet: the connection is
-// closed). So clients with tcp_mux on and off work against the same server without any
-// setting, unlike stock frps.
+// connection (tcp_mux off), 0x17 is frpc's TLS marker (dropped; a TLS handshake
+// follows) and 0x16 a bare TLS ClientHello. Inside TLS the same first-byte test tells
+// yamux from plain. So clients with tcp_mux on or off, with TLS or without, work against
+// the same server without any setting, unlike stock frps.
 //
 // A logical connection's first message decides its role (10 s to send it): Login makes
 // it a control connection, NewWorkConn a pooled work connection of the control with that
@@ -27,6 +28,7 @@
 #include "mux.hpp"
 #include "pipe.hpp"
 #include "snappy.hpp"
+#include "tls.hpp"
 #include "wire.hpp"
 
 #include <atomic>
@@ -73,8 +75,11 @@ struct ServerOptions {
     p2prc::detail::Millis mux_ping_timeout{10000};
     // A piped connection with no byte in one direction for this long is closed.
     p2prc::detail::Millis idle_timeout{3600000};
-    // TLS transport (0x17 + TLS, bare TLS): not supported yet; true throws.
-    bool tls = false;
+    // TLS (0x17 + TLS, or bare TLS) is always accepted, with this certificate and key
+    // (PEM files) or, both empty, a self-signed certificate made at start.
+    std::string tls_cert_file, tls_key_file;
+    // Refuse connections that do not start TLS (frps's tls_only).
+    bool tls_only = false;
     // Optional event log (logins, proxies, refusals), one line per call.
     std::function<void(const std::string&)> log;
 };
@@ -253,6 +258,7 @@ class ServerCore {
         : opt_(std::move(opt)),
           key_(derive_key(opt_.token)),
           proxy_bind_(opt_.proxy_bind ? *opt_.proxy_bind : opt_.bind.address),
+          tls_(TlsContext::server(opt_.tls_cert_file, opt_.tls_key_file)),
           tasks_(opt_.max_connections) {}
 
     const ServerOptions& options() const { return opt_; }
@@ -273,31 +279,61 @@ class ServerCore {
                 return;  // closed by stop()
             }
             if (!c) continue;
-            StreamPtr conn(std::move(c));
+            std::shared_ptr<p2prc::detail::TcpConnection> conn(std::move(c));
             if (!tasks_.spawn([this, conn] { handle_connection(conn); })) conn->close();
         }
     }
 
-    // Sniffs the first byte: yamux, a plain frp message, or TLS.
-    void handle_connection(StreamPtr conn) {
-        StreamRegistry::Registration reg(live_, conn);
-        unsigned char first = 0;
-        try {
-            if (conn->read_some(&first, 1, opt_.login_timeout) != 1) return;
-        } catch (const error&) {
-            conn->close();
+    // Sniffs the first byte: TLS (then sniffs again inside), yamux or a plain message.
+    void handle_connection(std::shared_ptr<p2prc::detail::TcpConnection> tcp) {
+        StreamRegistry::Registration reg(live_, tcp);
+        auto deadline = p2prc::detail::deadline_after(opt_.login_timeout);
+        auto left = [&] {
+            auto l = std::chrono::duration_cast<Millis>(deadline - Clock::now());
+            return l.count() > 0 ? l : Millis(1);
+        };
+        int first = peek_byte(*tcp, left());
+        StreamPtr s = tcp;
+        if (first == 0x16 || first == kTlsFirstByte) {
+            try {
+                unsigned char marker;
+                if (first == kTlsFirstByte) tcp->read_exact(&marker, 1, left());
+                auto tls = TlsStream::accept(tcp, tls_, left());
+                s = tls;
+                unsigned char b = 0;
+                if (tls->read_some(&b, 1, left()) != 1) throw error(errc::io_error, "no data");
+                first = b;
+                s = std::make_shared<ReplayStream>(tls, std::string(1, char(b)));
+            } catch (const std::exception& e) {
+                log("TLS connection from " + tcp->describe() + " failed: " + e.what());
+                tcp->close();
+                return;
+            }
+        } else if (opt_.tls_only) {
+            tcp->close();
             return;
         }
-        auto replay = std::make_shared<ReplayStream>(conn, std::string(1, char(first)));
         if (first == 0x00) {
-            run_mux_session(replay);
-        } else if (first == 0x16 || first == 0x17) {
-            log("refused a TLS connection from " + conn->describe() + ": TLS is not supported");
-            conn->close();
-        } else if (is_known_type(char(first))) {
-            handle_logical(replay, false);
+            run_mux_session(s);
+        } else if (first >= 0 && is_known_type(char(first))) {
+            handle_logical(s, false);
         } else {
-            conn->close();
+            tcp->close();
+        }
+    }
+
+    // The first byte of a connection without taking it, or -1 (timeout, end, error).
+    static int peek_byte(p2prc::detail::TcpConnection& c, Millis timeout) {
+        auto deadline = p2prc::detail::deadline_after(timeout);
+        for (;;) {
+            unsigned char b = 0;
+            ssize_t k = ::recv(c.native_handle(), &b, 1, MSG_PEEK);
+            if (k == 1) return b;
+            if (k == 0 || (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) return -1;
+            int wait = p2prc::detail::millis_until(deadline);
+            if (wait == 0) return -1;
+            pollfd p{c.native_handle(), POLLIN, 0};
+            ::poll(&p, 1, wait < 200 ? wait : 200);
         }
     }
 
@@ -638,6 +674,7 @@ class ServerCore {
     ServerOptions opt_;
     CipherKey key_;
     IpAddress proxy_bind_;
+    std::shared_ptr<TlsContext> tls_;
     std::atomic<bool> stopping_{false};
     std::mutex mu_;
     std::map<std::string, std::shared_ptr<ServerControl>> controls_;
@@ -673,8 +710,6 @@ inline void ServerControl::shutdown() {
 class Server {
   public:
     explicit Server(ServerOptions opt) {
-        if (opt.tls)
-            throw error(errc::unsupported, "frp::Server: TLS is not supported yet");
         if (opt.max_clients == 0 || opt.max_connections < 4 || opt.max_pool_count < 0 ||
             opt.login_timeout.count() <= 0 || opt.user_conn_timeout.count() <= 0 ||
             opt.idle_timeout.count() <= 0 || opt.mux_ping_timeout.count() <= 0)

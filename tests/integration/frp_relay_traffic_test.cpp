@@ -16,15 +16,25 @@ namespace {
 
 constexpr std::size_t kMiB = 1024 * 1024;
 
+struct Setup {
+    bool mux = true, encryption = false, compression = false;
+    std::string token;
+    bool tls = false, tls_first_byte = true, tls_only = false;
+    std::size_t conns = 50, bytes = kMiB;
+};
+
 // Exposes an echo service and pushes `conns` x `bytes` through it both ways.
-void run_echo(bool mux, bool encryption, bool compression, const std::string& token,
-              std::size_t conns, std::size_t bytes) {
+void run_echo(const Setup& s) {
     EchoServer echo;
-    Server server(server_options(token));
-    auto opt = client_options(loopback(server.port()), echo.endpoint(), token);
-    opt.tcp_mux = mux;
-    opt.proxies[0].use_encryption = encryption;
-    opt.proxies[0].use_compression = compression;
+    auto so = server_options(s.token);
+    so.tls_only = s.tls_only;
+    Server server(so);
+    auto opt = client_options(loopback(server.port()), echo.endpoint(), s.token);
+    opt.tcp_mux = s.mux;
+    opt.tls = s.tls;
+    opt.tls_first_byte = s.tls_first_byte;
+    opt.proxies[0].use_encryption = s.encryption;
+    opt.proxies[0].use_compression = s.compression;
     Client client(opt);
     auto st = client.wait_running("echo", 10000ms);
     REQUIRE_MESSAGE(st.state == ProxyState::running, client.last_error());
@@ -32,27 +42,56 @@ void run_echo(bool mux, bool encryption, bool compression, const std::string& to
     CHECK(st.public_endpoint == loopback(st.remote_port));
     REQUIRE(server.proxies().size() == 1);
     CHECK(server.proxies()[0].port == st.remote_port);
-    CHECK(server.proxies()[0].use_encryption == encryption);
+    CHECK(server.proxies()[0].use_encryption == s.encryption);
     std::string why;
-    CHECK_MESSAGE(parallel_echo(st.public_endpoint, conns, bytes, &why) == conns, why);
+    CHECK_MESSAGE(parallel_echo(st.public_endpoint, s.conns, s.bytes, &why) == s.conns, why);
 }
 
 }  // namespace
 
 TEST_CASE("relay: 50 connections x 1 MiB each way through tcp_mux") {
-    run_echo(true, false, false, "", 50, kMiB);
+    run_echo(Setup{});
 }
 
 TEST_CASE("relay: 50 connections x 1 MiB each way without tcp_mux") {
-    run_echo(false, false, false, "", 50, kMiB);
+    Setup s;
+    s.mux = false;
+    run_echo(s);
 }
 
 TEST_CASE("relay: 50 connections x 1 MiB each way with a token and use_encryption") {
-    run_echo(true, true, false, "s3cret", 50, kMiB);
+    Setup s;
+    s.encryption = true;
+    s.token = "s3cret";
+    run_echo(s);
 }
 
 TEST_CASE("relay: use_encryption and use_compression without tcp_mux") {
-    run_echo(false, true, true, "s3cret", 8, kMiB);
+    Setup s;
+    s.mux = false;
+    s.encryption = s.compression = true;
+    s.token = "s3cret";
+    s.conns = 8;
+    run_echo(s);
+}
+
+TEST_CASE("relay: 50 connections x 1 MiB each way over TLS (0x17 first byte)") {
+    for (bool mux : {true, false}) {
+        CAPTURE(mux);
+        Setup s;
+        s.mux = mux;
+        s.tls = true;
+        run_echo(s);
+    }
+}
+
+TEST_CASE("relay: bare TLS (no 0x17) to a server that only takes TLS") {
+    Setup s;
+    s.tls = true;
+    s.tls_first_byte = false;
+    s.tls_only = true;
+    s.conns = 8;
+    run_echo(s);
 }
 
 TEST_CASE("relay: one server serves tcp_mux and plain clients at once") {
@@ -91,17 +130,16 @@ TEST_CASE("relay: a wrong token is refused with frp's error text") {
     }
 }
 
-TEST_CASE("relay: TLS is refused as unsupported on both sides") {
+TEST_CASE("relay: a server that only takes TLS drops a plain client") {
+    EchoServer echo;
     auto so = server_options();
-    so.tls = true;
-    CHECK_THROWS_WITH_AS(Server{so}, doctest::Contains("TLS is not supported yet"),
-                         p2prc::error);
-    auto co = client_options(loopback(7000), loopback(8000));
-    co.tls = true;
-    try {
-        Client c(co);
-        FAIL("Client accepted tls = true");
-    } catch (const p2prc::error& e) {
-        CHECK(e.code() == p2prc::errc::unsupported);
-    }
+    so.tls_only = true;
+    Server server(so);
+    auto co = client_options(loopback(server.port()), echo.endpoint());
+    co.login_timeout = 1000ms;
+    Client client(co);
+    auto st = client.wait_running("echo", 1500ms);
+    CHECK(st.state == ProxyState::pending);
+    CHECK(client.login_count() == 0);
+    CHECK(server.client_count() == 0);
 }
