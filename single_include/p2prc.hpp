@@ -3806,6 +3806,50 @@ struct X509Free {
     void operator()(X509* x) const { X509_free(x); }
 };
 
+// What our socket BIO knows about its socket.
+struct BioSocket {
+    int fd = -1;
+    bool eof = false;
+};
+
+// OpenSSL's own socket BIO writes with write(), which raises SIGPIPE on a socket the peer
+// closed and kills the process; this one uses send(MSG_NOSIGNAL), like TcpConnection.
+inline int bio_write(BIO* b, const char* data, int len) {
+    auto* s = static_cast<BioSocket*>(BIO_get_data(b));
+    BIO_clear_retry_flags(b);
+    ssize_t r = ::send(s->fd, data, std::size_t(len), MSG_NOSIGNAL);
+    if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+        BIO_set_retry_write(b);
+    return int(r);
+}
+inline int bio_read(BIO* b, char* buf, int len) {
+    auto* s = static_cast<BioSocket*>(BIO_get_data(b));
+    BIO_clear_retry_flags(b);
+    ssize_t r = ::recv(s->fd, buf, std::size_t(len), 0);
+    if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+        BIO_set_retry_read(b);
+    if (r == 0) s->eof = true;
+    return int(r);
+}
+inline long bio_ctrl(BIO* b, int cmd, long, void*) {
+    auto* s = static_cast<BioSocket*>(BIO_get_data(b));
+    if (cmd == BIO_CTRL_FLUSH) return 1;
+    // Lets OpenSSL tell a peer that closed TCP from a broken read.
+    if (cmd == BIO_CTRL_EOF) return s && s->eof ? 1 : 0;
+    return 0;
+}
+inline int bio_create(BIO* b) {
+    BIO_set_init(b, 1);
+    return 1;
+}
+inline int bio_destroy(BIO*) {
+    return 1;
+}
+
+struct BioMethodFree {
+    void operator()(BIO_METHOD* m) const { BIO_meth_free(m); }
+};
+
 // Waits for the socket to be readable or writable, in slices so that a closed stream
 // notices quickly.
 inline void wait_socket(int fd, short events, p2prc::detail::Clock::time_point deadline,
@@ -3861,10 +3905,17 @@ class TlsContext {
     }
 
     SSL_CTX* native() const noexcept { return ctx_.get(); }
+    BIO_METHOD* bio_method() const noexcept { return bio_.get(); }
 
   private:
-    explicit TlsContext(const SSL_METHOD* method) : ctx_(SSL_CTX_new(method)) {
-        if (!ctx_)
+    explicit TlsContext(const SSL_METHOD* method)
+        : ctx_(SSL_CTX_new(method)),
+          bio_(BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "p2prc socket")) {
+        if (!ctx_ || !bio_ || BIO_meth_set_write(bio_.get(), detail::bio_write) != 1 ||
+            BIO_meth_set_read(bio_.get(), detail::bio_read) != 1 ||
+            BIO_meth_set_ctrl(bio_.get(), detail::bio_ctrl) != 1 ||
+            BIO_meth_set_create(bio_.get(), detail::bio_create) != 1 ||
+            BIO_meth_set_destroy(bio_.get(), detail::bio_destroy) != 1)
             throw error(errc::io_error, "TLS: SSL_CTX_new failed: " + detail::openssl_error_text());
         SSL_CTX_set_min_proto_version(ctx_.get(), TLS1_2_VERSION);
         SSL_CTX_set_mode(ctx_.get(),
@@ -3897,6 +3948,7 @@ class TlsContext {
     }
 
     std::unique_ptr<SSL_CTX, detail::SslCtxFree> ctx_;
+    std::unique_ptr<BIO_METHOD, detail::BioMethodFree> bio_;
 };
 
 // A TLS session over a TCP connection (shares it: closing either wakes the other).
@@ -3964,13 +4016,18 @@ class TlsStream final : public p2prc::detail::Stream {
     TlsStream(std::shared_ptr<p2prc::detail::TcpConnection> tcp,
               const std::shared_ptr<TlsContext>& ctx)
         : tcp_(std::move(tcp)), ctx_(ctx), ssl_(SSL_new(ctx->native())) {
-        if (!ssl_ || SSL_set_fd(ssl_.get(), tcp_->native_handle()) != 1)
+        sock_.fd = tcp_->native_handle();
+        BIO* bio = ssl_ ? BIO_new(ctx_->bio_method()) : nullptr;
+        if (!bio)
             throw error(errc::io_error, "TLS: SSL_new failed: " + detail::openssl_error_text());
+        BIO_set_data(bio, &sock_);
+        SSL_set_bio(ssl_.get(), bio, bio);  // the session owns the BIO now
     }
 
     void handshake(Millis timeout) {
-        io([](SSL* ssl) { return SSL_do_handshake(ssl); }, p2prc::detail::deadline_after(timeout),
-           "handshake");
+        if (io([](SSL* ssl) { return SSL_do_handshake(ssl); },
+               p2prc::detail::deadline_after(timeout), "handshake") == 0)
+            throw error(errc::io_error, describe() + ": the peer closed during the TLS handshake");
     }
 
     // Runs one non-blocking OpenSSL call until it succeeds; waits for the socket outside
@@ -4004,6 +4061,7 @@ class TlsStream final : public p2prc::detail::Stream {
 
     std::shared_ptr<p2prc::detail::TcpConnection> tcp_;
     std::shared_ptr<TlsContext> ctx_;
+    detail::BioSocket sock_;  // outlives ssl_ (declared before it)
     std::unique_ptr<SSL, detail::SslFree> ssl_;
     std::mutex mu_;
     std::atomic<bool> closed_{false};
@@ -5310,15 +5368,27 @@ class Client {
                 set_status(name, ProxyState::pending, 0, {});
             if (out == Outcome::stopped || stopping()) break;
             if (out == Outcome::refused && !ever && opt_.login_fail_exit) {
+                // The client and its proxies fail together: a waiter sees both at once.
+                std::vector<ProxyStatus> changed;
                 {
-                    // The client state first: a waiter woken by a proxy status sees it.
                     std::lock_guard<std::mutex> lk(mu_);
                     state_ = ClientState::failed;
+                    for (auto& [name, st] : status_) {
+                        st.state = ProxyState::failed;
+                        st.remote_port = 0;
+                        st.error = "login refused: " + last_error_;
+                        changed.push_back(st);
+                    }
                     cv_.notify_all();
                 }
-                std::string why = last_error();
-                for (const auto& [name, spec] : specs_)
-                    set_status(name, ProxyState::failed, 0, "login refused: " + why);
+                if (opt_.on_status) {
+                    for (const auto& st : changed) {
+                        try {
+                            opt_.on_status(st);
+                        } catch (...) {
+                        }
+                    }
+                }
                 return;
             }
             {

@@ -284,15 +284,27 @@ class Client {
                 set_status(name, ProxyState::pending, 0, {});
             if (out == Outcome::stopped || stopping()) break;
             if (out == Outcome::refused && !ever && opt_.login_fail_exit) {
+                // The client and its proxies fail together: a waiter sees both at once.
+                std::vector<ProxyStatus> changed;
                 {
-                    // The client state first: a waiter woken by a proxy status sees it.
                     std::lock_guard<std::mutex> lk(mu_);
                     state_ = ClientState::failed;
+                    for (auto& [name, st] : status_) {
+                        st.state = ProxyState::failed;
+                        st.remote_port = 0;
+                        st.error = "login refused: " + last_error_;
+                        changed.push_back(st);
+                    }
                     cv_.notify_all();
                 }
-                std::string why = last_error();
-                for (const auto& [name, spec] : specs_)
-                    set_status(name, ProxyState::failed, 0, "login refused: " + why);
+                if (opt_.on_status) {
+                    for (const auto& st : changed) {
+                        try {
+                            opt_.on_status(st);
+                        } catch (...) {
+                        }
+                    }
+                }
                 return;
             }
             {
