@@ -1,8 +1,8 @@
 // The frpc role: logs in to an frps-compatible server (stock frps, or p2prc::frp::Server)
 // and has local TCP services exposed on public ports of that server.
 //
-// Life of a client: connect (one TCP connection; with tcp_mux a yamux session on it whose
-// first stream is the control), plain Login, plain LoginResp (run_id), then the control is
+// Life of a client: connect (one TCP connection, optionally 0x17 + TLS; with tcp_mux a
+// yamux session on it whose first stream is the control), plain Login, plain LoginResp (run_id), then the control is
 // encrypted (frp/crypto.hpp) and carries NewProxy/NewProxyResp, ReqWorkConn and
 // Ping/Pong. Each ReqWorkConn asks for one work connection (a new yamux stream, or a new
 // TCP connection without tcp_mux) that starts with a plain NewWorkConn and waits for
@@ -429,12 +429,11 @@ class Client {
             fail(std::string("login: ") + e.what());
             return Outcome::lost;
         }
-        return control(ctl, mux, pooled, tcp);
+        return control(ctl, mux, pooled);
     }
 
     Outcome control(const StreamPtr& raw, const std::shared_ptr<MuxSession>& mux,
-                    const std::shared_ptr<detail::StreamRegistry>& pooled,
-                    const std::shared_ptr<p2prc::detail::TcpConnection>& tcp) {
+                    const std::shared_ptr<detail::StreamRegistry>& pooled) {
         CryptoStream ctl(raw, key_);
         std::string run_id = this->run_id();
         try {
@@ -494,7 +493,6 @@ class Client {
         } catch (const std::exception& e) {
             if (stopping()) return Outcome::stopped;
             fail(std::string("control lost: ") + e.what());
-            (void)tcp;
             return Outcome::lost;
         }
     }

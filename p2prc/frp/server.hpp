@@ -61,7 +61,9 @@ struct ServerOptions {
     std::size_t max_proxies_per_client = 32;
     // A Login's pool_count is clamped to this (frps's max_pool_count).
     std::int64_t max_pool_count = 5;
-    // Live threads (one per logical connection, two per piped user connection...).
+    // Live connection tasks: one per connection being classified, per control, per yamux
+    // session and per piped user connection (which runs a second thread for its other
+    // direction). Beyond it, new connections are closed at once.
     std::size_t max_connections = 2048;
     // First message of a logical connection (and the first byte of a connection).
     p2prc::detail::Millis login_timeout{10000};
