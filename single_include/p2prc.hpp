@@ -4509,14 +4509,12 @@ class ServerControl : public std::enable_shared_from_this<ServerControl> {
     StreamPtr take_work_conn(const StartWorkConn& start, Millis wait) {
         for (std::int64_t attempt = 0; attempt <= pool_count_; ++attempt) {
             StreamPtr w;
-            bool requested = false;
             {
                 std::unique_lock<std::mutex> lk(mu_);
                 if (closed_) return nullptr;
                 if (pool_.empty()) {
                     lk.unlock();
-                    send(ReqWorkConn{});
-                    requested = true;
+                    send(ReqWorkConn{});  // ask for one, as frps does when none is idle
                     lk.lock();
                 }
                 pool_cv_.wait_until(lk, p2prc::detail::deadline_after(wait),
@@ -4525,7 +4523,6 @@ class ServerControl : public std::enable_shared_from_this<ServerControl> {
                 w = std::move(pool_.front());
                 pool_.pop_front();
             }
-            (void)requested;
             send(ReqWorkConn{});  // refill, as frps does after every use
             try {
                 write_msg(*w, start, Millis(10000));

@@ -5,6 +5,10 @@
 
 #include <doctest/doctest.h>
 
+#include <algorithm>
+#include <mutex>
+#include <vector>
+
 using namespace p2prc_test;
 using p2prc::detail::Clock;
 using p2prc::frp::Client;
@@ -37,6 +41,12 @@ TEST_CASE("relay: after a server restart the client logs in again and re-registe
         auto co = client_options(loopback(server->port()), echo.endpoint(), "tok");
         co.tcp_mux = mux;
         co.proxies[0].remote_port = free_port();
+        std::mutex seen_mu;
+        std::vector<ProxyState> seen;  // what the callback reported, in order
+        co.on_status = [&](const p2prc::frp::ProxyStatus& s) {
+            std::lock_guard<std::mutex> lk(seen_mu);
+            if (seen.size() < 64) seen.push_back(s.state);
+        };
         Client client(co);
         auto st = client.wait_running("echo", 10000ms);
         REQUIRE_MESSAGE(st.state == ProxyState::running, client.last_error());
@@ -59,6 +69,12 @@ TEST_CASE("relay: after a server restart the client logs in again and re-registe
         CHECK(parallel_echo(again.public_endpoint, 4, 256 * 1024) == 4);
         REQUIRE(server->proxies().size() == 1);
         CHECK(server->proxies()[0].run_id == run_id);
+        std::lock_guard<std::mutex> lk(seen_mu);
+        auto first = std::find(seen.begin(), seen.end(), ProxyState::running);
+        REQUIRE(first != seen.end());
+        auto down = std::find(first, seen.end(), ProxyState::pending);
+        REQUIRE(down != seen.end());
+        CHECK(std::find(down, seen.end(), ProxyState::running) != seen.end());
     }
 }
 
