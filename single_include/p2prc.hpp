@@ -4076,6 +4076,7 @@ class TlsStream final : public p2prc::detail::Stream {
 // bytes, a message reader that survives timeouts, and the bidirectional byte pipe.
 
 
+#include <algorithm>
 #include <array>
 #include <atomic>
 #include <cstring>
@@ -4285,23 +4286,45 @@ class MsgReader {
     char buf_[4096];
 };
 
+// How long the open direction of a half-closed pipe may stay silent before the pipe
+// ends: long enough for a reply after the request side closed, short enough that an
+// abandoned half-closed connection does not stay pinned for the whole idle timeout.
+inline constexpr Millis kHalfClosedLinger{30000};
+
 // Copies bytes both ways between a and b until both directions ended (a clean end of
 // stream in one direction is passed on as a half-close) or either side failed (then
 // both are closed at once). One direction runs on a thread owned by this call. A
-// direction idle for `idle` ends the pipe.
+// direction silent for `idle` (or for kHalfClosedLinger once the other one ended) ends
+// the pipe.
 inline void pipe_streams(const StreamPtr& a, const StreamPtr& b, Millis idle) {
-    auto copy = [idle](Stream& from, Stream& to) {
+    std::atomic<int> ended{0};
+    Millis linger = std::min(idle, kHalfClosedLinger);
+    auto copy = [&](Stream& from, Stream& to) {
         std::vector<char> buf(32 * 1024);
+        auto last = Clock::now();
         try {
             for (;;) {
-                std::size_t k = from.read_some(buf.data(), buf.size(), idle);
+                std::size_t k = 0;
+                try {
+                    // Short slices (a timeout loses no data on any of our streams) so the
+                    // half-closed deadline applies as soon as the other direction ends.
+                    k = from.read_some(buf.data(), buf.size(), Millis(1000));
+                } catch (const error& e) {
+                    if (e.code() != errc::timeout) throw;
+                    auto quiet = Clock::now() - last;
+                    if (quiet > idle || (ended.load() > 0 && quiet > linger)) throw;
+                    continue;
+                }
                 if (k == 0) {
                     to.shutdown_write();
+                    ++ended;
                     return;
                 }
+                last = Clock::now();
                 to.write_all(buf.data(), k, idle);
             }
         } catch (...) {
+            ++ended;
             to.close();
             from.close();
         }
