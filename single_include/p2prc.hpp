@@ -4636,8 +4636,12 @@ class ServerCore {
             std::unique_ptr<p2prc::detail::TcpConnection> c;
             try {
                 c = l.accept(Millis(500));
-            } catch (const error&) {
-                return;  // closed by stop()
+            } catch (const error& e) {
+                if (e.code() == errc::state_error) return;  // closed by stop()
+                // Out of descriptors or similar: pause rather than stop accepting.
+                log(std::string("accept: ") + e.what());
+                std::this_thread::sleep_for(Millis(100));
+                continue;
             }
             if (!c) continue;
             std::shared_ptr<p2prc::detail::TcpConnection> conn(std::move(c));
@@ -4952,8 +4956,10 @@ class ServerCore {
             std::unique_ptr<p2prc::detail::TcpConnection> c;
             try {
                 c = l.accept(Millis(500));
-            } catch (const error&) {
-                return;  // listener closed
+            } catch (const error& e) {
+                if (e.code() == errc::state_error) return;  // listener closed
+                std::this_thread::sleep_for(Millis(100));  // transient (descriptors...)
+                continue;
             }
             if (!c) continue;
             std::shared_ptr<p2prc::detail::TcpConnection> user(std::move(c));
