@@ -20,4 +20,8 @@
 #include "p2prc/frp/crypto.hpp"
 #include "p2prc/frp/snappy.hpp"
 #include "p2prc/frp/mux.hpp"
+#include "p2prc/frp/tls.hpp"
+#include "p2prc/frp/pipe.hpp"
+#include "p2prc/frp/server.hpp"
+#include "p2prc/frp/client.hpp"
 #include "p2prc/node.hpp"

@@ -7027,6 +7027,1970 @@ class MuxSession {
 
 }  // namespace p2prc::frp
 
+// ---- p2prc/frp/tls.hpp ----
+// TLS for the relay transport, as frp uses it: frpc writes the byte 0x17 and then starts
+// a TLS handshake on the same TCP connection (or, with disable_custom_tls_first_byte,
+// starts the handshake at once: the ClientHello's first byte is 0x16). frps accepts both
+// and plain TCP on one port. frpc does not verify the server's certificate by default, and
+// frps makes itself a self-signed one at start when none is configured.
+//
+// TlsStream drives an OpenSSL session over a non-blocking TcpConnection. OpenSSL allows
+// one call on a session at a time, so each SSL_read/SSL_write runs under a mutex and
+// returns at once (non-blocking); the waiting for the socket happens outside the mutex,
+// which lets one thread read while another writes, as the relay's pipes do.
+
+
+#include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/ssl.h>
+#include <openssl/x509.h>
+
+#include <atomic>
+#include <memory>
+#include <mutex>
+#include <string>
+
+namespace p2prc::frp {
+
+// The first byte frpc sends before its TLS ClientHello (unless told not to).
+inline constexpr unsigned char kTlsFirstByte = 0x17;
+
+namespace detail {
+
+inline std::string openssl_error_text() {
+    std::string out;
+    while (unsigned long e = ERR_get_error()) {
+        char buf[256];
+        ERR_error_string_n(e, buf, sizeof buf);
+        if (!out.empty()) out += "; ";
+        out += buf;
+    }
+    return out.empty() ? "no detail from OpenSSL" : out;
+}
+
+struct SslCtxFree {
+    void operator()(SSL_CTX* c) const { SSL_CTX_free(c); }
+};
+struct SslFree {
+    void operator()(SSL* s) const { SSL_free(s); }
+};
+struct PkeyFree {
+    void operator()(EVP_PKEY* k) const { EVP_PKEY_free(k); }
+};
+struct X509Free {
+    void operator()(X509* x) const { X509_free(x); }
+};
+
+// What our socket BIO knows about its socket.
+struct BioSocket {
+    int fd = -1;
+    bool eof = false;
+};
+
+// OpenSSL's own socket BIO writes with write(), which raises SIGPIPE on a socket the peer
+// closed and kills the process; this one uses send(MSG_NOSIGNAL), like TcpConnection.
+inline int bio_write(BIO* b, const char* data, int len) {
+    auto* s = static_cast<BioSocket*>(BIO_get_data(b));
+    BIO_clear_retry_flags(b);
+    ssize_t r = ::send(s->fd, data, std::size_t(len), MSG_NOSIGNAL);
+    if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+        BIO_set_retry_write(b);
+    return int(r);
+}
+inline int bio_read(BIO* b, char* buf, int len) {
+    auto* s = static_cast<BioSocket*>(BIO_get_data(b));
+    BIO_clear_retry_flags(b);
+    ssize_t r = ::recv(s->fd, buf, std::size_t(len), 0);
+    if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+        BIO_set_retry_read(b);
+    if (r == 0) s->eof = true;
+    return int(r);
+}
+inline long bio_ctrl(BIO* b, int cmd, long, void*) {
+    auto* s = static_cast<BioSocket*>(BIO_get_data(b));
+    if (cmd == BIO_CTRL_FLUSH) return 1;
+    // Lets OpenSSL tell a peer that closed TCP from a broken read.
+    if (cmd == BIO_CTRL_EOF) return s && s->eof ? 1 : 0;
+    return 0;
+}
+inline int bio_create(BIO* b) {
+    BIO_set_init(b, 1);
+    return 1;
+}
+inline int bio_destroy(BIO*) {
+    return 1;
+}
+
+struct BioMethodFree {
+    void operator()(BIO_METHOD* m) const { BIO_meth_free(m); }
+};
+
+// Waits for the socket to be readable or writable, in slices so that a closed stream
+// notices quickly.
+inline void wait_socket(int fd, short events, p2prc::detail::Clock::time_point deadline,
+                        const std::atomic<bool>& closed, const std::string& what) {
+    for (;;) {
+        if (closed.load()) throw error(errc::state_error, what + ": closed");
+        int left = p2prc::detail::millis_until(deadline);
+        if (left == 0) throw error(errc::timeout, what + ": timed out");
+        pollfd p{fd, events, 0};
+        int r = ::poll(&p, 1, left < 200 ? left : 200);
+        if (r > 0) return;
+        if (r < 0 && errno != EINTR)
+            throw error(errc::io_error, what + ": poll: " + p2prc::detail::socket_error_text(errno));
+    }
+}
+
+}  // namespace detail
+
+// An OpenSSL context for one side. Shared by every connection of a server or client.
+class TlsContext {
+  public:
+    // Server side: the certificate and key from PEM files, or, both empty, a fresh
+    // self-signed ECDSA P-256 certificate (as frps does with an RSA one).
+    static std::shared_ptr<TlsContext> server(const std::string& cert_file = {},
+                                              const std::string& key_file = {}) {
+        auto ctx = std::shared_ptr<TlsContext>(new TlsContext(TLS_server_method()));
+        if (cert_file.empty() != key_file.empty())
+            throw error(errc::invalid_argument,
+                        "TLS: give both a certificate file and a key file, or neither");
+        if (!cert_file.empty()) {
+            if (SSL_CTX_use_certificate_chain_file(ctx->ctx_.get(), cert_file.c_str()) != 1)
+                throw error(errc::io_error, "TLS: cannot load certificate " + cert_file + ": " +
+                                                detail::openssl_error_text());
+            if (SSL_CTX_use_PrivateKey_file(ctx->ctx_.get(), key_file.c_str(), SSL_FILETYPE_PEM) !=
+                1)
+                throw error(errc::io_error, "TLS: cannot load key " + key_file + ": " +
+                                                detail::openssl_error_text());
+        } else {
+            ctx->use_self_signed();
+        }
+        if (SSL_CTX_check_private_key(ctx->ctx_.get()) != 1)
+            throw error(errc::invalid_argument, "TLS: the key does not match the certificate: " +
+                                                    detail::openssl_error_text());
+        return ctx;
+    }
+
+    // Client side: like frpc's default, the server's certificate is not verified (the
+    // token authenticates the login; TLS only hides the traffic).
+    static std::shared_ptr<TlsContext> client() {
+        auto ctx = std::shared_ptr<TlsContext>(new TlsContext(TLS_client_method()));
+        SSL_CTX_set_verify(ctx->ctx_.get(), SSL_VERIFY_NONE, nullptr);
+        return ctx;
+    }
+
+    SSL_CTX* native() const noexcept { return ctx_.get(); }
+    BIO_METHOD* bio_method() const noexcept { return bio_.get(); }
+
+  private:
+    explicit TlsContext(const SSL_METHOD* method)
+        : ctx_(SSL_CTX_new(method)),
+          bio_(BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "p2prc socket")) {
+        if (!ctx_ || !bio_ || BIO_meth_set_write(bio_.get(), detail::bio_write) != 1 ||
+            BIO_meth_set_read(bio_.get(), detail::bio_read) != 1 ||
+            BIO_meth_set_ctrl(bio_.get(), detail::bio_ctrl) != 1 ||
+            BIO_meth_set_create(bio_.get(), detail::bio_create) != 1 ||
+            BIO_meth_set_destroy(bio_.get(), detail::bio_destroy) != 1)
+            throw error(errc::io_error, "TLS: SSL_CTX_new failed: " + detail::openssl_error_text());
+        SSL_CTX_set_min_proto_version(ctx_.get(), TLS1_2_VERSION);
+        SSL_CTX_set_mode(ctx_.get(),
+                         SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+        // A peer that closes TCP without close_notify (Go does) is an end of stream.
+        SSL_CTX_set_options(ctx_.get(), SSL_OP_IGNORE_UNEXPECTED_EOF);
+    }
+
+    void use_self_signed() {
+        std::unique_ptr<EVP_PKEY, detail::PkeyFree> key(EVP_EC_gen("P-256"));
+        std::unique_ptr<X509, detail::X509Free> cert(X509_new());
+        if (!key || !cert)
+            throw error(errc::io_error,
+                        "TLS: cannot make a key pair: " + detail::openssl_error_text());
+        X509_set_version(cert.get(), 2);
+        ASN1_INTEGER_set(X509_get_serialNumber(cert.get()), 1);
+        X509_gmtime_adj(X509_getm_notBefore(cert.get()), -3600);
+        X509_gmtime_adj(X509_getm_notAfter(cert.get()), 10L * 365 * 24 * 3600);
+        X509_NAME* name = X509_get_subject_name(cert.get());
+        X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC,
+                                   reinterpret_cast<const unsigned char*>("p2prc relay"), -1, -1,
+                                   0);
+        X509_set_issuer_name(cert.get(), name);
+        if (X509_set_pubkey(cert.get(), key.get()) != 1 ||
+            X509_sign(cert.get(), key.get(), EVP_sha256()) <= 0 ||
+            SSL_CTX_use_certificate(ctx_.get(), cert.get()) != 1 ||
+            SSL_CTX_use_PrivateKey(ctx_.get(), key.get()) != 1)
+            throw error(errc::io_error, "TLS: cannot make a self-signed certificate: " +
+                                            detail::openssl_error_text());
+    }
+
+    std::unique_ptr<SSL_CTX, detail::SslCtxFree> ctx_;
+    std::unique_ptr<BIO_METHOD, detail::BioMethodFree> bio_;
+};
+
+// A TLS session over a TCP connection (shares it: closing either wakes the other).
+class TlsStream final : public p2prc::detail::Stream {
+  public:
+    using Millis = p2prc::detail::Millis;
+
+    // Server handshake on `tcp` (whose next byte is the ClientHello).
+    static std::shared_ptr<TlsStream> accept(std::shared_ptr<p2prc::detail::TcpConnection> tcp,
+                                             const std::shared_ptr<TlsContext>& ctx,
+                                             Millis timeout) {
+        auto s = std::shared_ptr<TlsStream>(new TlsStream(std::move(tcp), ctx));
+        SSL_set_accept_state(s->ssl_.get());
+        s->handshake(timeout);
+        return s;
+    }
+
+    // Client handshake (the caller wrote 0x17 first if the server expects it).
+    static std::shared_ptr<TlsStream> connect(std::shared_ptr<p2prc::detail::TcpConnection> tcp,
+                                              const std::shared_ptr<TlsContext>& ctx,
+                                              Millis timeout) {
+        auto s = std::shared_ptr<TlsStream>(new TlsStream(std::move(tcp), ctx));
+        SSL_set_connect_state(s->ssl_.get());
+        s->handshake(timeout);
+        return s;
+    }
+
+    std::size_t read_some(void* buf, std::size_t n, Millis timeout) override {
+        if (n == 0) return 0;
+        int want = n > (1u << 30) ? (1 << 30) : int(n);
+        return io([&](SSL* ssl) { return SSL_read(ssl, buf, want); },
+                  p2prc::detail::deadline_after(timeout), "read");
+    }
+
+    void write_all(const void* buf, std::size_t n, Millis timeout) override {
+        auto deadline = p2prc::detail::deadline_after(timeout);
+        const auto* p = static_cast<const char*>(buf);
+        while (n > 0) {
+            int chunk = n > (1u << 30) ? (1 << 30) : int(n);
+            std::size_t k = io([&](SSL* ssl) { return SSL_write(ssl, p, chunk); }, deadline,
+                               "write");
+            if (k == 0) throw error(errc::io_error, describe() + ": write: the session ended");
+            p += k;
+            n -= k;
+        }
+    }
+
+    // Sends close_notify: the peer reads end of stream; we can still read.
+    void shutdown_write() override {
+        std::lock_guard<std::mutex> lk(mu_);
+        if (closed_.load() || shut_) return;
+        shut_ = true;
+        ERR_clear_error();
+        SSL_shutdown(ssl_.get());  // best effort; a full socket buffer loses the alert
+    }
+
+    void close() noexcept override {
+        closed_.store(true);
+        tcp_->close();
+    }
+
+    std::string describe() const override { return "tls " + tcp_->describe(); }
+
+  private:
+    TlsStream(std::shared_ptr<p2prc::detail::TcpConnection> tcp,
+              const std::shared_ptr<TlsContext>& ctx)
+        : tcp_(std::move(tcp)), ctx_(ctx), ssl_(SSL_new(ctx->native())) {
+        sock_.fd = tcp_->native_handle();
+        BIO* bio = ssl_ ? BIO_new(ctx_->bio_method()) : nullptr;
+        if (!bio)
+            throw error(errc::io_error, "TLS: SSL_new failed: " + detail::openssl_error_text());
+        BIO_set_data(bio, &sock_);
+        SSL_set_bio(ssl_.get(), bio, bio);  // the session owns the BIO now
+    }
+
+    void handshake(Millis timeout) {
+        if (io([](SSL* ssl) { return SSL_do_handshake(ssl); },
+               p2prc::detail::deadline_after(timeout), "handshake") == 0)
+            throw error(errc::io_error, describe() + ": the peer closed during the TLS handshake");
+    }
+
+    // Runs one non-blocking OpenSSL call until it succeeds; waits for the socket outside
+    // the lock. Returns the call's positive result, or 0 at a clean end of stream.
+    template <class Op>
+    std::size_t io(Op op, p2prc::detail::Clock::time_point deadline, const char* what) {
+        for (;;) {
+            int r = 0, err = 0;
+            {
+                std::lock_guard<std::mutex> lk(mu_);
+                if (closed_.load()) throw error(errc::state_error, describe() + ": closed");
+                ERR_clear_error();
+                r = op(ssl_.get());
+                if (r > 0) return std::size_t(r);
+                err = SSL_get_error(ssl_.get(), r);
+            }
+            if (err == SSL_ERROR_WANT_READ) {
+                detail::wait_socket(tcp_->native_handle(), POLLIN, deadline, closed_,
+                                    describe() + ": " + what);
+            } else if (err == SSL_ERROR_WANT_WRITE) {
+                detail::wait_socket(tcp_->native_handle(), POLLOUT, deadline, closed_,
+                                    describe() + ": " + what);
+            } else if (err == SSL_ERROR_ZERO_RETURN) {
+                return 0;
+            } else {
+                throw error(errc::io_error, describe() + ": TLS " + what + " failed: " +
+                                                detail::openssl_error_text());
+            }
+        }
+    }
+
+    std::shared_ptr<p2prc::detail::TcpConnection> tcp_;
+    std::shared_ptr<TlsContext> ctx_;
+    detail::BioSocket sock_;  // outlives ssl_ (declared before it)
+    std::unique_ptr<SSL, detail::SslFree> ssl_;
+    std::mutex mu_;
+    std::atomic<bool> closed_{false};
+    bool shut_ = false;
+};
+
+}  // namespace p2prc::frp
+
+// ---- p2prc/frp/pipe.hpp ----
+// Plumbing shared by the relay roles (frp/server.hpp, frp/client.hpp): owned worker
+// threads, a registry of live streams to abort on stop, a stream that replays sniffed
+// bytes, a message reader that survives timeouts, and the bidirectional byte pipe.
+
+
+#include <algorithm>
+#include <array>
+#include <atomic>
+#include <cstring>
+#include <condition_variable>
+#include <cstdint>
+#include <functional>
+#include <list>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+namespace p2prc::frp::detail {
+
+using p2prc::detail::Clock;
+using p2prc::detail::Millis;
+using p2prc::detail::Stream;
+using StreamPtr = std::shared_ptr<Stream>;
+
+// Threads owned by one object: spawn() refuses beyond `limit` live threads (a bound on
+// what a peer can make us hold), finished threads are joined on the next spawn, and
+// join_all() (called by the owner's destructor, after it closed every socket) joins the
+// rest.
+class TaskGroup {
+  public:
+    explicit TaskGroup(std::size_t limit) : limit_(limit) {}
+    ~TaskGroup() { join_all(); }
+    TaskGroup(const TaskGroup&) = delete;
+    TaskGroup& operator=(const TaskGroup&) = delete;
+
+    // Runs f on a new thread; false (f not run) when the group is full or closed.
+    bool spawn(std::function<void()> f) {
+        std::list<Entry> done;
+        std::lock_guard<std::mutex> lk(mu_);
+        reap_locked(done);
+        if (closed_ || live_.size() >= limit_) return false;
+        auto flag = std::make_shared<std::atomic<bool>>(false);
+        live_.push_back(Entry{std::thread([f = std::move(f), flag] {
+                                  try {
+                                      f();
+                                  } catch (...) {
+                                      // A task reports through its owner; nothing escapes.
+                                  }
+                                  flag->store(true);
+                              }),
+                              flag});
+        // `done` threads already finished: joining them here is instant.
+        for (auto& e : done) e.thread.join();
+        return true;
+    }
+
+    std::size_t size() {
+        std::lock_guard<std::mutex> lk(mu_);
+        return live_.size();
+    }
+
+    // No more spawns; joins everything. Call only after the tasks were told to stop.
+    void join_all() {
+        std::list<Entry> all;
+        {
+            std::lock_guard<std::mutex> lk(mu_);
+            closed_ = true;
+            all.swap(live_);
+        }
+        for (auto& e : all)
+            if (e.thread.joinable() && e.thread.get_id() != std::this_thread::get_id())
+                e.thread.join();
+            else if (e.thread.joinable())
+                e.thread.detach();  // never: join_all is not called from a task
+    }
+
+  private:
+    struct Entry {
+        std::thread thread;
+        std::shared_ptr<std::atomic<bool>> done;
+    };
+    void reap_locked(std::list<Entry>& out) {
+        for (auto it = live_.begin(); it != live_.end();) {
+            if (it->done->load()) {
+                auto next = std::next(it);
+                out.splice(out.end(), live_, it);
+                it = next;
+            } else {
+                ++it;
+            }
+        }
+    }
+    std::mutex mu_;
+    std::list<Entry> live_;
+    std::size_t limit_;
+    bool closed_ = false;
+};
+
+// Live streams that must be aborted when their owner stops (closing wakes every thread
+// blocked on them). Entries are removed by a Registration going out of scope.
+class StreamRegistry {
+  public:
+    class Registration {
+      public:
+        Registration(StreamRegistry& r, StreamPtr s) : r_(r), id_(r.add(std::move(s))) {}
+        ~Registration() { r_.remove(id_); }
+        Registration(const Registration&) = delete;
+        Registration& operator=(const Registration&) = delete;
+
+      private:
+        StreamRegistry& r_;
+        std::uint64_t id_;
+    };
+
+    std::uint64_t add(StreamPtr s) {
+        std::lock_guard<std::mutex> lk(mu_);
+        if (closed_) {
+            s->close();
+            return 0;
+        }
+        auto id = ++next_;
+        live_.emplace(id, std::move(s));
+        return id;
+    }
+    void remove(std::uint64_t id) {
+        std::lock_guard<std::mutex> lk(mu_);
+        live_.erase(id);
+    }
+    // Closes every registered stream and every stream added later.
+    void close_all() {
+        std::unordered_map<std::uint64_t, StreamPtr> all;
+        {
+            std::lock_guard<std::mutex> lk(mu_);
+            closed_ = true;
+            all.swap(live_);
+        }
+        for (auto& [id, s] : all) s->close();
+    }
+    std::size_t size() {
+        std::lock_guard<std::mutex> lk(mu_);
+        return live_.size();
+    }
+
+  private:
+    std::mutex mu_;
+    std::unordered_map<std::uint64_t, StreamPtr> live_;
+    std::uint64_t next_ = 0;
+    bool closed_ = false;
+};
+
+// A stream whose first reads return bytes already taken from `inner` (the server sniffs
+// the first byte of a connection to tell yamux from frp messages, then puts it back).
+class ReplayStream final : public Stream {
+  public:
+    ReplayStream(StreamPtr inner, std::string head) : inner_(std::move(inner)), head_(std::move(head)) {}
+    std::size_t read_some(void* buf, std::size_t n, Millis timeout) override {
+        if (n == 0) return 0;
+        if (pos_ < head_.size()) {
+            std::size_t k = std::min(n, head_.size() - pos_);
+            std::memcpy(buf, head_.data() + pos_, k);
+            pos_ += k;
+            return k;
+        }
+        return inner_->read_some(buf, n, timeout);
+    }
+    void write_all(const void* buf, std::size_t n, Millis timeout) override {
+        inner_->write_all(buf, n, timeout);
+    }
+    void shutdown_write() override { inner_->shutdown_write(); }
+    void close() noexcept override { inner_->close(); }
+    std::string describe() const override { return inner_->describe(); }
+
+  private:
+    StreamPtr inner_;
+    std::string head_;
+    std::size_t pos_ = 0;
+};
+
+// Reads messages from a stream that carries nothing but frames (the encrypted control),
+// through a FrameDecoder, so a read that times out mid-frame loses nothing.
+class MsgReader {
+  public:
+    explicit MsgReader(Stream& s) : s_(s) {}
+
+    // The next message, or nullopt when none completed within `timeout`. Throws
+    // errc::io_error at end of stream, and the decoder's errors for bad frames.
+    std::optional<Message> next(Millis timeout) {
+        if (auto m = dec_.take()) return m;
+        auto deadline = p2prc::detail::deadline_after(timeout);
+        for (;;) {
+            auto left = std::chrono::duration_cast<Millis>(deadline - Clock::now());
+            if (left.count() <= 0) return std::nullopt;
+            std::size_t k = 0;
+            try {
+                k = s_.read_some(buf_, sizeof buf_, left);
+            } catch (const error& e) {
+                if (e.code() == errc::timeout) return std::nullopt;
+                throw;
+            }
+            if (k == 0) throw error(errc::io_error, s_.describe() + ": the peer closed the control");
+            dec_.feed(buf_, k);
+            if (auto m = dec_.take()) return m;
+        }
+    }
+
+  private:
+    Stream& s_;
+    FrameDecoder dec_;
+    char buf_[4096];
+};
+
+// How long the open direction of a half-closed pipe may stay silent before the pipe
+// ends: long enough for a reply after the request side closed, short enough that an
+// abandoned half-closed connection does not stay pinned for the whole idle timeout.
+inline constexpr Millis kHalfClosedLinger{30000};
+
+// Copies bytes both ways between a and b until both directions ended (a clean end of
+// stream in one direction is passed on as a half-close) or either side failed (then
+// both are closed at once). One direction runs on a thread owned by this call. A
+// direction silent for `idle` (or for kHalfClosedLinger once the other one ended) ends
+// the pipe.
+inline void pipe_streams(const StreamPtr& a, const StreamPtr& b, Millis idle) {
+    std::atomic<int> ended{0};
+    Millis linger = std::min(idle, kHalfClosedLinger);
+    auto copy = [&](Stream& from, Stream& to) {
+        std::vector<char> buf(32 * 1024);
+        auto last = Clock::now();
+        try {
+            for (;;) {
+                std::size_t k = 0;
+                try {
+                    // Short slices (a timeout loses no data on any of our streams) so the
+                    // half-closed deadline applies as soon as the other direction ends.
+                    k = from.read_some(buf.data(), buf.size(), Millis(1000));
+                } catch (const error& e) {
+                    if (e.code() != errc::timeout) throw;
+                    auto quiet = Clock::now() - last;
+                    if (quiet > idle || (ended.load() > 0 && quiet > linger)) throw;
+                    continue;
+                }
+                if (k == 0) {
+                    to.shutdown_write();
+                    ++ended;
+                    return;
+                }
+                last = Clock::now();
+                to.write_all(buf.data(), k, idle);
+            }
+        } catch (...) {
+            ++ended;
+            to.close();
+            from.close();
+        }
+    };
+    std::thread back([&] { copy(*b, *a); });
+    copy(*a, *b);
+    back.join();
+    a->close();
+    b->close();
+}
+
+// Version "a.b.c" as a comparable triple; fewer than 3 parts counts as 0.0.0 and a
+// non-numeric part as 0 (frps's rule).
+inline std::array<long, 3> parse_version(const std::string& v) {
+    std::vector<std::string> parts;
+    std::string cur;
+    for (char c : v) {
+        if (c == '.') {
+            parts.push_back(cur);
+            cur.clear();
+        } else {
+            cur += c;
+        }
+    }
+    parts.push_back(cur);
+    if (parts.size() < 3) return {0, 0, 0};
+    std::array<long, 3> out{};
+    for (int i = 0; i < 3; ++i) {
+        long x = 0;
+        bool ok = !parts[i].empty() && parts[i].size() < 10;
+        for (char c : parts[i]) {
+            if (c < '0' || c > '9') {
+                ok = false;
+                break;
+            }
+            x = x * 10 + (c - '0');
+        }
+        out[i] = ok ? x : 0;
+    }
+    return out;
+}
+
+}  // namespace p2prc::frp::detail
+
+// ---- p2prc/frp/server.hpp ----
+// The frps role: a relay that frpc (stock, or p2prc::frp::Client) logs in to and that
+// opens public TCP ports whose connections are piped to the client's local services.
+//
+// One port serves everything. Each accepted connection is told apart by its first byte:
+// 0x00 is a yamux header (a tcp_mux client: the connection is a yamux session whose
+// streams are logical connections), an frp message type byte is a plain logical
+// connection (tcp_mux off), 0x17 is frpc's TLS marker (dropped; a TLS handshake
+// follows) and 0x16 a bare TLS ClientHello. Inside TLS the same first-byte test tells
+// yamux from plain. So clients with tcp_mux on or off, with TLS or without, work against
+// the same server without any setting, unlike stock frps.
+//
+// A logical connection's first message decides its role (10 s to send it): Login makes
+// it a control connection, NewWorkConn a pooled work connection of the control with that
+// run_id. After a successful Login both directions of the control are AES-128-CFB
+// streams keyed by the token (frp/crypto.hpp). The server keeps each client's pool of
+// idle work connections filled with ReqWorkConn; a user connecting to a proxy's public
+// port takes one, the server writes StartWorkConn on it and then pipes raw bytes.
+//
+// Threads: one accepts, one per logical connection being classified, one per control,
+// one per yamux session, one per proxy listener and two per piped user connection, all
+// owned by the Server (bounded by ServerOptions::max_connections) and joined by stop().
+
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace p2prc::frp {
+
+// The frp version we speak and announce (the wire format of frp 0.45.0).
+inline constexpr const char* kProtocolVersion = "0.45.0";
+
+struct ServerOptions {
+    // Where clients connect (port 0 = any free port; Server::port() tells which).
+    Endpoint bind{IpAddress::from_string("0.0.0.0"), 7000};
+    // Address the public proxy ports listen on; default: bind's address.
+    std::optional<IpAddress> proxy_bind;
+    // Shared secret: login proof and the cipher key. Empty is frp's default.
+    std::string token;
+    std::size_t max_clients = 64;
+    std::size_t max_proxies_per_client = 32;
+    // A Login's pool_count is clamped to this (frps's max_pool_count).
+    std::int64_t max_pool_count = 5;
+    // Live connection tasks: one per connection being classified, per control, per yamux
+    // session and per piped user connection (which runs a second thread for its other
+    // direction). Beyond it, new connections are closed at once.
+    std::size_t max_connections = 2048;
+    // First message of a logical connection (and the first byte of a connection).
+    p2prc::detail::Millis login_timeout{10000};
+    // A control without tcp_mux that sends no Ping for this long is closed; 0 = never.
+    p2prc::detail::Millis heartbeat_timeout{90000};
+    // How long a user connection waits for a work connection.
+    p2prc::detail::Millis user_conn_timeout{10000};
+    // yamux keepalive towards tcp_mux clients: a ping every interval, the session is
+    // dropped when the answer takes longer than mux_ping_timeout.
+    p2prc::detail::Millis mux_keepalive_interval{60000};
+    p2prc::detail::Millis mux_ping_timeout{10000};
+    // A piped connection with no byte in one direction for this long is closed.
+    p2prc::detail::Millis idle_timeout{3600000};
+    // TLS (0x17 + TLS, or bare TLS) is always accepted, with this certificate and key
+    // (PEM files) or, both empty, a self-signed certificate made at start.
+    std::string tls_cert_file, tls_key_file;
+    // Refuse connections that do not start TLS (frps's tls_only).
+    bool tls_only = false;
+    // Optional event log (logins, proxies, refusals), one line per call.
+    std::function<void(const std::string&)> log;
+};
+
+// A registered proxy as the server sees it.
+struct ServerProxyInfo {
+    std::string name;
+    std::string run_id;
+    std::uint16_t port = 0;
+    bool use_encryption = false, use_compression = false;
+};
+
+namespace detail {
+
+class ServerCore;
+
+// One tcp proxy: its public listener and the thread accepting on it.
+struct ServerProxy {
+    NewProxy spec;
+    std::uint16_t port = 0;
+    std::unique_ptr<p2prc::detail::TcpListener> listener;
+    std::thread acceptor;
+
+    ServerProxy() = default;
+    ServerProxy(const ServerProxy&) = delete;
+    ServerProxy& operator=(const ServerProxy&) = delete;
+    ~ServerProxy() { close(); }
+
+    // Stops accepting and releases the port (the descriptor is closed here, not later).
+    void close() noexcept {
+        if (listener) listener->close();
+        if (acceptor.joinable()) {
+            if (acceptor.get_id() == std::this_thread::get_id()) {
+                // Cannot happen (controls empty their proxies before they die); were it
+                // to, the acceptor still uses the listener, so neither may be destroyed.
+                acceptor.detach();
+                (void)listener.release();
+                return;
+            }
+            acceptor.join();
+        }
+        listener.reset();
+    }
+};
+
+// A logged-in client: its encrypted control, its proxies and its work-connection pool.
+class ServerControl : public std::enable_shared_from_this<ServerControl> {
+  public:
+    ServerControl(ServerCore& core, StreamPtr raw, std::string run_id, std::int64_t pool_count,
+                  bool mux, const CipherKey& key)
+        : core_(core),
+          raw_(std::move(raw)),
+          crypto_(std::make_shared<CryptoStream>(raw_, key)),
+          run_id_(std::move(run_id)),
+          pool_count_(pool_count),
+          mux_(mux) {}
+
+    const std::string& run_id() const { return run_id_; }
+    bool mux() const { return mux_; }
+    CryptoStream& control() { return *crypto_; }
+    StreamPtr raw() const { return raw_; }
+
+    // Encrypted message on the control; a failure closes the control.
+    bool send(const Message& m) {
+        std::lock_guard<std::mutex> lk(write_mu_);
+        try {
+            write_msg(*crypto_, m, Millis(10000));
+            return true;
+        } catch (const std::exception&) {
+            raw_->close();
+            return false;
+        }
+    }
+
+    // Parks an idle work connection; false when the pool is full or the control gone.
+    bool park(StreamPtr w) {
+        std::lock_guard<std::mutex> lk(mu_);
+        if (closed_ || std::int64_t(pool_.size()) >= pool_count_ + 10) return false;
+        pool_.push_back(std::move(w));
+        pool_cv_.notify_one();
+        return true;
+    }
+
+    // A work connection on which `start` was written, or nullptr (no connection came
+    // within `wait`, or the control is gone). Refills the pool after each take.
+    StreamPtr take_work_conn(const StartWorkConn& start, Millis wait) {
+        for (std::int64_t attempt = 0; attempt <= pool_count_; ++attempt) {
+            StreamPtr w;
+            {
+                std::unique_lock<std::mutex> lk(mu_);
+                if (closed_) return nullptr;
+                if (pool_.empty()) {
+                    lk.unlock();
+                    send(ReqWorkConn{});  // ask for one, as frps does when none is idle
+                    lk.lock();
+                }
+                pool_cv_.wait_until(lk, p2prc::detail::deadline_after(wait),
+                                    [&] { return closed_ || !pool_.empty(); });
+                if (closed_ || pool_.empty()) return nullptr;
+                w = std::move(pool_.front());
+                pool_.pop_front();
+            }
+            send(ReqWorkConn{});  // refill, as frps does after every use
+            try {
+                write_msg(*w, start, Millis(10000));
+                return w;
+            } catch (const std::exception&) {
+                w->close();  // a stale pooled connection: try the next one
+            }
+        }
+        return nullptr;
+    }
+
+    // Closes the control, its proxies (ports released before this returns) and its pool.
+    // Idempotent; callable from any thread but a proxy acceptor.
+    void shutdown();
+
+    std::size_t proxy_count() {
+        std::lock_guard<std::mutex> lk(mu_);
+        return proxies_.size();
+    }
+    bool closed() {
+        std::lock_guard<std::mutex> lk(mu_);
+        return closed_;
+    }
+
+    // Adds a proxy unless the control is closed (then it is closed right away).
+    bool add_proxy(std::unique_ptr<ServerProxy> p) {
+        std::unique_lock<std::mutex> lk(mu_);
+        if (closed_) {
+            lk.unlock();
+            p->close();
+            return false;
+        }
+        proxies_[p->spec.proxy_name] = std::move(p);
+        return true;
+    }
+    std::unique_ptr<ServerProxy> remove_proxy(const std::string& name) {
+        std::lock_guard<std::mutex> lk(mu_);
+        auto it = proxies_.find(name);
+        if (it == proxies_.end()) return nullptr;
+        auto p = std::move(it->second);
+        proxies_.erase(it);
+        return p;
+    }
+    std::vector<ServerProxyInfo> proxies() {
+        std::lock_guard<std::mutex> lk(mu_);
+        std::vector<ServerProxyInfo> out;
+        for (auto& [name, p] : proxies_)
+            out.push_back({name, run_id_, p->port, p->spec.use_encryption,
+                           p->spec.use_compression});
+        return out;
+    }
+
+  private:
+    ServerCore& core_;
+    StreamPtr raw_;
+    std::shared_ptr<CryptoStream> crypto_;
+    std::string run_id_;
+    std::int64_t pool_count_;
+    bool mux_;
+    std::mutex write_mu_;
+    std::mutex mu_;
+    std::condition_variable pool_cv_;
+    std::deque<StreamPtr> pool_;
+    std::map<std::string, std::unique_ptr<ServerProxy>> proxies_;
+    bool closed_ = false;
+};
+
+class ServerCore {
+  public:
+    explicit ServerCore(ServerOptions opt)
+        : opt_(std::move(opt)),
+          key_(derive_key(opt_.token)),
+          proxy_bind_(opt_.proxy_bind ? *opt_.proxy_bind : opt_.bind.address),
+          tls_(TlsContext::server(opt_.tls_cert_file, opt_.tls_key_file)),
+          tasks_(opt_.max_connections) {}
+
+    const ServerOptions& options() const { return opt_; }
+    bool stopping() const { return stopping_.load(); }
+
+    void log(const std::string& line) {
+        if (opt_.log) opt_.log(line);
+    }
+
+    // ---- the public port ------------------------------------------------------------
+
+    void accept_loop(p2prc::detail::TcpListener& l) {
+        while (!stopping_.load()) {
+            std::unique_ptr<p2prc::detail::TcpConnection> c;
+            try {
+                c = l.accept(Millis(500));
+            } catch (const error& e) {
+                if (e.code() == errc::state_error) return;  // closed by stop()
+                // Out of descriptors or similar: pause rather than stop accepting.
+                log(std::string("accept: ") + e.what());
+                std::this_thread::sleep_for(Millis(100));
+                continue;
+            }
+            if (!c) continue;
+            std::shared_ptr<p2prc::detail::TcpConnection> conn(std::move(c));
+            if (!tasks_.spawn([this, conn] { handle_connection(conn); })) conn->close();
+        }
+    }
+
+    // Sniffs the first byte: TLS (then sniffs again inside), yamux or a plain message.
+    void handle_connection(std::shared_ptr<p2prc::detail::TcpConnection> tcp) {
+        StreamRegistry::Registration reg(live_, tcp);
+        auto deadline = p2prc::detail::deadline_after(opt_.login_timeout);
+        auto left = [&] {
+            auto l = std::chrono::duration_cast<Millis>(deadline - Clock::now());
+            return l.count() > 0 ? l : Millis(1);
+        };
+        int first = peek_byte(*tcp, left());
+        StreamPtr s = tcp;
+        if (first == 0x16 || first == kTlsFirstByte) {
+            try {
+                unsigned char marker;
+                if (first == kTlsFirstByte) tcp->read_exact(&marker, 1, left());
+                auto tls = TlsStream::accept(tcp, tls_, left());
+                s = tls;
+                unsigned char b = 0;
+                if (tls->read_some(&b, 1, left()) != 1) throw error(errc::io_error, "no data");
+                first = b;
+                s = std::make_shared<ReplayStream>(tls, std::string(1, char(b)));
+            } catch (const std::exception& e) {
+                log("TLS connection from " + tcp->describe() + " failed: " + e.what());
+                tcp->close();
+                return;
+            }
+        } else if (opt_.tls_only) {
+            tcp->close();
+            return;
+        }
+        if (first == 0x00) {
+            run_mux_session(s);
+        } else if (first >= 0 && is_known_type(char(first))) {
+            handle_logical(s, false);
+        } else {
+            tcp->close();
+        }
+    }
+
+    // The first byte of a connection without taking it, or -1 (timeout, end, error).
+    static int peek_byte(p2prc::detail::TcpConnection& c, Millis timeout) {
+        auto deadline = p2prc::detail::deadline_after(timeout);
+        for (;;) {
+            unsigned char b = 0;
+            ssize_t k = ::recv(c.native_handle(), &b, 1, MSG_PEEK);
+            if (k == 1) return b;
+            if (k == 0 || (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) return -1;
+            int wait = p2prc::detail::millis_until(deadline);
+            if (wait == 0) return -1;
+            pollfd p{c.native_handle(), POLLIN, 0};
+            ::poll(&p, 1, wait < 200 ? wait : 200);
+        }
+    }
+
+    void run_mux_session(StreamPtr transport) {
+        MuxConfig cfg;
+        cfg.keepalive_interval = opt_.mux_keepalive_interval;
+        cfg.ping_timeout = opt_.mux_ping_timeout;
+        MuxSession session(transport, MuxRole::server, cfg);
+        while (!stopping_.load()) {
+            std::unique_ptr<MuxStream> s;
+            try {
+                s = session.accept(Millis(500));
+            } catch (const error&) {
+                break;  // the session ended (peer gone, keepalive failed, stop)
+            }
+            if (!s) continue;
+            StreamPtr stream(std::move(s));
+            if (!tasks_.spawn([this, stream] { handle_logical(stream, true); })) stream->close();
+        }
+        log("yamux session " + transport->describe() + " ended: " + session.close_reason());
+        // ~MuxSession kills every stream of the session, controls included.
+    }
+
+    // The first message decides: Login (a control) or NewWorkConn (a pooled work conn).
+    void handle_logical(StreamPtr s, bool mux) {
+        Message m;
+        try {
+            m = read_msg(*s, opt_.login_timeout);
+        } catch (const std::exception&) {
+            s->close();
+            return;
+        }
+        if (auto* login = std::get_if<Login>(&m)) {
+            run_control(s, std::move(*login), mux);
+        } else if (auto* nwc = std::get_if<NewWorkConn>(&m)) {
+            auto ctl = find_control(nwc->run_id);
+            if (!ctl || !ctl->park(s)) s->close();
+        } else {
+            s->close();
+        }
+    }
+
+    // ---- controls -------------------------------------------------------------------
+
+    std::shared_ptr<ServerControl> find_control(const std::string& run_id) {
+        std::lock_guard<std::mutex> lk(mu_);
+        auto it = controls_.find(run_id);
+        return it == controls_.end() ? nullptr : it->second;
+    }
+
+    static std::string new_run_id() {
+        CipherIv r = random_iv();
+        static const char* hex = "0123456789abcdef";
+        std::string out;
+        for (int i = 0; i < 8; ++i) {
+            out += hex[r[i] >> 4];
+            out += hex[r[i] & 15];
+        }
+        return out;
+    }
+
+    std::string check_login(const Login& login) {
+        auto v = parse_version(login.version);
+        if (v < std::array<long, 3>{0, 18, 0})
+            return "Please upgrade your frpc version to at least 0.18.0";
+        if (privilege_key(opt_.token, login.timestamp) != login.privilege_key)
+            return "token in login doesn't match token from configuration";
+        return {};
+    }
+
+    void run_control(StreamPtr raw, Login login, bool mux) {
+        std::string run_id = login.run_id.empty() ? new_run_id() : login.run_id;
+        std::string why = check_login(login);
+        if (why.empty() && run_id.size() > 64) why = "run_id is too long (at most 64 characters)";
+        std::shared_ptr<ServerControl> ctl;
+        if (why.empty()) {
+            std::int64_t pool = std::min(std::max<std::int64_t>(login.pool_count, 0),
+                                         opt_.max_pool_count);
+            ctl = std::make_shared<ServerControl>(*this, raw, run_id, pool, mux, key_);
+            std::shared_ptr<ServerControl> old;
+            {
+                std::lock_guard<std::mutex> lk(mu_);
+                auto it = controls_.find(run_id);
+                if (it != controls_.end()) old = it->second;
+                if (!old && controls_.size() >= opt_.max_clients)
+                    why = "too many clients (the server allows " +
+                          std::to_string(opt_.max_clients) + ")";
+            }
+            if (old) {
+                // A reconnecting client: its stale control goes first, ports included.
+                log("client " + run_id + " logged in again: replacing its old control");
+                old->shutdown();
+            }
+            if (why.empty()) {
+                std::lock_guard<std::mutex> lk(mu_);
+                if (stopping_.load()) {
+                    why = "the server is stopping";
+                } else {
+                    controls_[run_id] = ctl;
+                }
+            }
+        }
+        if (!why.empty()) {
+            log("login refused from " + raw->describe() + ": " + why);
+            try {
+                LoginResp resp;
+                resp.version = kProtocolVersion;
+                resp.error = why;
+                write_msg(*raw, resp, Millis(5000));
+                raw->shutdown_write();
+                // Give the client a moment to read the answer before the close.
+                char sink[64];
+                raw->read_some(sink, sizeof sink, Millis(1000));
+            } catch (const std::exception&) {
+            }
+            raw->close();
+            return;
+        }
+        log("client " + run_id + " logged in from " + raw->describe() +
+            (mux ? " (tcp_mux)" : " (no tcp_mux)"));
+        serve_control(ctl, login);
+        ctl->shutdown();
+        {
+            std::lock_guard<std::mutex> lk(mu_);
+            auto it = controls_.find(run_id);
+            if (it != controls_.end() && it->second == ctl) controls_.erase(it);
+        }
+        log("client " + run_id + " is gone");
+    }
+
+    void serve_control(const std::shared_ptr<ServerControl>& ctl, const Login& login) {
+        (void)login;
+        try {
+            LoginResp resp;
+            resp.version = kProtocolVersion;
+            resp.run_id = ctl->run_id();
+            write_msg(*ctl->raw(), resp, Millis(10000));
+        } catch (const std::exception&) {
+            return;
+        }
+        std::int64_t pool = std::min(std::max<std::int64_t>(login.pool_count, 0),
+                                     opt_.max_pool_count);
+        for (std::int64_t i = 0; i < pool; ++i)
+            if (!ctl->send(ReqWorkConn{})) return;
+        MsgReader reader(ctl->control());
+        auto last_ping = Clock::now();
+        bool heartbeat = !ctl->mux() && opt_.heartbeat_timeout.count() > 0;
+        while (!stopping_.load() && !ctl->closed()) {
+            std::optional<Message> m;
+            try {
+                m = reader.next(Millis(250));
+            } catch (const std::exception& e) {
+                log("control " + ctl->run_id() + ": " + e.what());
+                return;
+            }
+            if (heartbeat && Clock::now() - last_ping > opt_.heartbeat_timeout) {
+                log("control " + ctl->run_id() + ": no heartbeat within " +
+                    std::to_string(opt_.heartbeat_timeout.count()) + " ms");
+                return;
+            }
+            if (!m) continue;
+            if (auto* np = std::get_if<NewProxy>(&*m)) {
+                NewProxyResp resp = new_proxy(ctl, *np);
+                if (!ctl->send(resp)) return;
+            } else if (auto* cp = std::get_if<CloseProxy>(&*m)) {
+                close_proxy(ctl, cp->proxy_name);
+            } else if (std::holds_alternative<Ping>(*m)) {
+                last_ping = Clock::now();
+                if (!ctl->send(Pong{})) return;
+            }
+            // Anything else on a control is ignored, as frps does.
+        }
+    }
+
+    // ---- proxies --------------------------------------------------------------------
+
+    NewProxyResp new_proxy(const std::shared_ptr<ServerControl>& ctl, const NewProxy& np) {
+        NewProxyResp resp;
+        resp.proxy_name = np.proxy_name;
+        std::string type = np.proxy_type.empty() ? "tcp" : np.proxy_type;
+        auto fail = [&](std::string why) {
+            log("proxy [" + np.proxy_name + "] of " + ctl->run_id() + " refused: " + why);
+            resp.error = std::move(why);
+            return resp;
+        };
+        if (np.proxy_name.empty()) return fail("proxy name is empty");
+        if (type == "udp") return fail("udp proxies are not supported");
+        if (type == "http" || type == "https" || type == "stcp" || type == "xtcp" ||
+            type == "sudp" || type == "tcpmux")
+            return fail("proxy [" + np.proxy_name + "] type [" + type +
+                        "] is not supported by this server (tcp only)");
+        if (type != "tcp")
+            return fail("proxy [" + np.proxy_name + "] type [" + type + "] error");
+        if (ctl->proxy_count() >= opt_.max_proxies_per_client)
+            return fail("exceed the max_ports_per_client");
+        if (np.remote_port < 0 || np.remote_port > 65535) return fail("port not allowed");
+        auto port = std::uint16_t(np.remote_port);
+        {
+            std::lock_guard<std::mutex> lk(mu_);
+            if (names_.count(np.proxy_name))
+                return fail("proxy name [" + np.proxy_name + "] is already in use");
+            if (port != 0 && ports_.count(port)) return fail("port already used");
+            names_.insert(np.proxy_name);  // reserved while we bind
+        }
+        auto p = std::make_unique<ServerProxy>();
+        p->spec = np;
+        p->spec.proxy_type = type;
+        try {
+            p->listener = std::make_unique<p2prc::detail::TcpListener>(Endpoint{proxy_bind_, port});
+        } catch (const error&) {
+            std::lock_guard<std::mutex> lk(mu_);
+            names_.erase(np.proxy_name);
+            return fail(port == 0 ? "no available port" : "port unavailable");
+        }
+        p->port = p->listener->port();
+        {
+            std::lock_guard<std::mutex> lk(mu_);
+            ports_.insert(p->port);
+        }
+        auto* listener = p->listener.get();
+        std::weak_ptr<ServerControl> weak = ctl;
+        NewProxy spec = p->spec;
+        std::uint16_t bound = p->port;
+        p->acceptor = std::thread([this, listener, weak, spec, bound] {
+            proxy_accept_loop(*listener, weak, spec, bound);
+        });
+        std::string name = np.proxy_name;
+        if (!ctl->add_proxy(std::move(p))) {
+            release(name, bound);
+            return fail("the control is closed");
+        }
+        log("proxy [" + name + "] of " + ctl->run_id() + " listens on port " +
+            std::to_string(bound));
+        resp.remote_addr = ":" + std::to_string(bound);
+        return resp;
+    }
+
+    void release(const std::string& name, std::uint16_t port) {
+        std::lock_guard<std::mutex> lk(mu_);
+        names_.erase(name);
+        ports_.erase(port);
+    }
+
+    void close_proxy(const std::shared_ptr<ServerControl>& ctl, const std::string& name) {
+        auto p = ctl->remove_proxy(name);
+        if (!p) return;  // unknown names are ignored
+        p->close();
+        release(name, p->port);
+        log("proxy [" + name + "] of " + ctl->run_id() + " closed");
+    }
+
+    void proxy_accept_loop(p2prc::detail::TcpListener& l, std::weak_ptr<ServerControl> weak,
+                           NewProxy spec, std::uint16_t port) {
+        for (;;) {
+            std::unique_ptr<p2prc::detail::TcpConnection> c;
+            try {
+                c = l.accept(Millis(500));
+            } catch (const error& e) {
+                if (e.code() == errc::state_error) return;  // listener closed
+                std::this_thread::sleep_for(Millis(100));  // transient (descriptors...)
+                continue;
+            }
+            if (!c) continue;
+            std::shared_ptr<p2prc::detail::TcpConnection> user(std::move(c));
+            auto ctl = weak.lock();
+            if (!ctl || !tasks_.spawn([this, ctl, spec, port, user] {
+                    serve_user(ctl, spec, port, user);
+                }))
+                user->close();
+        }
+    }
+
+    void serve_user(std::shared_ptr<ServerControl> ctl, const NewProxy& spec, std::uint16_t port,
+                    std::shared_ptr<p2prc::detail::TcpConnection> user) {
+        StreamRegistry::Registration ureg(live_, user);
+        StartWorkConn start;
+        start.proxy_name = spec.proxy_name;
+        if (auto r = user->remote_endpoint()) {
+            start.src_addr = r->address.to_string();
+            start.src_port = r->port;
+        }
+        if (auto l = user->local_endpoint()) {
+            start.dst_addr = l->address.to_string();
+            start.dst_port = l->port;
+        } else {
+            start.dst_port = port;
+        }
+        StreamPtr work = ctl->take_work_conn(start, opt_.user_conn_timeout);
+        ctl.reset();  // a piped connection does not keep the control alive
+        if (!work) {
+            user->close();
+            return;
+        }
+        StreamRegistry::Registration wreg(live_, work);
+        try {
+            if (spec.use_encryption) work = std::make_shared<CryptoStream>(work, key_);
+            if (spec.use_compression) work = std::make_shared<SnappyStream>(work);
+        } catch (const std::exception&) {
+            work->close();
+            user->close();
+            return;
+        }
+        pipe_streams(user, work, opt_.idle_timeout);
+    }
+
+    // ---- lifecycle ------------------------------------------------------------------
+
+    void stop() {
+        stopping_.store(true);
+        std::vector<std::shared_ptr<ServerControl>> all;
+        {
+            std::lock_guard<std::mutex> lk(mu_);
+            for (auto& [id, c] : controls_) all.push_back(c);
+            controls_.clear();
+        }
+        for (auto& c : all) c->shutdown();
+        live_.close_all();
+        tasks_.join_all();
+    }
+
+    std::size_t client_count() {
+        std::lock_guard<std::mutex> lk(mu_);
+        return controls_.size();
+    }
+
+    std::vector<ServerProxyInfo> proxies() {
+        std::vector<std::shared_ptr<ServerControl>> all;
+        {
+            std::lock_guard<std::mutex> lk(mu_);
+            for (auto& [id, c] : controls_) all.push_back(c);
+        }
+        std::vector<ServerProxyInfo> out;
+        for (auto& c : all)
+            for (auto& p : c->proxies()) out.push_back(p);
+        return out;
+    }
+
+  private:
+    friend class ServerControl;
+    ServerOptions opt_;
+    CipherKey key_;
+    IpAddress proxy_bind_;
+    std::shared_ptr<TlsContext> tls_;
+    std::atomic<bool> stopping_{false};
+    std::mutex mu_;
+    std::map<std::string, std::shared_ptr<ServerControl>> controls_;
+    std::set<std::string> names_;
+    std::set<std::uint16_t> ports_;
+    StreamRegistry live_;
+    TaskGroup tasks_;
+};
+
+inline void ServerControl::shutdown() {
+    std::map<std::string, std::unique_ptr<ServerProxy>> proxies;
+    std::deque<StreamPtr> pool;
+    {
+        std::lock_guard<std::mutex> lk(mu_);
+        if (closed_) return;
+        closed_ = true;
+        proxies.swap(proxies_);
+        pool.swap(pool_);
+        pool_cv_.notify_all();
+    }
+    raw_->close();
+    for (auto& w : pool) w->close();
+    for (auto& [name, p] : proxies) {
+        p->close();
+        core_.release(name, p->port);
+    }
+}
+
+}  // namespace detail
+
+// An frps-compatible relay server. Starts listening in the constructor; stop() (or the
+// destructor) closes every client, proxy and piped connection and joins every thread.
+class Server {
+  public:
+    explicit Server(ServerOptions opt) {
+        if (opt.max_clients == 0 || opt.max_connections < 4 || opt.max_pool_count < 0 ||
+            opt.login_timeout.count() <= 0 || opt.user_conn_timeout.count() <= 0 ||
+            opt.idle_timeout.count() <= 0 || opt.mux_ping_timeout.count() <= 0)
+            throw error(errc::invalid_argument,
+                        "frp::Server: max_clients, timeouts must be > 0, max_connections >= 4, "
+                        "max_pool_count >= 0");
+        listener_ = std::make_unique<p2prc::detail::TcpListener>(opt.bind);
+        local_ = listener_->local_endpoint();
+        core_ = std::make_unique<detail::ServerCore>(std::move(opt));
+        acceptor_ = std::thread([this] { core_->accept_loop(*listener_); });
+    }
+    ~Server() { stop(); }
+    Server(const Server&) = delete;
+    Server& operator=(const Server&) = delete;
+
+    // The port clients connect to (the one chosen when ServerOptions::bind.port was 0).
+    std::uint16_t port() const noexcept { return local_.port; }
+    const Endpoint& local_endpoint() const noexcept { return local_; }
+
+    // Logged-in clients and their proxies, now.
+    std::size_t client_count() { return core_->client_count(); }
+    std::vector<ServerProxyInfo> proxies() { return core_->proxies(); }
+
+    // Closes everything and joins every thread. Idempotent.
+    void stop() {
+        if (stopped_.exchange(true)) return;
+        listener_->close();
+        if (acceptor_.joinable()) acceptor_.join();
+        core_->stop();
+        listener_.reset();  // release the port now
+    }
+
+  private:
+    std::unique_ptr<p2prc::detail::TcpListener> listener_;
+    std::unique_ptr<detail::ServerCore> core_;
+    std::thread acceptor_;
+    std::atomic<bool> stopped_{false};
+    Endpoint local_;
+};
+
+}  // namespace p2prc::frp
+
+// ---- p2prc/frp/client.hpp ----
+// The frpc role: logs in to an frps-compatible server (stock frps, or p2prc::frp::Server)
+// and has local TCP services exposed on public ports of that server.
+//
+// Life of a client: connect (one TCP connection, optionally 0x17 + TLS; with tcp_mux a
+// yamux session on it whose first stream is the control), plain Login, plain LoginResp (run_id), then the control is
+// encrypted (frp/crypto.hpp) and carries NewProxy/NewProxyResp, ReqWorkConn and
+// Ping/Pong. Each ReqWorkConn asks for one work connection (a new yamux stream, or a new
+// TCP connection without tcp_mux) that starts with a plain NewWorkConn and waits for
+// StartWorkConn; then it is piped to a fresh connection to the proxy's local service.
+// When the control is lost the client logs in again with the same run_id (so the server
+// replaces its stale control) after a growing pause, and registers its proxies again.
+//
+// Threads: one runs the control, one per work connection (two while piping), all owned by
+// the Client and joined by stop().
+
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace p2prc::frp {
+
+// One local TCP service to expose.
+struct ProxySpec {
+    std::string name;              // unique on the server
+    Endpoint local;                // where the service listens, e.g. 127.0.0.1:8080
+    std::uint16_t remote_port = 0;  // public port on the server; 0 = the server chooses
+    bool use_encryption = false;   // AES-CFB on the work connections (token key)
+    bool use_compression = false;  // snappy framing on the work connections
+};
+
+enum class ProxyState {
+    pending,  // not registered (connecting, or waiting for NewProxyResp)
+    running,  // the public port is open
+    failed,   // the server refused it (error says why) or the client stopped for good
+};
+
+inline const char* to_string(ProxyState s) noexcept {
+    switch (s) {
+        case ProxyState::pending: return "pending";
+        case ProxyState::running: return "running";
+        case ProxyState::failed: return "failed";
+    }
+    return "unknown";
+}
+
+struct ProxyStatus {
+    std::string name;
+    ProxyState state = ProxyState::pending;
+    std::uint16_t remote_port = 0;  // when running
+    Endpoint public_endpoint;       // server address + remote_port, when running
+    std::string error;              // when failed
+    // Counts the times the proxy became running (a re-registration after a reconnect
+    // increments it).
+    std::uint64_t generation = 0;
+};
+
+struct ClientOptions {
+    Endpoint server;  // the frps-compatible server (its bind_port)
+    std::string token;
+    bool tcp_mux = true;  // must match the server unless it is a p2prc::frp::Server
+    // TLS on every connection to the server (frpc's tls_enable), preceded by the byte 0x17
+    // unless tls_first_byte is false (frpc's disable_custom_tls_first_byte). The server's
+    // certificate is not verified, as frpc does by default.
+    bool tls = false;
+    bool tls_first_byte = true;
+    // Encrypt every proxy's work connections (in addition to ProxySpec::use_encryption).
+    bool use_encryption = false;
+    std::vector<ProxySpec> proxies;
+    std::int64_t pool_count = 1;  // idle work connections the server keeps
+    p2prc::detail::Millis dial_timeout{10000};
+    p2prc::detail::Millis login_timeout{10000};
+    // Ping on the control every interval; without tcp_mux, no Pong for heartbeat_timeout
+    // drops the control (with tcp_mux the yamux keepalive decides instead).
+    p2prc::detail::Millis heartbeat_interval{30000};
+    p2prc::detail::Millis heartbeat_timeout{90000};
+    p2prc::detail::Millis mux_keepalive_interval{30000};
+    p2prc::detail::Millis mux_ping_timeout{10000};
+    // Pause before logging in again: doubles from min to max; reset by a good login.
+    p2prc::detail::Millis reconnect_min{500};
+    p2prc::detail::Millis reconnect_max{20000};
+    // A refused first login stops the client for good (frpc's login_fail_exit); later
+    // refusals are retried.
+    bool login_fail_exit = true;
+    p2prc::detail::Millis idle_timeout{3600000};  // a piped connection idle this long ends
+    std::size_t max_connections = 1024;          // live work-connection threads
+    // Called (on the client's thread) whenever a proxy's status changes.
+    std::function<void(const ProxyStatus&)> on_status;
+    std::function<void(const std::string&)> log;
+};
+
+enum class ClientState { connecting, online, failed, stopped };
+
+namespace detail {
+
+inline const char* go_arch() {
+#if defined(__x86_64__)
+    return "amd64";
+#elif defined(__aarch64__)
+    return "arm64";
+#elif defined(__i386__)
+    return "386";
+#elif defined(__arm__)
+    return "arm";
+#else
+    return "unknown";
+#endif
+}
+
+}  // namespace detail
+
+// An frpc-compatible client. The constructor starts it (in the background); watch it with
+// status()/wait_running() or ClientOptions::on_status.
+class Client {
+  public:
+    explicit Client(ClientOptions opt)
+        : opt_(std::move(opt)),
+          key_(derive_key(opt_.token)),
+          tls_(opt_.tls ? TlsContext::client() : nullptr),
+          tasks_(opt_.max_connections) {
+        if (opt_.server.port == 0)
+            throw error(errc::invalid_argument, "frp::Client: the server port must not be 0");
+        if (opt_.pool_count < 0 || opt_.pool_count > 100)
+            throw error(errc::invalid_argument, "frp::Client: pool_count must be 0-100");
+        if (opt_.dial_timeout.count() <= 0 || opt_.login_timeout.count() <= 0 ||
+            opt_.reconnect_min.count() <= 0 || opt_.reconnect_max < opt_.reconnect_min ||
+            opt_.idle_timeout.count() <= 0 || opt_.mux_ping_timeout.count() <= 0 ||
+            opt_.max_connections < 2)
+            throw error(errc::invalid_argument,
+                        "frp::Client: timeouts must be > 0, reconnect_max >= reconnect_min, "
+                        "max_connections >= 2");
+        for (const auto& p : opt_.proxies) {
+            if (p.name.empty() || p.name.size() > 256)
+                throw error(errc::invalid_argument,
+                            "frp::Client: a proxy name must have 1-256 characters");
+            if (status_.count(p.name))
+                throw error(errc::invalid_argument,
+                            "frp::Client: proxy name \"" + p.name + "\" is used twice");
+            if (p.local.port == 0)
+                throw error(errc::invalid_argument,
+                            "frp::Client: proxy \"" + p.name + "\" needs a local port");
+            ProxyStatus st;
+            st.name = p.name;
+            status_[p.name] = st;
+            specs_[p.name] = p;
+            if (opt_.use_encryption) specs_[p.name].use_encryption = true;
+        }
+        thread_ = std::thread([this] { run(); });
+    }
+    ~Client() { stop(); }
+    Client(const Client&) = delete;
+    Client& operator=(const Client&) = delete;
+
+    // Logs out (closes the control and every connection) and joins every thread.
+    void stop() {
+        {
+            std::lock_guard<std::mutex> lk(mu_);
+            if (stop_) return;
+            stop_ = true;
+            if (current_) current_->close();
+            cv_.notify_all();
+        }
+        if (thread_.joinable()) thread_.join();
+        live_.close_all();
+        tasks_.join_all();
+        std::lock_guard<std::mutex> lk(mu_);
+        if (state_ != ClientState::failed) state_ = ClientState::stopped;
+        cv_.notify_all();
+    }
+
+    ProxyStatus status(const std::string& name) const {
+        std::lock_guard<std::mutex> lk(mu_);
+        auto it = status_.find(name);
+        if (it == status_.end())
+            throw error(errc::invalid_argument, "frp::Client: no proxy named \"" + name + "\"");
+        return it->second;
+    }
+
+    // Waits until the proxy is running with a generation above `newer_than` (0: any), the
+    // proxy failed, the client stopped, or `timeout` passed; returns the status then.
+    ProxyStatus wait_running(const std::string& name, p2prc::detail::Millis timeout,
+                             std::uint64_t newer_than = 0) const {
+        std::unique_lock<std::mutex> lk(mu_);
+        auto it = status_.find(name);
+        if (it == status_.end())
+            throw error(errc::invalid_argument, "frp::Client: no proxy named \"" + name + "\"");
+        cv_.wait_until(lk, p2prc::detail::deadline_after(timeout), [&] {
+            const auto& s = it->second;
+            return (s.state == ProxyState::running && s.generation > newer_than) ||
+                   s.state == ProxyState::failed ||
+                   state_ == ClientState::failed || state_ == ClientState::stopped;
+        });
+        return it->second;
+    }
+
+    ClientState state() const {
+        std::lock_guard<std::mutex> lk(mu_);
+        return state_;
+    }
+    // The last login refusal or connection failure.
+    std::string last_error() const {
+        std::lock_guard<std::mutex> lk(mu_);
+        return last_error_;
+    }
+    std::string run_id() const {
+        std::lock_guard<std::mutex> lk(mu_);
+        return run_id_;
+    }
+    // Successful logins so far (a reconnect adds one).
+    std::uint64_t login_count() const {
+        std::lock_guard<std::mutex> lk(mu_);
+        return logins_;
+    }
+
+  private:
+    using Millis = p2prc::detail::Millis;
+    using Clock = p2prc::detail::Clock;
+    using StreamPtr = detail::StreamPtr;
+
+    enum class Outcome { lost, refused, stopped };
+
+    void log(const std::string& line) {
+        if (opt_.log) opt_.log(line);
+    }
+
+    bool stopping() {
+        std::lock_guard<std::mutex> lk(mu_);
+        return stop_;
+    }
+
+    // Changes a proxy's status and tells the observer (outside the lock).
+    void set_status(const std::string& name, ProxyState st, std::uint16_t port,
+                    const std::string& err) {
+        ProxyStatus copy;
+        {
+            std::lock_guard<std::mutex> lk(mu_);
+            auto& s = status_[name];
+            if (s.state == st && s.remote_port == port && s.error == err) return;
+            s.state = st;
+            s.remote_port = port;
+            s.error = err;
+            s.public_endpoint = Endpoint{opt_.server.address, port};
+            if (st == ProxyState::running) ++s.generation;
+            copy = s;
+            cv_.notify_all();
+        }
+        if (opt_.on_status) {
+            try {
+                opt_.on_status(copy);
+            } catch (...) {
+            }
+        }
+    }
+
+    void run() {
+        Millis backoff = opt_.reconnect_min;
+        bool ever = false;
+        while (!stopping()) {
+            bool logged_in = false;
+            Outcome out = session(logged_in);
+            if (logged_in) {
+                ever = true;
+                backoff = opt_.reconnect_min;
+            }
+            for (const auto& [name, spec] : specs_)
+                set_status(name, ProxyState::pending, 0, {});
+            if (out == Outcome::stopped || stopping()) break;
+            if (out == Outcome::refused && !ever && opt_.login_fail_exit) {
+                // The client and its proxies fail together: a waiter sees both at once.
+                std::vector<ProxyStatus> changed;
+                {
+                    std::lock_guard<std::mutex> lk(mu_);
+                    state_ = ClientState::failed;
+                    for (auto& [name, st] : status_) {
+                        st.state = ProxyState::failed;
+                        st.remote_port = 0;
+                        st.error = "login refused: " + last_error_;
+                        changed.push_back(st);
+                    }
+                    cv_.notify_all();
+                }
+                if (opt_.on_status) {
+                    for (const auto& st : changed) {
+                        try {
+                            opt_.on_status(st);
+                        } catch (...) {
+                        }
+                    }
+                }
+                return;
+            }
+            {
+                std::unique_lock<std::mutex> lk(mu_);
+                state_ = ClientState::connecting;
+                cv_.wait_for(lk, backoff, [&] { return stop_; });
+            }
+            backoff = std::min(backoff * 2, opt_.reconnect_max);
+        }
+    }
+
+    void fail(const std::string& why) {
+        log(why);
+        std::lock_guard<std::mutex> lk(mu_);
+        last_error_ = why;
+    }
+
+    // A connection to the server with the transport options applied: TLS (after 0x17) or
+    // plain. `tcp` receives the TCP connection underneath (closing it aborts everything).
+    StreamPtr dial(std::shared_ptr<p2prc::detail::TcpConnection>& tcp) {
+        tcp = p2prc::detail::TcpConnection::connect(opt_.server, opt_.dial_timeout);
+        if (!tls_) return tcp;
+        if (opt_.tls_first_byte) tcp->write_all(&kTlsFirstByte, 1, opt_.dial_timeout);
+        return TlsStream::connect(tcp, tls_, opt_.dial_timeout);
+    }
+
+    // One login and its control, until the control is lost. Sets `logged_in` once the
+    // server accepted the login.
+    Outcome session(bool& logged_in) {
+        std::shared_ptr<p2prc::detail::TcpConnection> tcp;
+        try {
+            tcp = p2prc::detail::TcpConnection::connect(opt_.server, opt_.dial_timeout);
+        } catch (const error& e) {
+            fail(std::string("connect to the server: ") + e.what());
+            return Outcome::lost;
+        }
+        {
+            std::lock_guard<std::mutex> lk(mu_);
+            if (stop_) return Outcome::stopped;
+            current_ = tcp;
+        }
+        StreamPtr transport = tcp;
+        if (tls_) {
+            try {
+                if (opt_.tls_first_byte) tcp->write_all(&kTlsFirstByte, 1, opt_.dial_timeout);
+                transport = TlsStream::connect(tcp, tls_, opt_.dial_timeout);
+            } catch (const std::exception& e) {
+                tcp->close();
+                if (stopping()) return Outcome::stopped;
+                fail(std::string("TLS with the server: ") + e.what());
+                return Outcome::lost;
+            }
+        }
+        struct Clear {
+            Client& c;
+            ~Clear() {
+                std::lock_guard<std::mutex> lk(c.mu_);
+                c.current_.reset();
+            }
+        } clear{*this};
+
+        std::shared_ptr<MuxSession> mux;
+        StreamPtr ctl;
+        // Idle work connections of this login: closed with it.
+        auto pooled = std::make_shared<detail::StreamRegistry>();
+        struct Closer {
+            std::shared_ptr<p2prc::detail::TcpConnection>& tcp;
+            std::shared_ptr<MuxSession>& mux;
+            std::shared_ptr<detail::StreamRegistry>& pooled;
+            ~Closer() {
+                pooled->close_all();
+                if (mux) mux->close();
+                tcp->close();
+            }
+        } closer{tcp, mux, pooled};
+        try {
+            if (opt_.tcp_mux) {
+                MuxConfig cfg;
+                cfg.keepalive_interval = opt_.mux_keepalive_interval;
+                cfg.ping_timeout = opt_.mux_ping_timeout;
+                mux = std::make_shared<MuxSession>(transport, MuxRole::client, cfg);
+                ctl = StreamPtr(mux->open(opt_.dial_timeout));
+            } else {
+                ctl = transport;
+            }
+            Login login;
+            login.version = kProtocolVersion;
+            login.os = "linux";
+            login.arch = detail::go_arch();
+            login.timestamp = std::chrono::duration_cast<std::chrono::seconds>(
+                                  std::chrono::system_clock::now().time_since_epoch())
+                                  .count();
+            login.privilege_key = privilege_key(opt_.token, login.timestamp);
+            login.run_id = run_id();
+            login.pool_count = opt_.pool_count;
+            write_msg(*ctl, login, opt_.login_timeout);
+            Message m = read_msg(*ctl, opt_.login_timeout);
+            auto* resp = std::get_if<LoginResp>(&m);
+            if (!resp) {
+                fail(std::string("login: expected LoginResp, got ") + name_of(m));
+                return Outcome::lost;
+            }
+            if (!resp->error.empty()) {
+                fail(resp->error);
+                return Outcome::refused;
+            }
+            if (resp->run_id.empty() || resp->run_id.size() > 256) {
+                fail("login: the server sent no usable run_id");
+                return Outcome::lost;
+            }
+            {
+                std::lock_guard<std::mutex> lk(mu_);
+                run_id_ = resp->run_id;
+                ++logins_;
+                state_ = ClientState::online;
+                cv_.notify_all();
+            }
+            logged_in = true;
+            log("logged in to " + opt_.server.to_string() + " as " + resp->run_id);
+        } catch (const std::exception& e) {
+            if (stopping()) return Outcome::stopped;
+            fail(std::string("login: ") + e.what());
+            return Outcome::lost;
+        }
+        return control(ctl, mux, pooled);
+    }
+
+    Outcome control(const StreamPtr& raw, const std::shared_ptr<MuxSession>& mux,
+                    const std::shared_ptr<detail::StreamRegistry>& pooled) {
+        CryptoStream ctl(raw, key_);
+        std::string run_id = this->run_id();
+        try {
+            for (const auto& [name, spec] : specs_) {
+                NewProxy np;
+                np.proxy_name = name;
+                np.proxy_type = "tcp";
+                np.use_encryption = spec.use_encryption;
+                np.use_compression = spec.use_compression;
+                np.remote_port = spec.remote_port;
+                write_msg(ctl, np, Millis(10000));
+            }
+            detail::MsgReader reader(ctl);
+            auto last_pong = Clock::now();
+            auto next_ping = Clock::now() + opt_.heartbeat_interval;
+            bool heartbeat = opt_.heartbeat_interval.count() > 0;
+            bool check_pong = heartbeat && !opt_.tcp_mux && opt_.heartbeat_timeout.count() > 0;
+            while (!stopping()) {
+                auto m = reader.next(Millis(200));
+                auto now = Clock::now();
+                if (heartbeat && now >= next_ping) {
+                    write_msg(ctl, Ping{}, Millis(10000));
+                    next_ping = now + opt_.heartbeat_interval;
+                }
+                if (check_pong && now - last_pong > opt_.heartbeat_timeout) {
+                    fail("control: no Pong within " +
+                         std::to_string(opt_.heartbeat_timeout.count()) + " ms");
+                    return Outcome::lost;
+                }
+                if (!m) continue;
+                if (std::holds_alternative<ReqWorkConn>(*m)) {
+                    std::weak_ptr<MuxSession> weak_mux = mux;
+                    bool ok = tasks_.spawn([this, weak_mux, pooled, run_id] {
+                        work_connection(weak_mux, pooled, run_id);
+                    });
+                    if (!ok) log("work connection refused: too many live connections");
+                } else if (auto* r = std::get_if<NewProxyResp>(&*m)) {
+                    if (!specs_.count(r->proxy_name)) continue;
+                    if (!r->error.empty()) {
+                        log("proxy [" + r->proxy_name + "] refused: " + r->error);
+                        set_status(r->proxy_name, ProxyState::failed, 0, r->error);
+                    } else {
+                        std::uint16_t port = parse_remote_port(r->remote_addr);
+                        log("proxy [" + r->proxy_name + "] is public on port " +
+                            std::to_string(port));
+                        set_status(r->proxy_name, ProxyState::running, port, {});
+                    }
+                } else if (auto* p = std::get_if<Pong>(&*m)) {
+                    if (!p->error.empty()) {
+                        fail("control: the server ended the heartbeat: " + p->error);
+                        return Outcome::lost;
+                    }
+                    last_pong = now;
+                }
+            }
+            return Outcome::stopped;
+        } catch (const std::exception& e) {
+            if (stopping()) return Outcome::stopped;
+            fail(std::string("control lost: ") + e.what());
+            return Outcome::lost;
+        }
+    }
+
+    // ":6000" (frp always answers this shape) -> 6000; anything unreadable -> 0.
+    static std::uint16_t parse_remote_port(const std::string& addr) {
+        auto colon = addr.rfind(':');
+        std::string digits = colon == std::string::npos ? addr : addr.substr(colon + 1);
+        if (digits.empty() || digits.size() > 5) return 0;
+        unsigned long v = 0;
+        for (char c : digits) {
+            if (c < '0' || c > '9') return 0;
+            v = v * 10 + unsigned(c - '0');
+        }
+        return v <= 65535 ? std::uint16_t(v) : 0;
+    }
+
+    // Answers one ReqWorkConn: opens a work connection, waits for StartWorkConn, pipes it
+    // to a new connection to the proxy's local service.
+    void work_connection(std::weak_ptr<MuxSession> weak_mux,
+                         std::shared_ptr<detail::StreamRegistry> pooled, std::string run_id) {
+        StreamPtr w;
+        try {
+            if (opt_.tcp_mux) {
+                auto mux = weak_mux.lock();
+                if (!mux) return;
+                w = StreamPtr(mux->open(opt_.dial_timeout));
+            } else {
+                std::shared_ptr<p2prc::detail::TcpConnection> tcp;
+                try {
+                    w = dial(tcp);
+                } catch (...) {
+                    if (tcp) tcp->close();
+                    throw;
+                }
+            }
+        } catch (const std::exception& e) {
+            log(std::string("work connection: ") + e.what());
+            return;
+        }
+        StartWorkConn start;
+        {
+            detail::StreamRegistry::Registration reg(*pooled, w);
+            try {
+                NewWorkConn nwc;
+                nwc.run_id = run_id;
+                write_msg(*w, nwc, Millis(10000));
+                // An idle pooled connection waits as long as its login lives (the
+                // registry closes it then); the deadline is only a backstop.
+                Message m = read_msg(*w, Millis(24LL * 3600 * 1000));
+                auto* s = std::get_if<StartWorkConn>(&m);
+                if (!s || !s->error.empty()) {
+                    w->close();
+                    return;
+                }
+                start = std::move(*s);
+            } catch (const std::exception&) {
+                w->close();
+                return;
+            }
+        }
+        detail::StreamRegistry::Registration wreg(live_, w);
+        auto it = specs_.find(start.proxy_name);
+        if (it == specs_.end()) {
+            w->close();
+            return;
+        }
+        const ProxySpec& spec = it->second;
+        StreamPtr local;
+        try {
+            local = p2prc::detail::TcpConnection::connect(spec.local, Millis(10000));
+        } catch (const std::exception& e) {
+            log("proxy [" + spec.name + "]: local service " + spec.local.to_string() + ": " +
+                e.what());
+            w->close();
+            return;
+        }
+        detail::StreamRegistry::Registration lreg(live_, local);
+        try {
+            if (spec.use_encryption) w = std::make_shared<CryptoStream>(w, key_);
+            if (spec.use_compression) w = std::make_shared<SnappyStream>(w);
+        } catch (const std::exception&) {
+            w->close();
+            local->close();
+            return;
+        }
+        detail::pipe_streams(w, local, opt_.idle_timeout);
+    }
+
+    const ClientOptions opt_;
+    const CipherKey key_;
+    const std::shared_ptr<TlsContext> tls_;
+    std::map<std::string, ProxySpec> specs_;  // fixed after construction
+
+    mutable std::mutex mu_;
+    mutable std::condition_variable cv_;
+    std::map<std::string, ProxyStatus> status_;
+    ClientState state_ = ClientState::connecting;
+    std::string last_error_, run_id_;
+    std::uint64_t logins_ = 0;
+    bool stop_ = false;
+    std::shared_ptr<p2prc::detail::TcpConnection> current_;
+
+    detail::StreamRegistry live_;
+    detail::TaskGroup tasks_;
+    std::thread thread_;
+};
+
+}  // namespace p2prc::frp
+
 // ---- p2prc/node.hpp ----
 // p2prc::Node: a server of the network. It ties the configuration, the table file, the
 // HTTP server, the probes and discovery together.

@@ -1,0 +1,758 @@
+// The frps role: a relay that frpc (stock, or p2prc::frp::Client) logs in to and that
+// opens public TCP ports whose connections are piped to the client's local services.
+//
+// One port serves everything. Each accepted connection is told apart by its first byte:
+// 0x00 is a yamux header (a tcp_mux client: the connection is a yamux session whose
+// streams are logical connections), an frp message type byte is a plain logical
+// connection (tcp_mux off), 0x17 is frpc's TLS marker (dropped; a TLS handshake
+// follows) and 0x16 a bare TLS ClientHello. Inside TLS the same first-byte test tells
+// yamux from plain. So clients with tcp_mux on or off, with TLS or without, work against
+// the same server without any setting, unlike stock frps.
+//
+// A logical connection's first message decides its role (10 s to send it): Login makes
+// it a control connection, NewWorkConn a pooled work connection of the control with that
+// run_id. After a successful Login both directions of the control are AES-128-CFB
+// streams keyed by the token (frp/crypto.hpp). The server keeps each client's pool of
+// idle work connections filled with ReqWorkConn; a user connecting to a proxy's public
+// port takes one, the server writes StartWorkConn on it and then pipes raw bytes.
+//
+// Threads: one accepts, one per logical connection being classified, one per control,
+// one per yamux session, one per proxy listener and two per piped user connection, all
+// owned by the Server (bounded by ServerOptions::max_connections) and joined by stop().
+#pragma once
+
+#include "../address.hpp"
+#include "../error.hpp"
+#include "../net.hpp"
+#include "crypto.hpp"
+#include "mux.hpp"
+#include "pipe.hpp"
+#include "snappy.hpp"
+#include "tls.hpp"
+#include "wire.hpp"
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace p2prc::frp {
+
+// The frp version we speak and announce (the wire format of frp 0.45.0).
+inline constexpr const char* kProtocolVersion = "0.45.0";
+
+struct ServerOptions {
+    // Where clients connect (port 0 = any free port; Server::port() tells which).
+    Endpoint bind{IpAddress::from_string("0.0.0.0"), 7000};
+    // Address the public proxy ports listen on; default: bind's address.
+    std::optional<IpAddress> proxy_bind;
+    // Shared secret: login proof and the cipher key. Empty is frp's default.
+    std::string token;
+    std::size_t max_clients = 64;
+    std::size_t max_proxies_per_client = 32;
+    // A Login's pool_count is clamped to this (frps's max_pool_count).
+    std::int64_t max_pool_count = 5;
+    // Live connection tasks: one per connection being classified, per control, per yamux
+    // session and per piped user connection (which runs a second thread for its other
+    // direction). Beyond it, new connections are closed at once.
+    std::size_t max_connections = 2048;
+    // First message of a logical connection (and the first byte of a connection).
+    p2prc::detail::Millis login_timeout{10000};
+    // A control without tcp_mux that sends no Ping for this long is closed; 0 = never.
+    p2prc::detail::Millis heartbeat_timeout{90000};
+    // How long a user connection waits for a work connection.
+    p2prc::detail::Millis user_conn_timeout{10000};
+    // yamux keepalive towards tcp_mux clients: a ping every interval, the session is
+    // dropped when the answer takes longer than mux_ping_timeout.
+    p2prc::detail::Millis mux_keepalive_interval{60000};
+    p2prc::detail::Millis mux_ping_timeout{10000};
+    // A piped connection with no byte in one direction for this long is closed.
+    p2prc::detail::Millis idle_timeout{3600000};
+    // TLS (0x17 + TLS, or bare TLS) is always accepted, with this certificate and key
+    // (PEM files) or, both empty, a self-signed certificate made at start.
+    std::string tls_cert_file, tls_key_file;
+    // Refuse connections that do not start TLS (frps's tls_only).
+    bool tls_only = false;
+    // Optional event log (logins, proxies, refusals), one line per call.
+    std::function<void(const std::string&)> log;
+};
+
+// A registered proxy as the server sees it.
+struct ServerProxyInfo {
+    std::string name;
+    std::string run_id;
+    std::uint16_t port = 0;
+    bool use_encryption = false, use_compression = false;
+};
+
+namespace detail {
+
+class ServerCore;
+
+// One tcp proxy: its public listener and the thread accepting on it.
+struct ServerProxy {
+    NewProxy spec;
+    std::uint16_t port = 0;
+    std::unique_ptr<p2prc::detail::TcpListener> listener;
+    std::thread acceptor;
+
+    ServerProxy() = default;
+    ServerProxy(const ServerProxy&) = delete;
+    ServerProxy& operator=(const ServerProxy&) = delete;
+    ~ServerProxy() { close(); }
+
+    // Stops accepting and releases the port (the descriptor is closed here, not later).
+    void close() noexcept {
+        if (listener) listener->close();
+        if (acceptor.joinable()) {
+            if (acceptor.get_id() == std::this_thread::get_id()) {
+                // Cannot happen (controls empty their proxies before they die); were it
+                // to, the acceptor still uses the listener, so neither may be destroyed.
+                acceptor.detach();
+                (void)listener.release();
+                return;
+            }
+            acceptor.join();
+        }
+        listener.reset();
+    }
+};
+
+// A logged-in client: its encrypted control, its proxies and its work-connection pool.
+class ServerControl : public std::enable_shared_from_this<ServerControl> {
+  public:
+    ServerControl(ServerCore& core, StreamPtr raw, std::string run_id, std::int64_t pool_count,
+                  bool mux, const CipherKey& key)
+        : core_(core),
+          raw_(std::move(raw)),
+          crypto_(std::make_shared<CryptoStream>(raw_, key)),
+          run_id_(std::move(run_id)),
+          pool_count_(pool_count),
+          mux_(mux) {}
+
+    const std::string& run_id() const { return run_id_; }
+    bool mux() const { return mux_; }
+    CryptoStream& control() { return *crypto_; }
+    StreamPtr raw() const { return raw_; }
+
+    // Encrypted message on the control; a failure closes the control.
+    bool send(const Message& m) {
+        std::lock_guard<std::mutex> lk(write_mu_);
+        try {
+            write_msg(*crypto_, m, Millis(10000));
+            return true;
+        } catch (const std::exception&) {
+            raw_->close();
+            return false;
+        }
+    }
+
+    // Parks an idle work connection; false when the pool is full or the control gone.
+    bool park(StreamPtr w) {
+        std::lock_guard<std::mutex> lk(mu_);
+        if (closed_ || std::int64_t(pool_.size()) >= pool_count_ + 10) return false;
+        pool_.push_back(std::move(w));
+        pool_cv_.notify_one();
+        return true;
+    }
+
+    // A work connection on which `start` was written, or nullptr (no connection came
+    // within `wait`, or the control is gone). Refills the pool after each take.
+    StreamPtr take_work_conn(const StartWorkConn& start, Millis wait) {
+        for (std::int64_t attempt = 0; attempt <= pool_count_; ++attempt) {
+            StreamPtr w;
+            {
+                std::unique_lock<std::mutex> lk(mu_);
+                if (closed_) return nullptr;
+                if (pool_.empty()) {
+                    lk.unlock();
+                    send(ReqWorkConn{});  // ask for one, as frps does when none is idle
+                    lk.lock();
+                }
+                pool_cv_.wait_until(lk, p2prc::detail::deadline_after(wait),
+                                    [&] { return closed_ || !pool_.empty(); });
+                if (closed_ || pool_.empty()) return nullptr;
+                w = std::move(pool_.front());
+                pool_.pop_front();
+            }
+            send(ReqWorkConn{});  // refill, as frps does after every use
+            try {
+                write_msg(*w, start, Millis(10000));
+                return w;
+            } catch (const std::exception&) {
+                w->close();  // a stale pooled connection: try the next one
+            }
+        }
+        return nullptr;
+    }
+
+    // Closes the control, its proxies (ports released before this returns) and its pool.
+    // Idempotent; callable from any thread but a proxy acceptor.
+    void shutdown();
+
+    std::size_t proxy_count() {
+        std::lock_guard<std::mutex> lk(mu_);
+        return proxies_.size();
+    }
+    bool closed() {
+        std::lock_guard<std::mutex> lk(mu_);
+        return closed_;
+    }
+
+    // Adds a proxy unless the control is closed (then it is closed right away).
+    bool add_proxy(std::unique_ptr<ServerProxy> p) {
+        std::unique_lock<std::mutex> lk(mu_);
+        if (closed_) {
+            lk.unlock();
+            p->close();
+            return false;
+        }
+        proxies_[p->spec.proxy_name] = std::move(p);
+        return true;
+    }
+    std::unique_ptr<ServerProxy> remove_proxy(const std::string& name) {
+        std::lock_guard<std::mutex> lk(mu_);
+        auto it = proxies_.find(name);
+        if (it == proxies_.end()) return nullptr;
+        auto p = std::move(it->second);
+        proxies_.erase(it);
+        return p;
+    }
+    std::vector<ServerProxyInfo> proxies() {
+        std::lock_guard<std::mutex> lk(mu_);
+        std::vector<ServerProxyInfo> out;
+        for (auto& [name, p] : proxies_)
+            out.push_back({name, run_id_, p->port, p->spec.use_encryption,
+                           p->spec.use_compression});
+        return out;
+    }
+
+  private:
+    ServerCore& core_;
+    StreamPtr raw_;
+    std::shared_ptr<CryptoStream> crypto_;
+    std::string run_id_;
+    std::int64_t pool_count_;
+    bool mux_;
+    std::mutex write_mu_;
+    std::mutex mu_;
+    std::condition_variable pool_cv_;
+    std::deque<StreamPtr> pool_;
+    std::map<std::string, std::unique_ptr<ServerProxy>> proxies_;
+    bool closed_ = false;
+};
+
+class ServerCore {
+  public:
+    explicit ServerCore(ServerOptions opt)
+        : opt_(std::move(opt)),
+          key_(derive_key(opt_.token)),
+          proxy_bind_(opt_.proxy_bind ? *opt_.proxy_bind : opt_.bind.address),
+          tls_(TlsContext::server(opt_.tls_cert_file, opt_.tls_key_file)),
+          tasks_(opt_.max_connections) {}
+
+    const ServerOptions& options() const { return opt_; }
+    bool stopping() const { return stopping_.load(); }
+
+    void log(const std::string& line) {
+        if (opt_.log) opt_.log(line);
+    }
+
+    // ---- the public port ------------------------------------------------------------
+
+    void accept_loop(p2prc::detail::TcpListener& l) {
+        while (!stopping_.load()) {
+            std::unique_ptr<p2prc::detail::TcpConnection> c;
+            try {
+                c = l.accept(Millis(500));
+            } catch (const error& e) {
+                if (e.code() == errc::state_error) return;  // closed by stop()
+                // Out of descriptors or similar: pause rather than stop accepting.
+                log(std::string("accept: ") + e.what());
+                std::this_thread::sleep_for(Millis(100));
+                continue;
+            }
+            if (!c) continue;
+            std::shared_ptr<p2prc::detail::TcpConnection> conn(std::move(c));
+            if (!tasks_.spawn([this, conn] { handle_connection(conn); })) conn->close();
+        }
+    }
+
+    // Sniffs the first byte: TLS (then sniffs again inside), yamux or a plain message.
+    void handle_connection(std::shared_ptr<p2prc::detail::TcpConnection> tcp) {
+        StreamRegistry::Registration reg(live_, tcp);
+        auto deadline = p2prc::detail::deadline_after(opt_.login_timeout);
+        auto left = [&] {
+            auto l = std::chrono::duration_cast<Millis>(deadline - Clock::now());
+            return l.count() > 0 ? l : Millis(1);
+        };
+        int first = peek_byte(*tcp, left());
+        StreamPtr s = tcp;
+        if (first == 0x16 || first == kTlsFirstByte) {
+            try {
+                unsigned char marker;
+                if (first == kTlsFirstByte) tcp->read_exact(&marker, 1, left());
+                auto tls = TlsStream::accept(tcp, tls_, left());
+                s = tls;
+                unsigned char b = 0;
+                if (tls->read_some(&b, 1, left()) != 1) throw error(errc::io_error, "no data");
+                first = b;
+                s = std::make_shared<ReplayStream>(tls, std::string(1, char(b)));
+            } catch (const std::exception& e) {
+                log("TLS connection from " + tcp->describe() + " failed: " + e.what());
+                tcp->close();
+                return;
+            }
+        } else if (opt_.tls_only) {
+            tcp->close();
+            return;
+        }
+        if (first == 0x00) {
+            run_mux_session(s);
+        } else if (first >= 0 && is_known_type(char(first))) {
+            handle_logical(s, false);
+        } else {
+            tcp->close();
+        }
+    }
+
+    // The first byte of a connection without taking it, or -1 (timeout, end, error).
+    static int peek_byte(p2prc::detail::TcpConnection& c, Millis timeout) {
+        auto deadline = p2prc::detail::deadline_after(timeout);
+        for (;;) {
+            unsigned char b = 0;
+            ssize_t k = ::recv(c.native_handle(), &b, 1, MSG_PEEK);
+            if (k == 1) return b;
+            if (k == 0 || (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) return -1;
+            int wait = p2prc::detail::millis_until(deadline);
+            if (wait == 0) return -1;
+            pollfd p{c.native_handle(), POLLIN, 0};
+            ::poll(&p, 1, wait < 200 ? wait : 200);
+        }
+    }
+
+    void run_mux_session(StreamPtr transport) {
+        MuxConfig cfg;
+        cfg.keepalive_interval = opt_.mux_keepalive_interval;
+        cfg.ping_timeout = opt_.mux_ping_timeout;
+        MuxSession session(transport, MuxRole::server, cfg);
+        while (!stopping_.load()) {
+            std::unique_ptr<MuxStream> s;
+            try {
+                s = session.accept(Millis(500));
+            } catch (const error&) {
+                break;  // the session ended (peer gone, keepalive failed, stop)
+            }
+            if (!s) continue;
+            StreamPtr stream(std::move(s));
+            if (!tasks_.spawn([this, stream] { handle_logical(stream, true); })) stream->close();
+        }
+        log("yamux session " + transport->describe() + " ended: " + session.close_reason());
+        // ~MuxSession kills every stream of the session, controls included.
+    }
+
+    // The first message decides: Login (a control) or NewWorkConn (a pooled work conn).
+    void handle_logical(StreamPtr s, bool mux) {
+        Message m;
+        try {
+            m = read_msg(*s, opt_.login_timeout);
+        } catch (const std::exception&) {
+            s->close();
+            return;
+        }
+        if (auto* login = std::get_if<Login>(&m)) {
+            run_control(s, std::move(*login), mux);
+        } else if (auto* nwc = std::get_if<NewWorkConn>(&m)) {
+            auto ctl = find_control(nwc->run_id);
+            if (!ctl || !ctl->park(s)) s->close();
+        } else {
+            s->close();
+        }
+    }
+
+    // ---- controls -------------------------------------------------------------------
+
+    std::shared_ptr<ServerControl> find_control(const std::string& run_id) {
+        std::lock_guard<std::mutex> lk(mu_);
+        auto it = controls_.find(run_id);
+        return it == controls_.end() ? nullptr : it->second;
+    }
+
+    static std::string new_run_id() {
+        CipherIv r = random_iv();
+        static const char* hex = "0123456789abcdef";
+        std::string out;
+        for (int i = 0; i < 8; ++i) {
+            out += hex[r[i] >> 4];
+            out += hex[r[i] & 15];
+        }
+        return out;
+    }
+
+    std::string check_login(const Login& login) {
+        auto v = parse_version(login.version);
+        if (v < std::array<long, 3>{0, 18, 0})
+            return "Please upgrade your frpc version to at least 0.18.0";
+        if (privilege_key(opt_.token, login.timestamp) != login.privilege_key)
+            return "token in login doesn't match token from configuration";
+        return {};
+    }
+
+    void run_control(StreamPtr raw, Login login, bool mux) {
+        std::string run_id = login.run_id.empty() ? new_run_id() : login.run_id;
+        std::string why = check_login(login);
+        if (why.empty() && run_id.size() > 64) why = "run_id is too long (at most 64 characters)";
+        std::shared_ptr<ServerControl> ctl;
+        if (why.empty()) {
+            std::int64_t pool = std::min(std::max<std::int64_t>(login.pool_count, 0),
+                                         opt_.max_pool_count);
+            ctl = std::make_shared<ServerControl>(*this, raw, run_id, pool, mux, key_);
+            std::shared_ptr<ServerControl> old;
+            {
+                std::lock_guard<std::mutex> lk(mu_);
+                auto it = controls_.find(run_id);
+                if (it != controls_.end()) old = it->second;
+                if (!old && controls_.size() >= opt_.max_clients)
+                    why = "too many clients (the server allows " +
+                          std::to_string(opt_.max_clients) + ")";
+            }
+            if (old) {
+                // A reconnecting client: its stale control goes first, ports included.
+                log("client " + run_id + " logged in again: replacing its old control");
+                old->shutdown();
+            }
+            if (why.empty()) {
+                std::lock_guard<std::mutex> lk(mu_);
+                if (stopping_.load()) {
+                    why = "the server is stopping";
+                } else {
+                    controls_[run_id] = ctl;
+                }
+            }
+        }
+        if (!why.empty()) {
+            log("login refused from " + raw->describe() + ": " + why);
+            try {
+                LoginResp resp;
+                resp.version = kProtocolVersion;
+                resp.error = why;
+                write_msg(*raw, resp, Millis(5000));
+                raw->shutdown_write();
+                // Give the client a moment to read the answer before the close.
+                char sink[64];
+                raw->read_some(sink, sizeof sink, Millis(1000));
+            } catch (const std::exception&) {
+            }
+            raw->close();
+            return;
+        }
+        log("client " + run_id + " logged in from " + raw->describe() +
+            (mux ? " (tcp_mux)" : " (no tcp_mux)"));
+        serve_control(ctl, login);
+        ctl->shutdown();
+        {
+            std::lock_guard<std::mutex> lk(mu_);
+            auto it = controls_.find(run_id);
+            if (it != controls_.end() && it->second == ctl) controls_.erase(it);
+        }
+        log("client " + run_id + " is gone");
+    }
+
+    void serve_control(const std::shared_ptr<ServerControl>& ctl, const Login& login) {
+        (void)login;
+        try {
+            LoginResp resp;
+            resp.version = kProtocolVersion;
+            resp.run_id = ctl->run_id();
+            write_msg(*ctl->raw(), resp, Millis(10000));
+        } catch (const std::exception&) {
+            return;
+        }
+        std::int64_t pool = std::min(std::max<std::int64_t>(login.pool_count, 0),
+                                     opt_.max_pool_count);
+        for (std::int64_t i = 0; i < pool; ++i)
+            if (!ctl->send(ReqWorkConn{})) return;
+        MsgReader reader(ctl->control());
+        auto last_ping = Clock::now();
+        bool heartbeat = !ctl->mux() && opt_.heartbeat_timeout.count() > 0;
+        while (!stopping_.load() && !ctl->closed()) {
+            std::optional<Message> m;
+            try {
+                m = reader.next(Millis(250));
+            } catch (const std::exception& e) {
+                log("control " + ctl->run_id() + ": " + e.what());
+                return;
+            }
+            if (heartbeat && Clock::now() - last_ping > opt_.heartbeat_timeout) {
+                log("control " + ctl->run_id() + ": no heartbeat within " +
+                    std::to_string(opt_.heartbeat_timeout.count()) + " ms");
+                return;
+            }
+            if (!m) continue;
+            if (auto* np = std::get_if<NewProxy>(&*m)) {
+                NewProxyResp resp = new_proxy(ctl, *np);
+                if (!ctl->send(resp)) return;
+            } else if (auto* cp = std::get_if<CloseProxy>(&*m)) {
+                close_proxy(ctl, cp->proxy_name);
+            } else if (std::holds_alternative<Ping>(*m)) {
+                last_ping = Clock::now();
+                if (!ctl->send(Pong{})) return;
+            }
+            // Anything else on a control is ignored, as frps does.
+        }
+    }
+
+    // ---- proxies --------------------------------------------------------------------
+
+    NewProxyResp new_proxy(const std::shared_ptr<ServerControl>& ctl, const NewProxy& np) {
+        NewProxyResp resp;
+        resp.proxy_name = np.proxy_name;
+        std::string type = np.proxy_type.empty() ? "tcp" : np.proxy_type;
+        auto fail = [&](std::string why) {
+            log("proxy [" + np.proxy_name + "] of " + ctl->run_id() + " refused: " + why);
+            resp.error = std::move(why);
+            return resp;
+        };
+        if (np.proxy_name.empty()) return fail("proxy name is empty");
+        if (type == "udp") return fail("udp proxies are not supported");
+        if (type == "http" || type == "https" || type == "stcp" || type == "xtcp" ||
+            type == "sudp" || type == "tcpmux")
+            return fail("proxy [" + np.proxy_name + "] type [" + type +
+                        "] is not supported by this server (tcp only)");
+        if (type != "tcp")
+            return fail("proxy [" + np.proxy_name + "] type [" + type + "] error");
+        if (ctl->proxy_count() >= opt_.max_proxies_per_client)
+            return fail("exceed the max_ports_per_client");
+        if (np.remote_port < 0 || np.remote_port > 65535) return fail("port not allowed");
+        auto port = std::uint16_t(np.remote_port);
+        {
+            std::lock_guard<std::mutex> lk(mu_);
+            if (names_.count(np.proxy_name))
+                return fail("proxy name [" + np.proxy_name + "] is already in use");
+            if (port != 0 && ports_.count(port)) return fail("port already used");
+            names_.insert(np.proxy_name);  // reserved while we bind
+        }
+        auto p = std::make_unique<ServerProxy>();
+        p->spec = np;
+        p->spec.proxy_type = type;
+        try {
+            p->listener = std::make_unique<p2prc::detail::TcpListener>(Endpoint{proxy_bind_, port});
+        } catch (const error&) {
+            std::lock_guard<std::mutex> lk(mu_);
+            names_.erase(np.proxy_name);
+            return fail(port == 0 ? "no available port" : "port unavailable");
+        }
+        p->port = p->listener->port();
+        {
+            std::lock_guard<std::mutex> lk(mu_);
+            ports_.insert(p->port);
+        }
+        auto* listener = p->listener.get();
+        std::weak_ptr<ServerControl> weak = ctl;
+        NewProxy spec = p->spec;
+        std::uint16_t bound = p->port;
+        p->acceptor = std::thread([this, listener, weak, spec, bound] {
+            proxy_accept_loop(*listener, weak, spec, bound);
+        });
+        std::string name = np.proxy_name;
+        if (!ctl->add_proxy(std::move(p))) {
+            release(name, bound);
+            return fail("the control is closed");
+        }
+        log("proxy [" + name + "] of " + ctl->run_id() + " listens on port " +
+            std::to_string(bound));
+        resp.remote_addr = ":" + std::to_string(bound);
+        return resp;
+    }
+
+    void release(const std::string& name, std::uint16_t port) {
+        std::lock_guard<std::mutex> lk(mu_);
+        names_.erase(name);
+        ports_.erase(port);
+    }
+
+    void close_proxy(const std::shared_ptr<ServerControl>& ctl, const std::string& name) {
+        auto p = ctl->remove_proxy(name);
+        if (!p) return;  // unknown names are ignored
+        p->close();
+        release(name, p->port);
+        log("proxy [" + name + "] of " + ctl->run_id() + " closed");
+    }
+
+    void proxy_accept_loop(p2prc::detail::TcpListener& l, std::weak_ptr<ServerControl> weak,
+                           NewProxy spec, std::uint16_t port) {
+        for (;;) {
+            std::unique_ptr<p2prc::detail::TcpConnection> c;
+            try {
+                c = l.accept(Millis(500));
+            } catch (const error& e) {
+                if (e.code() == errc::state_error) return;  // listener closed
+                std::this_thread::sleep_for(Millis(100));  // transient (descriptors...)
+                continue;
+            }
+            if (!c) continue;
+            std::shared_ptr<p2prc::detail::TcpConnection> user(std::move(c));
+            auto ctl = weak.lock();
+            if (!ctl || !tasks_.spawn([this, ctl, spec, port, user] {
+                    serve_user(ctl, spec, port, user);
+                }))
+                user->close();
+        }
+    }
+
+    void serve_user(std::shared_ptr<ServerControl> ctl, const NewProxy& spec, std::uint16_t port,
+                    std::shared_ptr<p2prc::detail::TcpConnection> user) {
+        StreamRegistry::Registration ureg(live_, user);
+        StartWorkConn start;
+        start.proxy_name = spec.proxy_name;
+        if (auto r = user->remote_endpoint()) {
+            start.src_addr = r->address.to_string();
+            start.src_port = r->port;
+        }
+        if (auto l = user->local_endpoint()) {
+            start.dst_addr = l->address.to_string();
+            start.dst_port = l->port;
+        } else {
+            start.dst_port = port;
+        }
+        StreamPtr work = ctl->take_work_conn(start, opt_.user_conn_timeout);
+        ctl.reset();  // a piped connection does not keep the control alive
+        if (!work) {
+            user->close();
+            return;
+        }
+        StreamRegistry::Registration wreg(live_, work);
+        try {
+            if (spec.use_encryption) work = std::make_shared<CryptoStream>(work, key_);
+            if (spec.use_compression) work = std::make_shared<SnappyStream>(work);
+        } catch (const std::exception&) {
+            work->close();
+            user->close();
+            return;
+        }
+        pipe_streams(user, work, opt_.idle_timeout);
+    }
+
+    // ---- lifecycle ------------------------------------------------------------------
+
+    void stop() {
+        stopping_.store(true);
+        std::vector<std::shared_ptr<ServerControl>> all;
+        {
+            std::lock_guard<std::mutex> lk(mu_);
+            for (auto& [id, c] : controls_) all.push_back(c);
+            controls_.clear();
+        }
+        for (auto& c : all) c->shutdown();
+        live_.close_all();
+        tasks_.join_all();
+    }
+
+    std::size_t client_count() {
+        std::lock_guard<std::mutex> lk(mu_);
+        return controls_.size();
+    }
+
+    std::vector<ServerProxyInfo> proxies() {
+        std::vector<std::shared_ptr<ServerControl>> all;
+        {
+            std::lock_guard<std::mutex> lk(mu_);
+            for (auto& [id, c] : controls_) all.push_back(c);
+        }
+        std::vector<ServerProxyInfo> out;
+        for (auto& c : all)
+            for (auto& p : c->proxies()) out.push_back(p);
+        return out;
+    }
+
+  private:
+    friend class ServerControl;
+    ServerOptions opt_;
+    CipherKey key_;
+    IpAddress proxy_bind_;
+    std::shared_ptr<TlsContext> tls_;
+    std::atomic<bool> stopping_{false};
+    std::mutex mu_;
+    std::map<std::string, std::shared_ptr<ServerControl>> controls_;
+    std::set<std::string> names_;
+    std::set<std::uint16_t> ports_;
+    StreamRegistry live_;
+    TaskGroup tasks_;
+};
+
+inline void ServerControl::shutdown() {
+    std::map<std::string, std::unique_ptr<ServerProxy>> proxies;
+    std::deque<StreamPtr> pool;
+    {
+        std::lock_guard<std::mutex> lk(mu_);
+        if (closed_) return;
+        closed_ = true;
+        proxies.swap(proxies_);
+        pool.swap(pool_);
+        pool_cv_.notify_all();
+    }
+    raw_->close();
+    for (auto& w : pool) w->close();
+    for (auto& [name, p] : proxies) {
+        p->close();
+        core_.release(name, p->port);
+    }
+}
+
+}  // namespace detail
+
+// An frps-compatible relay server. Starts listening in the constructor; stop() (or the
+// destructor) closes every client, proxy and piped connection and joins every thread.
+class Server {
+  public:
+    explicit Server(ServerOptions opt) {
+        if (opt.max_clients == 0 || opt.max_connections < 4 || opt.max_pool_count < 0 ||
+            opt.login_timeout.count() <= 0 || opt.user_conn_timeout.count() <= 0 ||
+            opt.idle_timeout.count() <= 0 || opt.mux_ping_timeout.count() <= 0)
+            throw error(errc::invalid_argument,
+                        "frp::Server: max_clients, timeouts must be > 0, max_connections >= 4, "
+                        "max_pool_count >= 0");
+        listener_ = std::make_unique<p2prc::detail::TcpListener>(opt.bind);
+        local_ = listener_->local_endpoint();
+        core_ = std::make_unique<detail::ServerCore>(std::move(opt));
+        acceptor_ = std::thread([this] { core_->accept_loop(*listener_); });
+    }
+    ~Server() { stop(); }
+    Server(const Server&) = delete;
+    Server& operator=(const Server&) = delete;
+
+    // The port clients connect to (the one chosen when ServerOptions::bind.port was 0).
+    std::uint16_t port() const noexcept { return local_.port; }
+    const Endpoint& local_endpoint() const noexcept { return local_; }
+
+    // Logged-in clients and their proxies, now.
+    std::size_t client_count() { return core_->client_count(); }
+    std::vector<ServerProxyInfo> proxies() { return core_->proxies(); }
+
+    // Closes everything and joins every thread. Idempotent.
+    void stop() {
+        if (stopped_.exchange(true)) return;
+        listener_->close();
+        if (acceptor_.joinable()) acceptor_.join();
+        core_->stop();
+        listener_.reset();  // release the port now
+    }
+
+  private:
+    std::unique_ptr<p2prc::detail::TcpListener> listener_;
+    std::unique_ptr<detail::ServerCore> core_;
+    std::thread acceptor_;
+    std::atomic<bool> stopped_{false};
+    Endpoint local_;
+};
+
+}  // namespace p2prc::frp
