@@ -38,6 +38,9 @@ const Command commands[] = {
     {"update", "[--throughput]", "probe every server, prune the dead ones, save"},
     {"speedtest", "[HOST:PORT]", "measure throughput to one server, or to every server of the table"},
     {"info", "HOST:PORT", "print a server's /server_info"},
+    {"relay", "[--port N] [--token T]", "run a standalone frps-compatible relay (port 7000 unless --port)"},
+    {"expose", "PORT --via HOST:PORT [--token T] [--no-mux] [--tls] [--remote-port N]",
+     "expose 127.0.0.1:PORT through the frps-compatible relay at HOST:PORT (stock frps too)"},
 };
 
 struct Cli {
@@ -48,6 +51,11 @@ struct Cli {
     bool json = false;
     bool throughput = false;
     bool help = false;
+    // expose
+    std::optional<std::string> via;
+    bool no_mux = false;
+    bool tls = false;
+    std::optional<std::string> remote_port;
 };
 
 void print_help(std::ostream& out, const std::string& command = "") {
@@ -67,6 +75,9 @@ void print_help(std::ostream& out, const std::string& command = "") {
     out << "\noptions:\n"
            "  --config FILE                 configuration file (else $P2PRC_CONFIG, else defaults)\n"
            "  --json                        machine-readable output\n"
+           "  --via HOST:PORT               expose: the frps-compatible relay to use\n"
+           "  --no-mux --tls                expose: tcp_mux off; TLS to the relay (with the 0x17 byte)\n"
+           "  --remote-port N               expose: the public port to ask for (default: relay chooses)\n"
            "  --help                        this text; `p2prc COMMAND --help` for one command\n";
     for (const auto& f : p2prc::Config::flags()) {
         std::string left = f.flag + (f.metavar.empty() ? "" : " " + f.metavar);
@@ -103,6 +114,14 @@ Cli parse_args(int argc, char** argv) {
             cli.json = true;
         } else if (name == "--throughput") {
             cli.throughput = true;
+        } else if (name == "--via") {
+            cli.via = take_value();
+        } else if (name == "--no-mux") {
+            cli.no_mux = true;
+        } else if (name == "--tls") {
+            cli.tls = true;
+        } else if (name == "--remote-port") {
+            cli.remote_port = take_value();
         } else if (name == "--config") {
             cli.config_path = take_value();
         } else if (const auto* f = p2prc::Config::find_flag(name)) {
@@ -225,6 +244,15 @@ void print_refresh(const p2prc::RefreshReport& r) {
                   << "): " << printable(e.latency.reason) << "\n";
 }
 
+// Blocks SIGINT and SIGTERM before any thread starts, so only wait_for_signal sees them.
+void block_signals() {
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, &set, nullptr);
+}
+
 int wait_for_signal() {
     sigset_t set;
     sigemptyset(&set);
@@ -259,12 +287,7 @@ int run(const Cli& cli) {
 
     if (cmd == "serve") {
         want_args(0, 0);
-        // Block the signals before any thread starts, so only sigwait sees them.
-        sigset_t set;
-        sigemptyset(&set);
-        sigaddset(&set, SIGINT);
-        sigaddset(&set, SIGTERM);
-        pthread_sigmask(SIG_BLOCK, &set, nullptr);
+        block_signals();
         p2prc::Node node(config);
         node.start();
         auto self = node.self_entry();
@@ -409,6 +432,57 @@ int run(const Cli& cli) {
             return 1;
         }
         std::cout << (cli.json ? j.dump() : j.dump(2)) << "\n";
+        return 0;
+    }
+    if (cmd == "relay") {
+        want_args(0, 0);
+        block_signals();
+        p2prc::frp::ServerOptions opt;
+        bool port_given = false;
+        for (const auto& f : cli.flags) port_given = port_given || f.first == "--port";
+        opt.bind = {p2prc::IpAddress::from_string(config.bind), port_given ? config.port : std::uint16_t(7000)};
+        opt.token = config.token;
+        p2prc::frp::Server relay(opt);
+        if (cli.json) std::cout << nlohmann::json{{"port", relay.port()}}.dump() << std::endl;
+        else std::cout << "p2prc relay listening on " << config.bind << ":" << relay.port() << std::endl;
+        wait_for_signal();
+        return 0;
+    }
+    if (cmd == "expose") {
+        want_args(1, 1);
+        auto local_port = p2prc::parse_port(cli.args[0]);
+        if (!local_port) throw UsageError("invalid port \"" + cli.args[0] + "\": expected 1-65535");
+        if (!cli.via)
+            throw p2prc::error(p2prc::errc::unsupported,
+                               "choosing a relay from the table is not supported yet: give --via HOST:PORT");
+        block_signals();
+        p2prc::frp::ClientOptions opt;
+        opt.server = endpoint_arg(*cli.via);
+        opt.token = config.token;
+        opt.tcp_mux = !cli.no_mux;
+        opt.tls = cli.tls;
+        p2prc::frp::ProxySpec proxy;
+        proxy.name = config.name + "-" + cli.args[0];
+        proxy.local = {p2prc::IpAddress::from_string("127.0.0.1"), *local_port};
+        if (cli.remote_port) {
+            auto rp = p2prc::parse_port(*cli.remote_port);
+            if (!rp) throw UsageError("invalid --remote-port \"" + *cli.remote_port + "\": expected 1-65535");
+            proxy.remote_port = *rp;
+        }
+        opt.proxies.push_back(proxy);
+        p2prc::frp::Client client(opt);
+        auto st = client.wait_running(proxy.name, std::chrono::seconds(30));
+        if (st.state != p2prc::frp::ProxyState::running) {
+            std::string why = !st.error.empty() ? st.error : !client.last_error().empty() ? client.last_error()
+                                                                                         : "no answer from the relay within 30 s";
+            std::cerr << "p2prc: error: not exposed: " << printable(why) << "\n";
+            return 1;
+        }
+        if (cli.json) std::cout << nlohmann::json{{"public_endpoint", st.public_endpoint.to_string()}}.dump() << std::endl;
+        else std::cout << "127.0.0.1:" << *local_port << " is reachable at " << st.public_endpoint.to_string() << std::endl;
+        // The client reconnects and re-registers by itself; hold until interrupted.
+        wait_for_signal();
+        client.stop();
         return 0;
     }
     throw UsageError("unknown command \"" + cmd + "\" (see p2prc --help)");

@@ -205,3 +205,40 @@ TEST_CASE("the CLI: every subcommand against live nodes") {
     A.process->signal(SIGTERM);
     CHECK(A.process->wait(10s) == 0);
 }
+
+TEST_CASE("the CLI relay: p2prc relay, p2prc expose --via, and a node reached through it") {
+    p2prc_test::TempDir dir;
+    auto A = start_node(dir, "A");
+    const std::string scratch = dir.path().string();
+    ChildProcess relay({P2PRC_CLI, "--json", "--bind", "127.0.0.1", "--port", "0", "--token", "s3cret", "relay"},
+                       dir.file("relay.out"), dir.file("relay.err"));
+    auto relay_port = nlohmann::json::parse(relay.first_line(10s)).at("port").get<int>();
+    const std::string via = "127.0.0.1:" + std::to_string(relay_port);
+
+    // A wrong token: refused with frp's text, exit 1.
+    auto bad = run_command({P2PRC_CLI, "--token", "wrong", "expose", std::to_string(A.port), "--via", via}, scratch, 40s);
+    CHECK(bad.code == 1);
+    CHECK(bad.err.find("token in login doesn't match token from configuration") != std::string::npos);
+
+    for (bool mux : {true, false}) {
+        CAPTURE(mux);
+        std::vector<std::string> argv = {P2PRC_CLI, "--json", "--token", "s3cret", "expose", std::to_string(A.port), "--via", via};
+        if (!mux) argv.push_back("--no-mux");
+        ChildProcess expose(argv, dir.file(mux ? "e1.out" : "e2.out"), dir.file(mux ? "e1.err" : "e2.err"));
+        auto line = nlohmann::json::parse(expose.first_line(30s));
+        auto pub = p2prc::Endpoint::from_string(line.at("public_endpoint").get<std::string>());
+        CHECK(pub.port != A.port);
+        // A's /server_info through the relay's public port.
+        auto r = run_command({P2PRC_CLI, "--json", "info", pub.to_string()}, scratch, 30s);
+        INFO("info: " << r.out << r.err);
+        CHECK(r.code == 0);
+        CHECK(nlohmann::json::parse(r.out)["Name"] == "A");
+        expose.signal(SIGTERM);
+        CHECK(expose.wait(15s) == 0);
+    }
+    auto none = run_command({P2PRC_CLI, "expose", std::to_string(A.port)}, scratch);
+    CHECK(none.code == 1);
+    CHECK(none.err.find("not supported yet: give --via") != std::string::npos);
+    relay.signal(SIGTERM);
+    CHECK(relay.wait(15s) == 0);
+}
