@@ -3294,6 +3294,7 @@ class Server {
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <cstdint>
 #include <ctime>
 #include <functional>
@@ -3369,6 +3370,9 @@ struct ThroughputOptions {
     std::uint64_t max_upload_request_bytes = 64u << 20;  // the server's body limit (P2PRC default)
     std::chrono::milliseconds connect_timeout{2000};
     std::chrono::milliseconds read_timeout{5000};
+    // The whole probe, both directions: no request outlives it. 0: 2 x (warmup + duration)
+    // + 4 x (connect_timeout + read_timeout). Set it when only a byte budget bounds the run.
+    std::chrono::milliseconds total_timeout{0};
 };
 
 struct ThroughputResult {
@@ -3405,6 +3409,96 @@ inline std::unique_ptr<httplib::Client> probe_client(const Endpoint& e,
     c->set_write_timeout(read.count() / 1000, static_cast<long>((read.count() % 1000) * 1000));
     return c;
 }
+
+// A hard deadline for the requests of one httplib::Client. cpp-httplib's read timeout
+// bounds each receive, not the request, and it does not bound the header size: a peer that
+// trickles one header byte a second would hold a request forever. A watchdog thread waits
+// until the deadline (or release), then calls the client's stop(), which shuts its socket
+// down so the blocked call returns. It repeats stop() every 20 ms until released, because
+// the first one can land just before the request takes hold of a (new) socket.
+class RequestDeadline {
+  public:
+    // Throws p2prc::error(io_error) when the watchdog thread cannot be started.
+    RequestDeadline(httplib::Client& client, std::chrono::steady_clock::time_point deadline)
+        : client_(client), deadline_(deadline) {
+        try {
+            thread_ = std::thread([this] { watch(); });
+        } catch (const std::exception& e) {
+            throw error(errc::io_error,
+                        std::string("cannot start a request deadline watchdog: ") + e.what());
+        }
+    }
+    ~RequestDeadline() { release(); }
+    RequestDeadline(const RequestDeadline&) = delete;
+    RequestDeadline& operator=(const RequestDeadline&) = delete;
+
+    // Ends the watch (the request is over); idempotent.
+    void release() {
+        {
+            std::lock_guard<std::mutex> lock(mutex_);
+            released_ = true;
+        }
+        cv_.notify_all();
+        if (thread_.joinable()) thread_.join();
+    }
+    // True when the deadline passed and the request was stopped.
+    bool fired() const {
+        std::lock_guard<std::mutex> lock(mutex_);
+        return fired_;
+    }
+
+  private:
+    void watch() {
+        std::unique_lock<std::mutex> lock(mutex_);
+        if (cv_.wait_until(lock, deadline_, [this] { return released_; })) return;
+        fired_ = true;
+        for (int i = 0; i < 1000 && !released_; ++i) {  // 20 s of retries at most
+            lock.unlock();
+            client_.stop();
+            lock.lock();
+            cv_.wait_for(lock, std::chrono::milliseconds(20), [this] { return released_; });
+        }
+    }
+
+    httplib::Client& client_;
+    const std::chrono::steady_clock::time_point deadline_;
+    mutable std::mutex mutex_;
+    std::condition_variable cv_;
+    bool released_ = false;
+    bool fired_ = false;
+    std::thread thread_;
+};
+
+// Runs fn() (one or more requests on `client`) under a hard deadline and returns its
+// result; *fired (when given) tells whether the deadline cut it short.
+template <class Fn>
+inline auto with_deadline(httplib::Client& client, std::chrono::steady_clock::time_point deadline,
+                          Fn&& fn, bool* fired = nullptr) {
+    RequestDeadline guard(client, deadline);
+    auto result = fn();
+    guard.release();
+    if (fired) *fired = guard.fired();
+    return result;
+}
+
+// The bound on a small answer (server_info, the upload report) read by the probes.
+constexpr std::size_t kMaxAnswerBytes = 1 << 20;
+
+// Collects a response body up to `limit` bytes; past it, the receiver cancels the request.
+struct CappedBody {
+    explicit CappedBody(std::size_t max) : limit(max) {}
+    std::string data;
+    std::size_t limit;
+    bool too_large = false;
+    bool add(const char* p, std::size_t n) {
+        if (data.size() + n > limit) {
+            too_large = true;
+            return false;
+        }
+        data.append(p, n);
+        return true;
+    }
+};
 
 inline httplib::Headers probe_headers(const Endpoint& e) {
     return {{"Host", e.to_string()}, {"Accept", "application/json"}, {"User-Agent", "p2prc"}};
@@ -3461,21 +3555,26 @@ inline LatencyResult probe_latency(const Endpoint& endpoint, const LatencyOption
     bool too_large = false, late = false;
     for (int i = 0; i <= options.samples; ++i) {  // request 0 is the warm-up
         body.clear();
-        int status = 0;
+        std::optional<detail::RequestDeadline> guard;
+        try {
+            // Started before t0 and released after t1 (destructor): not in the sample.
+            guard.emplace(*client, deadline);
+        } catch (const error& e) {
+            r.failure = ProbeFailure::error;
+            r.reason = e.what();
+            r.samples_ms.clear();
+            return r;
+        }
         const auto t0 = ProbeClock::now();
-        auto res = client->Get(
-            options.path.c_str(), headers,
-            [&](const httplib::Response& response) {
-                status = response.status;
-                return true;
-            },
-            [&](const char* data, size_t n) {
-                if (body.size() + n > options.max_body_bytes) return !(too_large = true);
-                if (ProbeClock::now() > deadline) return !(late = true);
-                body.append(data, n);
-                return true;
-            });
+        auto res = client->Get(options.path.c_str(), headers, [&](const char* data, size_t n) {
+            if (body.size() + n > options.max_body_bytes) return !(too_large = true);
+            if (ProbeClock::now() > deadline) return !(late = true);
+            body.append(data, n);
+            return true;
+        });
         if (!res) {
+            guard->release();
+            if (guard->fired()) late = true;
             if (too_large) {
                 r.failure = ProbeFailure::too_large;
                 r.reason =
@@ -3559,17 +3658,30 @@ inline std::string speed_pattern() {
     return p;
 }
 
-inline void fail_stream(StreamFigures& f, const httplib::Result& res, ProbeClock::time_point t0,
+inline void fail_stream(StreamFigures& f, httplib::Error err, ProbeClock::time_point t0,
                         const ThroughputOptions& o) {
     auto [kind, text] =
-        classify(res.error(), ms_between(t0, ProbeClock::now()), o.connect_timeout, o.read_timeout);
+        classify(err, ms_between(t0, ProbeClock::now()), o.connect_timeout, o.read_timeout);
     f.failure = kind;
     f.reason = text;
 }
 
+inline void fail_late(StreamFigures& f, const char* what) {
+    f.failure = ProbeFailure::timeout;
+    f.reason = std::string(what) + ": the probe ran out of time";
+}
+
+inline void fail_too_large(StreamFigures& f, const char* what) {
+    f.failure = ProbeFailure::too_large;
+    f.reason = std::string(what) + ": answer larger than " + std::to_string(kMaxAnswerBytes) +
+               " bytes";
+}
+
 // One download stream: GET /speedtest/download until the time (or budget) is used up,
 // counting bytes as they arrive; the first `warmup` after the first byte is not counted.
-inline StreamFigures download_stream(const Endpoint& e, const ThroughputOptions& o) {
+// No request outlives `deadline`.
+inline StreamFigures download_stream(const Endpoint& e, const ThroughputOptions& o,
+                                     ProbeClock::time_point deadline) {
     StreamFigures f;
     auto client = probe_client(e, o.connect_timeout, o.read_timeout);
     auto headers = probe_headers(e);
@@ -3583,33 +3695,43 @@ inline StreamFigures download_stream(const Endpoint& e, const ThroughputOptions&
         const std::string path =
             go_route ? "/50" : "/speedtest/download?bytes=" + std::to_string(want);
         int status = 0;
+        bool late = false;
         const auto t0 = ProbeClock::now();
-        auto res = client->Get(
-            path.c_str(), headers,
-            [&](const httplib::Response& r) {
-                status = r.status;
-                return r.status == 200;
+        auto res = with_deadline(
+            *client, deadline,
+            [&] {
+                return client->Get(
+                    path.c_str(), headers,
+                    [&](const httplib::Response& r) {
+                        status = r.status;
+                        return r.status == 200;
+                    },
+                    [&](const char*, size_t n) {
+                        const auto now = ProbeClock::now();
+                        if (!started) {
+                            started = true;
+                            first = now;
+                            warm_end = first + o.warmup;
+                            stop_at = warm_end + o.duration;
+                        }
+                        total += n;
+                        if (now >= warm_end) {
+                            counted += n;
+                            last = now;
+                        }
+                        if ((o.byte_budget && total >= o.byte_budget) || now >= stop_at) {
+                            done = true;
+                            return false;  // enough: cancel the rest of the body
+                        }
+                        return true;
+                    });
             },
-            [&](const char*, size_t n) {
-                const auto now = ProbeClock::now();
-                if (!started) {
-                    started = true;
-                    first = now;
-                    warm_end = first + o.warmup;
-                    stop_at = warm_end + o.duration;
-                }
-                total += n;
-                if (now >= warm_end) {
-                    counted += n;
-                    last = now;
-                }
-                if ((o.byte_budget && total >= o.byte_budget) || now >= stop_at) {
-                    done = true;
-                    return false;  // enough: cancel the rest of the body
-                }
-                return true;
-            });
+            &late);
         if (done) break;
+        if (late) {
+            fail_late(f, "download");
+            return f;
+        }
         if (status == 404 && !go_route && total == 0) {
             go_route = true;
             continue;
@@ -3620,7 +3742,7 @@ inline StreamFigures download_stream(const Endpoint& e, const ThroughputOptions&
             return f;
         }
         if (!res) {
-            fail_stream(f, res, t0, o);
+            fail_stream(f, res.error(), t0, o);
             f.reason = "download: " + f.reason;
             return f;
         }
@@ -3643,23 +3765,50 @@ inline StreamFigures download_stream(const Endpoint& e, const ThroughputOptions&
     return f;
 }
 
-// One upload stream: POST /speedtest/upload with a chunked body until the time (or the
-// budget, or the server's body limit) is used up. The server counts what arrives and
-// leaves the warm-up out.
+// Sends `req` under the deadline, reading the answer into `answer` (bounded); fills `f`
+// and returns false when the request failed.
+inline bool send_bounded(httplib::Client& client, httplib::Request& req, httplib::Response& res,
+                         CappedBody& answer, ProbeClock::time_point deadline,
+                         const ThroughputOptions& o, StreamFigures& f, const char* what) {
+    req.content_receiver = [&answer](const char* data, size_t n, std::uint64_t, std::uint64_t) {
+        return answer.add(data, n);
+    };
+    httplib::Error err = httplib::Error::Success;
+    bool late = false;
+    const auto t0 = ProbeClock::now();
+    const bool sent =
+        with_deadline(client, deadline, [&] { return client.send(req, res, err); }, &late);
+    if (sent) return true;
+    if (answer.too_large) {
+        fail_too_large(f, what);
+    } else if (late) {
+        fail_late(f, what);
+    } else {
+        fail_stream(f, err, t0, o);
+        f.reason = std::string(what) + ": " + f.reason;
+    }
+    return false;
+}
+
 // P2PRC's (Go) own upload route takes one multipart file and says nothing back that
 // can be counted: the client times the whole request. No warm-up is left out here.
 inline StreamFigures upload_go_route(const Endpoint& e, const ThroughputOptions& o,
-                                     std::uint64_t bytes) {
+                                     std::uint64_t bytes, ProbeClock::time_point deadline) {
     StreamFigures f;
     auto client = probe_client(e, o.connect_timeout, o.read_timeout);
     // The multipart body is written out here rather than with cpp-httplib's form types,
     // whose names differ between its versions.
     static const std::string chunk = speed_pattern();
     const std::string boundary = "p2prc-speedtest-7f3a9c2e1b5d4e60";
-    std::string body =
-        "--" + boundary +
-        "\r\nContent-Disposition: form-data; name=\"file\"; filename=\"upload.bin\"\r\n"
-        "Content-Type: application/octet-stream\r\n\r\n";
+    httplib::Request req;
+    req.method = "POST";
+    req.path = "/upload";
+    req.headers = probe_headers(e);
+    req.headers.emplace("Content-Type", "multipart/form-data; boundary=" + boundary);
+    std::string& body = req.body;
+    body = "--" + boundary +
+           "\r\nContent-Disposition: form-data; name=\"file\"; filename=\"upload.bin\"\r\n"
+           "Content-Type: application/octet-stream\r\n\r\n";
     body.reserve(body.size() + bytes + 64);
     for (std::uint64_t added = 0; added < bytes;) {
         const auto n =
@@ -3668,18 +3817,14 @@ inline StreamFigures upload_go_route(const Endpoint& e, const ThroughputOptions&
         added += n;
     }
     body += "\r\n--" + boundary + "--\r\n";
+    httplib::Response res;
+    CappedBody answer(kMaxAnswerBytes);
     const auto t0 = ProbeClock::now();
-    auto res = client->Post("/upload", probe_headers(e), body,
-                            "multipart/form-data; boundary=" + boundary);
+    if (!send_bounded(*client, req, res, answer, deadline, o, f, "upload")) return f;
     const double secs = std::chrono::duration<double>(ProbeClock::now() - t0).count();
-    if (!res) {
-        fail_stream(f, res, t0, o);
-        f.reason = "upload: " + f.reason;
-        return f;
-    }
-    if (res->status != 200) {
+    if (res.status != 200) {
         f.failure = ProbeFailure::http_status;
-        f.reason = "upload: HTTP status " + std::to_string(res->status);
+        f.reason = "upload: HTTP status " + std::to_string(res.status);
         return f;
     }
     f.ok = true;
@@ -3688,41 +3833,48 @@ inline StreamFigures upload_go_route(const Endpoint& e, const ThroughputOptions&
     return f;
 }
 
+// One upload stream: POST /speedtest/upload with a chunked body until the time (or the
+// budget, or the server's body limit) is used up. The server counts what arrives and
+// leaves the warm-up out.
 inline StreamFigures upload_stream(const Endpoint& e, const ThroughputOptions& o,
-                                   std::uint64_t limit, std::uint64_t go_bytes) {
+                                   std::uint64_t limit, std::uint64_t go_bytes,
+                                   ProbeClock::time_point deadline) {
     StreamFigures f;
     auto client = probe_client(e, o.connect_timeout, o.read_timeout);
-    auto headers = probe_headers(e);
     static const std::string chunk = speed_pattern();
     std::uint64_t sent = 0;
-    const auto t0 = ProbeClock::now();
-    const auto stop_at = t0 + o.warmup + o.duration;
-    auto res = client->Post(
-        ("/speedtest/upload?warmup_ms=" + std::to_string(o.warmup.count())).c_str(), headers,
-        [&](size_t, httplib::DataSink& sink) {
-            if (sent >= limit || ProbeClock::now() >= stop_at) {
-                sink.done();
-                return true;
-            }
-            const std::size_t n =
-                static_cast<std::size_t>(std::min<std::uint64_t>(chunk.size(), limit - sent));
-            if (!sink.write(chunk.data(), n)) return false;
-            sent += n;
+    const auto stop_at = ProbeClock::now() + o.warmup + o.duration;
+    // Client::Post with a content provider reads the answer without a bound, so the
+    // request is built by hand: the streamed body goes through the Request's content
+    // provider members (what Post itself fills in), the answer through a capped receiver.
+    httplib::Request req;
+    req.method = "POST";
+    req.path = "/speedtest/upload?warmup_ms=" + std::to_string(o.warmup.count());
+    req.headers = probe_headers(e);
+    req.headers.emplace("Content-Type", "application/octet-stream");
+    req.headers.emplace("Transfer-Encoding", "chunked");
+    req.content_provider_ = [&](size_t, size_t, httplib::DataSink& sink) {
+        if (sent >= limit || ProbeClock::now() >= stop_at) {
+            sink.done();
             return true;
-        },
-        "application/octet-stream");
-    if (!res) {
-        fail_stream(f, res, t0, o);
-        f.reason = "upload: " + f.reason;
-        return f;
-    }
-    if (res->status == 404) return upload_go_route(e, o, go_bytes);
-    if (res->status != 200) {
+        }
+        const std::size_t n =
+            static_cast<std::size_t>(std::min<std::uint64_t>(chunk.size(), limit - sent));
+        if (!sink.write(chunk.data(), n)) return false;
+        sent += n;
+        return true;
+    };
+    req.is_chunked_content_provider_ = true;
+    httplib::Response res;
+    CappedBody answer(kMaxAnswerBytes);
+    if (!send_bounded(*client, req, res, answer, deadline, o, f, "upload")) return f;
+    if (res.status == 404) return upload_go_route(e, o, go_bytes, deadline);
+    if (res.status != 200) {
         f.failure = ProbeFailure::http_status;
-        f.reason = "upload: HTTP status " + std::to_string(res->status);
+        f.reason = "upload: HTTP status " + std::to_string(res.status);
         return f;
     }
-    auto j = nlohmann::json::parse(res->body, nullptr, false);
+    auto j = nlohmann::json::parse(answer.data, nullptr, false);
     if (j.is_discarded() || !j.is_object() || !j.contains("measured_bytes") ||
         !j.contains("measured_seconds") || !j["measured_bytes"].is_number() ||
         !j["measured_seconds"].is_number()) {
@@ -3740,14 +3892,43 @@ inline StreamFigures upload_stream(const Endpoint& e, const ThroughputOptions& o
     return f;
 }
 
-// Runs `streams` copies of fn in parallel and sums their rates.
-template <class Fn>
-inline StreamFigures parallel_streams(unsigned streams, Fn fn) {
+struct StartThread {
+    template <class Body>
+    std::thread operator()(Body&& body) const {
+        return std::thread(std::forward<Body>(body));
+    }
+};
+
+// Runs `streams` copies of fn in parallel and sums their rates. When a thread cannot be
+// started, the streams that run do the measuring (fewer connections, still a figure);
+// `start` makes the threads (a parameter so that failure can be tested).
+template <class Fn, class Start = StartThread>
+inline StreamFigures parallel_streams(unsigned streams, Fn fn, Start start = {}) {
     std::vector<StreamFigures> figures(streams);
+    // An exception must not leave a thread (or std::terminate): it becomes a failed stream.
+    auto run = [&fn](StreamFigures& out) {
+        try {
+            out = fn();
+        } catch (const std::exception& e) {
+            out = {};
+            out.failure = ProbeFailure::error;
+            out.reason = e.what();
+        }
+    };
     std::vector<std::thread> threads;
-    for (unsigned i = 1; i < streams; ++i) threads.emplace_back([&, i] { figures[i] = fn(); });
-    figures[0] = fn();
+    threads.reserve(streams);  // no reallocation (and no throw) once threads exist
+    unsigned running = 1;      // this thread runs figures[0]
+    try {
+        for (unsigned i = 1; i < streams; ++i) {
+            threads.push_back(start([&run, &figures, i] { run(figures[i]); }));
+            ++running;
+        }
+    } catch (...) {
+        // Could not start more threads: measure with the ones that run.
+    }
+    run(figures[0]);
     for (auto& t : threads) t.join();
+    figures.resize(running);
     StreamFigures sum;
     sum.ok = true;
     double mbps = 0;
@@ -3761,10 +3942,40 @@ inline StreamFigures parallel_streams(unsigned streams, Fn fn) {
     return sum;
 }
 
+// The peer's own body limit from GET /server_info, when it says; fails `f` when the
+// answer is over the bound or the deadline passes.
+inline std::optional<std::uint64_t> peer_body_limit(const Endpoint& e, const ThroughputOptions& o,
+                                                    ProbeClock::time_point deadline,
+                                                    StreamFigures& f) {
+    auto client = probe_client(e, o.connect_timeout, o.read_timeout);
+    CappedBody answer(kMaxAnswerBytes);
+    bool late = false;
+    auto res = with_deadline(
+        *client, deadline,
+        [&] {
+            return client->Get("/server_info", probe_headers(e),
+                               [&](const char* data, size_t n) { return answer.add(data, n); });
+        },
+        &late);
+    if (answer.too_large) {
+        fail_too_large(f, "server_info");
+        return std::nullopt;
+    }
+    if (late) {
+        fail_late(f, "server_info");
+        return std::nullopt;
+    }
+    if (!res || res->status != 200) return std::nullopt;  // optional: the defaults hold
+    auto j = nlohmann::json::parse(answer.data, nullptr, false);
+    if (j.is_object() && j.contains("MaxBodyBytes") && j["MaxBodyBytes"].is_number_unsigned())
+        return j["MaxBodyBytes"].get<std::uint64_t>();
+    return std::nullopt;
+}
+
 }  // namespace detail
 
 // Measures download then upload speed against the peer's speed-test routes. Never throws
-// for network outcomes.
+// for network outcomes; no request outlives options.total_timeout.
 inline ThroughputResult probe_throughput(const Endpoint& endpoint,
                                          const ThroughputOptions& options = {}) {
     if (options.streams < 1 || options.streams > 64)
@@ -3774,11 +3985,20 @@ inline ThroughputResult probe_throughput(const Endpoint& endpoint,
     if (options.duration.count() <= 0 && options.byte_budget == 0)
         throw error(errc::invalid_argument,
                     "ThroughputOptions: a duration or a byte budget is needed");
+    if (options.total_timeout.count() < 0)
+        throw error(errc::invalid_argument,
+                    "ThroughputOptions::total_timeout is negative: expected 0 (derived) or more");
+    const auto total = options.total_timeout.count() > 0
+                           ? options.total_timeout
+                           : 2 * (options.warmup + options.duration) +
+                                 4 * (options.connect_timeout + options.read_timeout);
+    const auto deadline = detail::ProbeClock::now() + total;
     ThroughputResult r;
     r.endpoint = endpoint;
     if (options.download) {
-        auto f = detail::parallel_streams(
-            options.streams, [&] { return detail::download_stream(endpoint, options); });
+        auto f = detail::parallel_streams(options.streams, [&] {
+            return detail::download_stream(endpoint, options, deadline);
+        });
         if (!f.ok) {
             r.failure = f.failure;
             r.reason = f.reason;
@@ -3791,16 +4011,18 @@ inline ThroughputResult probe_throughput(const Endpoint& endpoint,
         // Stay within the peer's body limit when it says what it is.
         std::uint64_t limit = options.max_upload_request_bytes;
         if (options.byte_budget) limit = std::min(limit, options.byte_budget);
-        {
-            auto client =
-                detail::probe_client(endpoint, options.connect_timeout, options.read_timeout);
-            auto res = client->Get("/server_info", detail::probe_headers(endpoint));
-            if (res && res->status == 200) {
-                auto j = nlohmann::json::parse(res->body, nullptr, false);
-                if (j.is_object() && j.contains("MaxBodyBytes") &&
-                    j["MaxBodyBytes"].is_number_unsigned())
-                    limit = std::min(limit, j["MaxBodyBytes"].get<std::uint64_t>());
-            }
+        detail::StreamFigures info;
+        try {
+            if (auto peer_limit = detail::peer_body_limit(endpoint, options, deadline, info))
+                limit = std::min(limit, *peer_limit);
+        } catch (const error& e) {  // the deadline watchdog could not start
+            info.failure = ProbeFailure::error;
+            info.reason = e.what();
+        }
+        if (info.failure != ProbeFailure::none) {
+            r.failure = info.failure;
+            r.reason = info.reason;
+            return r;
         }
         // For a Go peer's one-shot upload: about what the download rate moves in the
         // duration, within 256 KiB - 64 MiB.
@@ -3810,7 +4032,7 @@ inline ThroughputResult probe_throughput(const Endpoint& endpoint,
         const auto go_bytes = std::min<std::uint64_t>(
             limit, static_cast<std::uint64_t>(std::clamp(guess, 256.0 * 1024, 64.0 * (1 << 20))));
         auto f = detail::parallel_streams(options.streams, [&] {
-            return detail::upload_stream(endpoint, options, limit, go_bytes);
+            return detail::upload_stream(endpoint, options, limit, go_bytes, deadline);
         });
         if (!f.ok) {
             r.failure = f.failure;
