@@ -417,7 +417,23 @@ int run(const Cli& cli) {
         auto e = endpoint_arg(cli.args[0]);
         httplib::Client c(e.host_string(), e.port);
         p2prc::detail::set_client_timeouts(c, std::chrono::seconds(3), std::chrono::seconds(5));
-        auto res = c.Get("/server_info", {{"Host", e.to_string()}});
+        // Bounded in size and time: the other side may be anybody.
+        std::string body;
+        bool too_large = false;
+        auto res = p2prc::detail::with_deadline(c, std::chrono::steady_clock::now() + std::chrono::seconds(15), [&] {
+            return c.Get(
+                "/server_info", {{"Host", e.to_string()}},
+                [&](const httplib::Response&) { return true; },
+                [&](const char* data, std::size_t n) {
+                    too_large = body.size() + n > (1u << 20);
+                    if (!too_large) body.append(data, n);
+                    return !too_large;
+                });
+        });
+        if (too_large) {
+            std::cerr << "p2prc: error: " << e.to_string() << " answered more than 1 MiB\n";
+            return 1;
+        }
         if (!res) {
             std::cerr << "p2prc: error: no answer from " << e.to_string() << ": " << httplib::to_string(res.error()) << "\n";
             return 1;
@@ -426,7 +442,7 @@ int run(const Cli& cli) {
             std::cerr << "p2prc: error: " << e.to_string() << " answered HTTP " << res->status << "\n";
             return 1;
         }
-        auto j = nlohmann::json::parse(res->body, nullptr, false);
+        auto j = nlohmann::json::parse(body, nullptr, false);
         if (j.is_discarded()) {
             std::cerr << "p2prc: error: " << e.to_string() << " answered something that is not JSON\n";
             return 1;

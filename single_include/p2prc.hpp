@@ -4542,7 +4542,15 @@ inline GossipResult exchange_tables(const Endpoint& peer, const IpTable& ours,
         answer.append(data, n);
         return true;
     };
-    auto res = client.send(req);
+    // A hard deadline for the whole exchange: a peer trickling its answer a byte at a time
+    // defeats the per-receive timeouts, not this.
+    const auto deadline = std::chrono::steady_clock::now() + options.connect_timeout + 2 * options.timeout;
+    bool late = false;
+    auto res = detail::with_deadline(client, deadline, [&] { return client.send(req); }, &late);
+    if (late) {
+        r.reason = "no complete answer within the deadline";
+        return r;
+    }
     if (too_large) {
         r.reason = "answer larger than " + std::to_string(options.max_answer_bytes) + " bytes";
         return r;
