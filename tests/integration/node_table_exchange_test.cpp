@@ -1,6 +1,7 @@
 // POST /IpTable as P2PRC's Go client sends it, and under hostile input.
 #include <p2prc.hpp>
 
+#include "support/multipart.hpp"
 #include "support/tempdir.hpp"
 
 #include <doctest/doctest.h>
@@ -35,13 +36,8 @@ std::unique_ptr<httplib::Client> client_for(const p2prc::Node& n) {
 }
 
 // The Go client's form: multipart, a file field (named "json" by P2PRC) holding a table.
-// Written out by hand: cpp-httplib's form types are named differently across versions.
 httplib::Result post_form(httplib::Client& c, const std::string& field, const std::string& table_json) {
-    const std::string boundary = "test-boundary-91c2";
-    std::string body = "--" + boundary + "\r\nContent-Disposition: form-data; name=\"" + field +
-                       "\"; filename=\"config.json\"\r\nContent-Type: application/octet-stream\r\n\r\n" +
-                       table_json + "\r\n--" + boundary + "--\r\n";
-    return c.Post("/IpTable", body, "multipart/form-data; boundary=" + boundary);
+    return p2prc_test::post_file(c, "/IpTable", field, "config.json", "application/octet-stream", table_json);
 }
 httplib::Result post_go_form(httplib::Client& c, const std::string& table_json) {
     return post_form(c, "json", table_json);

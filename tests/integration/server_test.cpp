@@ -1,3 +1,5 @@
+#include "support/multipart.hpp"
+
 #include <doctest/doctest.h>
 
 #include "p2prc/server.hpp"
@@ -170,9 +172,7 @@ TEST_CASE("server: upload counts exactly, with a length, chunked and multipart")
     CHECK(chunked->status == 200);
     CHECK(json_of(chunked)["bytes"] == 300000);
 
-    httplib::MultipartFormDataItems items = {
-        {"file", std::string(5000, 'z'), "50.txt", "text/plain"}};
-    auto multi = c.Post("/upload", items);
+    auto multi = p2prc_test::post_file(c, "/upload", "file", "50.txt", "text/plain", std::string(5000, 'z'));
     REQUIRE(multi);
     CHECK(multi->status == 200);
     CHECK(json_of(multi)["bytes"] == 5000);
@@ -216,9 +216,7 @@ TEST_CASE("server: routes of higher layers see the peer and a bounded body") {
     REQUIRE(boom);
     CHECK(boom->status == 400);
     CHECK(json_of(boom)["error"] == "bad echo");
-    httplib::MultipartFormDataItems items = {
-        {"json", "{\"ip_address\":[]}", "table.json", "application/json"}};
-    auto m = c.Post("/echo", items);
+    auto m = p2prc_test::post_file(c, "/echo", "json", "table.json", "application/json", "{\"ip_address\":[]}");
     REQUIRE(m);
     CHECK(m->status == 200);
     CHECK(json_of(m)["file"] == "json");
