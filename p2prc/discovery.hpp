@@ -348,13 +348,6 @@ inline std::string multipart_table_body(const std::string& boundary, const std::
            json + "\r\n--" + boundary + "--\r\n";
 }
 
-inline void set_client_timeouts(httplib::Client& c, std::chrono::milliseconds connect,
-                                std::chrono::milliseconds io) {
-    c.set_connection_timeout(connect.count() / 1000, static_cast<long>((connect.count() % 1000) * 1000));
-    c.set_read_timeout(io.count() / 1000, static_cast<long>((io.count() % 1000) * 1000));
-    c.set_write_timeout(io.count() / 1000, static_cast<long>((io.count() % 1000) * 1000));
-}
-
 }  // namespace detail
 
 // Sends `ours` to `peer` and reads its table back. Network trouble and bad answers are

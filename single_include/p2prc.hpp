@@ -3394,6 +3394,14 @@ inline double ms_between(ProbeClock::time_point a, ProbeClock::time_point b) {
     return std::chrono::duration<double, std::milli>(b - a).count();
 }
 
+// cpp-httplib takes its timeouts as seconds and microseconds.
+inline void set_client_timeouts(httplib::Client& c, std::chrono::milliseconds connect,
+                                std::chrono::milliseconds io) {
+    c.set_connection_timeout(connect.count() / 1000, static_cast<long>((connect.count() % 1000) * 1000));
+    c.set_read_timeout(io.count() / 1000, static_cast<long>((io.count() % 1000) * 1000));
+    c.set_write_timeout(io.count() / 1000, static_cast<long>((io.count() % 1000) * 1000));
+}
+
 inline std::unique_ptr<httplib::Client> probe_client(const Endpoint& e,
                                                      std::chrono::milliseconds connect,
                                                      std::chrono::milliseconds read) {
@@ -3403,10 +3411,7 @@ inline std::unique_ptr<httplib::Client> probe_client(const Endpoint& e,
     c->set_tcp_nodelay(true);
     c->set_decompress(false);  // no Accept-Encoding: the peer sends the bytes as they are
     c->set_follow_location(false);
-    c->set_connection_timeout(connect.count() / 1000,
-                              static_cast<long>((connect.count() % 1000) * 1000));
-    c->set_read_timeout(read.count() / 1000, static_cast<long>((read.count() % 1000) * 1000));
-    c->set_write_timeout(read.count() / 1000, static_cast<long>((read.count() % 1000) * 1000));
+    set_client_timeouts(*c, connect, read);
     return c;
 }
 
@@ -4503,13 +4508,6 @@ inline std::string multipart_table_body(const std::string& boundary, const std::
            "Content-Disposition: form-data; name=\"json\"; filename=\"config.json\"\r\n"
            "Content-Type: application/json\r\n\r\n" +
            json + "\r\n--" + boundary + "--\r\n";
-}
-
-inline void set_client_timeouts(httplib::Client& c, std::chrono::milliseconds connect,
-                                std::chrono::milliseconds io) {
-    c.set_connection_timeout(connect.count() / 1000, static_cast<long>((connect.count() % 1000) * 1000));
-    c.set_read_timeout(io.count() / 1000, static_cast<long>((io.count() % 1000) * 1000));
-    c.set_write_timeout(io.count() / 1000, static_cast<long>((io.count() % 1000) * 1000));
 }
 
 }  // namespace detail
