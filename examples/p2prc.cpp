@@ -10,11 +10,14 @@
 
 #include <algorithm>
 #include <cmath>
+#include <condition_variable>
 #include <cstdio>
 #include <iostream>
 #include <map>
+#include <mutex>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 namespace {
@@ -214,16 +217,101 @@ void print_table(const p2prc::IpTable& table, bool colour) {
     if (rows.empty()) std::cout << "(no servers)\n";
 }
 
-// A progress bar on stderr when it is a terminal; nothing otherwise.
-std::function<void(std::size_t, std::size_t)> progress_bar(bool enabled) {
-    if (!enabled) return {};
-    return [](std::size_t done, std::size_t total) {
-        const int width = 30;
-        int filled = total ? static_cast<int>(width * done / total) : width;
-        std::fprintf(stderr, "\r  probing [%s%s] %zu/%zu", std::string(filled, '#').c_str(),
-                     std::string(width - filled, '.').c_str(), done, total);
-        if (done == total) std::fprintf(stderr, "\n");
-    };
+// Progress of a probe round, on stderr. On a terminal: a bar redrawn in place from the
+// start, its elapsed time kept moving by a ticker thread (throughput probes run for
+// seconds between two completions). Otherwise: a plain line per tenth of the work at
+// most, so a log of a round over thousands of servers stays short. With --json: nothing.
+class Progress {
+public:
+    enum class Style { none, plain, bar };
+
+    // `expected`: how many servers the round will probe, when known before it starts
+    // (update); discovery learns it on the way, showing `before` until then.
+    Progress(Style style, std::string label, std::optional<std::size_t> expected = std::nullopt,
+             std::string before = "")
+        : style_(style), label_(std::move(label)), before_(std::move(before)),
+          start_(std::chrono::steady_clock::now()) {
+        if (expected) total_ = *expected;
+        if (style_ == Style::bar && (!expected || *expected > 0)) {
+            drawing_ = true;
+            known_ = expected.has_value();
+            ticker_ = std::thread([this] { tick(); });
+        }
+    }
+    ~Progress() {
+        {
+            std::lock_guard<std::mutex> lock(mutex_);
+            stopping_ = true;
+            // An interrupted or empty round still ends its line.
+            if (drawing_ && !finished_) std::fputc('\n', stderr);
+        }
+        wake_.notify_all();
+        if (ticker_.joinable()) ticker_.join();
+    }
+    Progress(const Progress&) = delete;
+    Progress& operator=(const Progress&) = delete;
+
+    // The callback for update and discover (called after each server); empty when disabled.
+    std::function<void(std::size_t, std::size_t)> callback() {
+        if (style_ == Style::none) return {};
+        return [this](std::size_t done, std::size_t total) { report(done, total); };
+    }
+
+private:
+    void report(std::size_t done, std::size_t total) {
+        std::lock_guard<std::mutex> lock(mutex_);
+        if (finished_) return;
+        done_ = done;
+        total_ = total;
+        known_ = true;
+        if (style_ == Style::bar) {
+            draw();
+        } else {
+            const std::size_t tenth = total ? done * 10 / total : 10;
+            if (tenth == last_tenth_ && done < total) return;
+            last_tenth_ = tenth;
+            std::fprintf(stderr, "  %s %zu/%zu (%.1f s)\n", label_.c_str(), done, total, elapsed());
+        }
+        if (done >= total) finished_ = true;
+    }
+
+    void tick() {
+        std::unique_lock<std::mutex> lock(mutex_);
+        while (!stopping_ && !finished_) {
+            draw();
+            wake_.wait_for(lock, std::chrono::milliseconds(100));
+        }
+    }
+
+    // With mutex_ held.
+    void draw() {
+        const std::size_t width = 30;
+        if (!known_) {
+            std::fprintf(stderr, "\r  %s  %.1f s ", (before_.empty() ? label_ : before_).c_str(), elapsed());
+        } else {
+            const std::size_t filled = total_ ? width * std::min(done_, total_) / total_ : width;
+            std::fprintf(stderr, "\r  %s [%s%s] %zu/%zu  %.1f s ", label_.c_str(), std::string(filled, '#').c_str(),
+                         std::string(width - filled, '.').c_str(), done_, total_, elapsed());
+            if (done_ >= total_) std::fputc('\n', stderr);
+        }
+        std::fflush(stderr);
+    }
+
+    double elapsed() const { return std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count(); }
+
+    const Style style_;
+    const std::string label_, before_;
+    const std::chrono::steady_clock::time_point start_;
+    std::mutex mutex_;
+    std::condition_variable wake_;
+    std::thread ticker_;
+    std::size_t done_ = 0, total_ = 0, last_tenth_ = ~std::size_t(0);
+    bool known_ = false, drawing_ = false, finished_ = false, stopping_ = false;
+};
+
+Progress::Style progress_style(const Cli& cli) {
+    if (cli.json) return Progress::Style::none;
+    return tty(stderr) ? Progress::Style::bar : Progress::Style::plain;
 }
 
 nlohmann::json refresh_json(const p2prc::RefreshReport& r) {
@@ -236,8 +324,10 @@ nlohmann::json refresh_json(const p2prc::RefreshReport& r) {
     return {{"kept", kept}, {"pruned", pruned}, {"seconds", r.seconds}};
 }
 
+std::string servers(std::size_t n) { return std::to_string(n) + (n == 1 ? " server" : " servers"); }
+
 void print_refresh(const p2prc::RefreshReport& r) {
-    std::cout << "probed " << r.kept.size() + r.pruned.size() << " servers in " << fixed(r.seconds, 2) << " s: "
+    std::cout << "probed " << servers(r.kept.size() + r.pruned.size()) << " in " << fixed(r.seconds, 2) << " s: "
               << r.kept.size() << " kept, " << r.pruned.size() << " pruned\n";
     for (const auto& e : r.pruned)
         std::cout << "  pruned " << printable(e.peer.label()) << " (" << e.latency.endpoint.to_string()
@@ -343,7 +433,8 @@ int run(const Cli& cli) {
         std::vector<p2prc::Endpoint> boot;
         for (const auto& a : cli.args) boot.push_back(endpoint_arg(a));
         p2prc::Node node(config);
-        auto report = node.discover(boot, progress_bar(!cli.json && tty(stderr)));
+        Progress progress(progress_style(cli), "probing", std::nullopt, "discovering");
+        auto report = node.discover(boot, progress.callback());
         if (cli.json) {
             nlohmann::json failed = nlohmann::json::array();
             for (const auto& [e, why] : report.failed) failed.push_back({{"endpoint", e.to_string()}, {"reason", why}});
@@ -355,7 +446,8 @@ int run(const Cli& cli) {
                              .dump()
                       << "\n";
         } else {
-            std::cout << "contacted " << report.contacted.size() << " servers in " << report.hops << " rounds\n";
+            std::cout << "contacted " << servers(report.contacted.size()) << " in " << report.hops
+                      << (report.hops == 1 ? " round\n" : " rounds\n");
             for (const auto& [e, why] : report.failed)
                 std::cout << "  no answer from " << e.to_string() << ": " << printable(why) << "\n";
             print_refresh(report.refresh);
@@ -368,7 +460,10 @@ int run(const Cli& cli) {
     if (cmd == "update") {
         want_args(0, 0);
         p2prc::Node node(config);
-        auto report = node.update(progress_bar(!cli.json && tty(stderr)), cli.throughput);
+        auto expected = node.table();
+        expected.remove_self(node.own_endpoints());
+        Progress progress(progress_style(cli), cli.throughput ? "measuring" : "probing", expected.size());
+        auto report = node.update(progress.callback(), cli.throughput);
         if (cli.json) std::cout << refresh_json(report).dump() << "\n";
         else print_refresh(report);
         return 0;
