@@ -1,3 +1,4 @@
+# make demo   install what is missing, build the CLI, and run a small network end to end
 # make test   install what is missing, build everything, run every suite
 # make bench  build and run the benchmarks (they print figures)
 BUILD ?= build
@@ -5,7 +6,7 @@ BUILD_TYPE ?= RelWithDebInfo
 JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 CMAKE_FLAGS ?=
 
-.PHONY: all deps configure build test amalgamate check-amalgamation bench format clean
+.PHONY: all deps configure build demo test amalgamate check-amalgamation bench format clean
 
 all: build
 
@@ -17,6 +18,9 @@ configure: deps
 
 build: configure
 	cmake --build $(BUILD) -j $(JOBS)
+
+demo:
+	@BUILD=$(BUILD) BUILD_TYPE=$(BUILD_TYPE) JOBS=$(JOBS) bash tools/demo.sh
 
 check-amalgamation:
 	python3 tools/amalgamate.py --check
