@@ -273,7 +273,13 @@ p2prc beta --config beta.json discover "$(at alpha)"
 p2prc gamma --config gamma.json discover "$(at alpha)"
 
 heading "delta joins knowing only alpha, and learns the others"
+write_config delta "$([ "$mode" = netns ] && echo 8078 || echo 0)"
+p2prc delta --config delta.json add "$(at alpha)" alpha
+p2prc delta --config delta.json update
 serve delta
+# Its server asks alpha to dial back: can others reach it directly? If not, it takes a
+# relay for itself and advertises the relay's endpoint instead of its own.
+wait_for_line "$work/delta.log" 'reachable|undecided' | sed 's/^p2prc: //'
 p2prc delta --config delta.json discover "$(at alpha)"
 
 heading "delta measures latency and throughput to every server"
@@ -302,46 +308,18 @@ web_line=$(wait_for_line "$work/web.log" 'web server on')
 echo "$web_line (serving hello.txt and blob.bin, 256 KiB)"
 web_port=${web_line##*:}
 
-# Can this CLI choose the relay from the table by itself (expose without --via)?
-probe=$(on delta timeout -k 1 5 "$cli" --table none.json expose 1 2>&1 || true)
-if grep -q 'not supported yet' <<<"$probe"; then
-    via_optional=0
-else
-    via_optional=1
-fi
-if [ "$via_optional" = 1 ]; then
-    printf '%sdelta$ p2prc --config delta.json expose %s --json &%s\n' "$dim" "$web_port" "$off"
-    start delta "$work/expose.log" "$cli" --config delta.json expose "$web_port" --json
-else
-    # This CLI cannot choose a relay by itself yet: take the fastest server of delta's
-    # table, start an frps-compatible relay there, and expose through it with --via.
-    relay_name=$(python3 -c '
-import json, sys
-best = None
-for p in json.load(open(sys.argv[1]))["ip_address"]:
-    if p.get("latency") is not None and (best is None or p["latency"] < best["latency"]):
-        best = p
-print(best["name"] if best else "")' delta-table.json)
-    [ -n "$relay_name" ] || fail "delta's table has no measured server to use as relay"
-    relay_port=7000
-    [ "$mode" = loopback ] && relay_port=0
-    printf '%s%s$ p2prc --config %s.json relay --port %s &%s\n' "$dim" "$relay_name" "$relay_name" "$relay_port" "$off"
-    start "$relay_name" "$work/relay.log" "$cli" --config "$relay_name.json" relay --port "$relay_port"
-    relay_line=$(wait_for_line "$work/relay.log" 'listening on')
-    echo "$relay_line"
-    relay_port=${relay_line##*:}
-    printf '%sdelta$ p2prc --config delta.json expose %s --via %s:%s --json &%s\n' "$dim" "$web_port" \
-        "${addr_of[$relay_name]}" "$relay_port" "$off"
-    start delta "$work/expose.log" "$cli" --config delta.json expose "$web_port" \
-        --via "${addr_of[$relay_name]}:$relay_port" --json
-fi
+# No --via: delta picks the relay itself, the nearest measured server of its table, asks
+# it for a port (GET /FRPPort) and logs into the relay there with the frp protocol.
+printf '%sdelta$ p2prc --config delta.json expose %s --json &%s\n' "$dim" "$web_port" "$off"
+start delta "$work/expose.log" "$cli" --config delta.json expose "$web_port" --json
 exposed=$(wait_for_line "$work/expose.log" 'public_endpoint')
 echo "$exposed"
-public=$(python3 -c 'import json, sys; print(json.loads(sys.argv[1])["public_endpoint"])' "$exposed")
-relay=$(python3 -c 'import json, sys; print(json.loads(sys.argv[1]).get("relay", ""))' "$exposed")
-[ -n "$relay" ] || relay="${addr_of[$relay_name]}:${port_of[$relay_name]}"
-for n in alpha beta gamma; do [ "$(at "$n")" = "$relay" ] && relay_name=$n; done
-echo "relay: ${relay_name:-?} ($relay), the lowest-latency server delta measured; public endpoint: $public"
+read -r public relay_name relay_at relay_ms < <(python3 -c '
+import json, sys
+e = json.loads(sys.argv[1])
+print(e["public_endpoint"], e["relay_name"] or "?", e["relay"], "%.2f" % e["relay_latency_ms"])' "$exposed")
+echo "relay chosen: $relay_name at $relay_at ($relay_ms ms, the nearest server in delta's table)"
+echo "delta's service is now public at $public"
 
 heading "Someone on the outside fetches the service through the relay"
 fetch() {  # url out
