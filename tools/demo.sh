@@ -209,7 +209,7 @@ p2prc() {
     local host=$1
     shift
     printf '%s%s$ p2prc %s%s\n' "$dim" "$host" "$*" "$off"
-    on "$host" timeout -k 2 40 "$cli" "$@"
+    on "$host" timeout --foreground -k 2 40 "$cli" "$@"
 }
 # Starts a long-running command as host $1 in the background, output to $2.
 start() {
