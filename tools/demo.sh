@@ -86,7 +86,11 @@ if [ "$build_cli" = 1 ]; then
     printf '%spreparing: system packages, then the p2prc command-line program%s\n' "$dim" "$off"
     bash "$root/tools/install-deps.sh"
     cmake -S "$root" -B "$build_dir" -DCMAKE_BUILD_TYPE="${BUILD_TYPE:-RelWithDebInfo}" >/dev/null
-    cmake --build "$build_dir" --target p2prc_cli -j "${JOBS:-2}" | grep -v '^\[' || true
+    printf '%sbuilding the p2prc program in %s (half a minute the first time)%s\n' "$dim" "$build_dir" "$off"
+    build_log=$(cmake --build "$build_dir" --target p2prc_cli -j "${JOBS:-2}" 2>&1) || {
+        printf '%s\n' "$build_log" | tail -n 40 >&2
+        fail "the build failed"
+    }
     cli=$build_dir/examples/p2prc
 else
     cli=${P2PRC_CLI:-}
