@@ -19,8 +19,9 @@ namespace {
 void print(const p2prc::Exposure& e) {
     char latency[32];
     std::snprintf(latency, sizeof latency, "%.2f ms", e.relay_latency_ms);
-    std::cout << e.local.to_string() << " is reachable at " << e.public_endpoint.to_string() << " via relay "
-              << e.relay_name << " (" << e.relay.to_string() << ", " << latency << ")" << std::endl;
+    std::cout << e.local.to_string() << " is reachable at " << e.public_endpoint.to_string()
+              << " via relay " << e.relay_name << " (" << e.relay.to_string() << ", " << latency
+              << ")" << std::endl;
 }
 
 int expose_until_interrupted(const std::string& table, std::uint16_t port) {
@@ -46,7 +47,8 @@ int expose_until_interrupted(const std::string& table, std::uint16_t port) {
 int whole_loop() {
     char folder_template[] = "/tmp/p2prc-expose-XXXXXX";
     const char* folder = mkdtemp(folder_template);
-    if (!folder) throw p2prc::error(p2prc::errc::io_error, "cannot make a temporary folder in /tmp");
+    if (!folder)
+        throw p2prc::error(p2prc::errc::io_error, "cannot make a temporary folder in /tmp");
     const std::string dir = folder;
 
     // A node that relays: its server answers GET /FRPPort with a fresh relay port.
@@ -117,7 +119,9 @@ int main(int argc, char** argv) {
         if (argc == 1) return whole_loop();
         if (argc == 3) {
             auto port = p2prc::parse_port(argv[2]);
-            if (!port) throw p2prc::error(p2prc::errc::invalid_argument, "expected a port 1-65535, got " + std::string(argv[2]));
+            if (!port)
+                throw p2prc::error(p2prc::errc::invalid_argument,
+                                   "expected a port 1-65535, got " + std::string(argv[2]));
             return expose_until_interrupted(argv[1], *port);
         }
         std::cerr << "usage: " << argv[0] << " [TABLE PORT]\n";

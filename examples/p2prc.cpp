@@ -224,14 +224,16 @@ void print_table(const p2prc::IpTable& table, bool colour) {
 // seconds between two completions). Otherwise: a plain line per tenth of the work at
 // most, so a log of a round over thousands of servers stays short. With --json: nothing.
 class Progress {
-public:
+  public:
     enum class Style { none, plain, bar };
 
     // `expected`: how many servers the round will probe, when known before it starts
     // (update); discovery learns it on the way, showing `before` until then.
     Progress(Style style, std::string label, std::optional<std::size_t> expected = std::nullopt,
              std::string before = "")
-        : style_(style), label_(std::move(label)), before_(std::move(before)),
+        : style_(style),
+          label_(std::move(label)),
+          before_(std::move(before)),
           start_(std::chrono::steady_clock::now()) {
         if (expected) total_ = *expected;
         if (style_ == Style::bar && (!expected || *expected > 0)) {
@@ -259,7 +261,7 @@ public:
         return [this](std::size_t done, std::size_t total) { report(done, total); };
     }
 
-private:
+  private:
     void report(std::size_t done, std::size_t total) {
         std::lock_guard<std::mutex> lock(mutex_);
         if (finished_) return;
@@ -289,17 +291,21 @@ private:
     void draw() {
         const std::size_t width = 30;
         if (!known_) {
-            std::fprintf(stderr, "\r  %s  %.1f s ", (before_.empty() ? label_ : before_).c_str(), elapsed());
+            std::fprintf(stderr, "\r  %s  %.1f s ", (before_.empty() ? label_ : before_).c_str(),
+                         elapsed());
         } else {
             const std::size_t filled = total_ ? width * std::min(done_, total_) / total_ : width;
-            std::fprintf(stderr, "\r  %s [%s%s] %zu/%zu  %.1f s ", label_.c_str(), std::string(filled, '#').c_str(),
-                         std::string(width - filled, '.').c_str(), done_, total_, elapsed());
+            std::fprintf(stderr, "\r  %s [%s%s] %zu/%zu  %.1f s ", label_.c_str(),
+                         std::string(filled, '#').c_str(), std::string(width - filled, '.').c_str(),
+                         done_, total_, elapsed());
             if (done_ >= total_) std::fputc('\n', stderr);
         }
         std::fflush(stderr);
     }
 
-    double elapsed() const { return std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count(); }
+    double elapsed() const {
+        return std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
+    }
 
     const Style style_;
     const std::string label_, before_;
