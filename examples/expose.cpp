@@ -53,7 +53,7 @@ int whole_loop() {
 
     // A node that relays: its server answers GET /FRPPort with a fresh relay port.
     p2prc::Config relay_config;
-    relay_config.name = "relay";
+    relay_config.name = "relay-1";
     relay_config.bind = "127.0.0.1";
     relay_config.port = 0;  // any free port
     relay_config.iptable = dir + "/relay.json";
@@ -79,7 +79,7 @@ int whole_loop() {
     config.iptable = dir + "/home.json";
     p2prc::Node node(config);
     p2prc::Peer peer;
-    peer.name = "relay";
+    peer.name = "relay-1";
     peer.ipv4 = p2prc::IpAddress::from_string("127.0.0.1");
     peer.server_port = relay.port();
     p2prc::IpTable::update(config.iptable, [&](p2prc::IpTable& t) { t.add(peer); });
