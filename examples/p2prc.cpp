@@ -332,10 +332,8 @@ nlohmann::json refresh_json(const p2prc::RefreshReport& r) {
     return {{"kept", kept}, {"pruned", pruned}, {"seconds", r.seconds}};
 }
 
-std::string servers(std::size_t n) { return std::to_string(n) + (n == 1 ? " server" : " servers"); }
-
 void print_refresh(const p2prc::RefreshReport& r) {
-    std::cout << "probed " << servers(r.kept.size() + r.pruned.size()) << " in " << fixed(r.seconds, 2) << " s: "
+    std::cout << "probed " << r.kept.size() + r.pruned.size() << " servers in " << fixed(r.seconds, 2) << " s: "
               << r.kept.size() << " kept, " << r.pruned.size() << " pruned\n";
     for (const auto& e : r.pruned)
         std::cout << "  pruned " << printable(e.peer.label()) << " (" << e.latency.endpoint.to_string()
@@ -498,8 +496,7 @@ int run(const Cli& cli) {
                              .dump()
                       << "\n";
         } else {
-            std::cout << "contacted " << servers(report.contacted.size()) << " in " << report.hops
-                      << (report.hops == 1 ? " round\n" : " rounds\n");
+            std::cout << "contacted " << report.contacted.size() << " servers in " << report.hops << " rounds\n";
             for (const auto& [e, why] : report.failed)
                 std::cout << "  no answer from " << e.to_string() << ": " << printable(why) << "\n";
             print_refresh(report.refresh);

@@ -44,7 +44,7 @@ fail() {
 # ---------------------------------------------------------------------------- cleanup
 pids=()  # every background process started, in order
 work=''
-ns_prefix=''
+ns_prefix=p2demo-$$-  # every namespace this run makes starts with it
 # The namespaces this run made: their names start with its own prefix.
 our_namespaces() {
     [ -n "$ns_prefix" ] || return 0
@@ -101,7 +101,7 @@ command -v python3 >/dev/null || fail "python3 is needed (it serves the file tha
 if [ "$mode" = auto ]; then
     mode=loopback
     if [ "$(id -u)" = 0 ] && command -v ip >/dev/null && command -v nft >/dev/null; then
-        probe_ns="p2demo-$$-probe"
+        probe_ns=${ns_prefix}probe
         if ip netns add "$probe_ns" 2>/dev/null; then
             ip netns del "$probe_ns"
             mode=netns
@@ -118,7 +118,6 @@ started=$(date +%s.%N)
 # Public hosts: alpha, beta, gamma (servers) and client (someone on the internet).
 # delta joins later; in netns mode it sits behind the NAT of the gateway "gw".
 declare -A ns_of addr_of
-ns_prefix=p2demo-$$-
 i=0
 for host in alpha beta gamma client delta; do
     ns_of[$host]=''
