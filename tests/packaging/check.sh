@@ -2,7 +2,8 @@
 # The library as its users get it:
 #  1. `cmake --install`, then a small project with find_package(p2prc) builds and runs;
 #  2. the same program builds with the installed pkg-config file;
-#  3. every example builds with single_include/p2prc.hpp alone plus system packages.
+#  3. every example builds with single_include/p2prc.hpp alone plus system packages; the
+#     table and expose examples run.
 # usage: check.sh SOURCE_DIR WORK_DIR
 set -euo pipefail
 src=$(cd "$1" && pwd)
@@ -41,4 +42,8 @@ for ex in "$src"/examples/*.cpp; do
   echo "built $name"
 done
 "$work/single/table" "$src/tests/data/p2prc-go-ip_table.json" | grep -q '"port no": "8078"'
+# The amalgamation alone carries a node through a relay (all on 127.0.0.1).
+expose_out=$(timeout 60 "$work/single/expose")
+echo "$expose_out"
+grep -q '/hello -> hello through the relay' <<<"$expose_out"
 echo "packaging: all checks passed"
