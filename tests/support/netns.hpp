@@ -395,12 +395,13 @@ class NetnsLab {
     std::vector<std::unique_ptr<ChildProcess>> procs_;
 };
 
-// The n-th line (from 1) of a child's standard output once it is complete, or nothing
-// after `timeout`.
-inline std::optional<std::string> nth_line(const ChildProcess& p, std::size_t n,
+// The n-th line (from 1) of a child's standard output once it is complete; nothing after
+// `timeout`, or as soon as the child has ended without writing it.
+inline std::optional<std::string> nth_line(ChildProcess& p, std::size_t n,
                                            std::chrono::milliseconds timeout) {
     auto deadline = std::chrono::steady_clock::now() + timeout;
     for (;;) {
+        bool ended = p.wait(std::chrono::milliseconds(0)).has_value();
         std::string out = p.out();
         std::size_t start = 0;
         for (std::size_t i = 1;; ++i) {
@@ -409,7 +410,7 @@ inline std::optional<std::string> nth_line(const ChildProcess& p, std::size_t n,
             if (i == n) return out.substr(start, nl - start);
             start = nl + 1;
         }
-        if (std::chrono::steady_clock::now() >= deadline) return std::nullopt;
+        if (ended || std::chrono::steady_clock::now() >= deadline) return std::nullopt;
         std::this_thread::sleep_for(std::chrono::milliseconds(20));
     }
 }
