@@ -24,4 +24,5 @@
 #include "p2prc/frp/pipe.hpp"
 #include "p2prc/frp/server.hpp"
 #include "p2prc/frp/client.hpp"
+#include "p2prc/relay.hpp"
 #include "p2prc/node.hpp"

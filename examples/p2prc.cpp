@@ -9,10 +9,13 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
+#include <ctime>
 #include <cstdio>
 #include <iostream>
 #include <map>
+#include <mutex>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -39,8 +42,8 @@ const Command commands[] = {
     {"speedtest", "[HOST:PORT]", "measure throughput to one server, or to every server of the table"},
     {"info", "HOST:PORT", "print a server's /server_info"},
     {"relay", "[--port N] [--token T]", "run a standalone frps-compatible relay (port 7000 unless --port)"},
-    {"expose", "PORT --via HOST:PORT [--token T] [--no-mux] [--tls] [--remote-port N]",
-     "expose 127.0.0.1:PORT through the frps-compatible relay at HOST:PORT (stock frps too)"},
+    {"expose", "PORT [--via HOST:PORT [--no-mux] [--tls] [--remote-port N]]",
+     "expose 127.0.0.1:PORT through the nearest relay of the table (or the frps-compatible relay at HOST:PORT, stock frps too)"},
 };
 
 struct Cli {
@@ -75,7 +78,7 @@ void print_help(std::ostream& out, const std::string& command = "") {
     out << "\noptions:\n"
            "  --config FILE                 configuration file (else $P2PRC_CONFIG, else defaults)\n"
            "  --json                        machine-readable output\n"
-           "  --via HOST:PORT               expose: the frps-compatible relay to use\n"
+           "  --via HOST:PORT               expose: this frps-compatible relay, not one chosen from the table\n"
            "  --no-mux --tls                expose: tcp_mux off; TLS to the relay (with the 0x17 byte)\n"
            "  --remote-port N               expose: the public port to ask for (default: relay chooses)\n"
            "  --help                        this text; `p2prc COMMAND --help` for one command\n";
@@ -263,6 +266,22 @@ int wait_for_signal() {
     return sig;
 }
 
+// Waits for SIGINT/SIGTERM at most `timeout`; the signal, or 0 when none came.
+int wait_for_signal(std::chrono::milliseconds timeout) {
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGTERM);
+    timespec ts{static_cast<time_t>(timeout.count() / 1000), static_cast<long>((timeout.count() % 1000) * 1000000)};
+    int sig = sigtimedwait(&set, nullptr, &ts);
+    return sig > 0 ? sig : 0;
+}
+
+nlohmann::json exposure_json(const p2prc::Exposure& e) {
+    return {{"public_endpoint", e.public_endpoint.to_string()}, {"relay", e.relay.to_string()},
+            {"relay_name", e.relay_name}, {"relay_latency_ms", e.relay_latency_ms}, {"local", e.local.to_string()}};
+}
+
 int run(const Cli& cli) {
     if (cli.command.empty() && !cli.help) {
         print_help(std::cerr);  // asked for nothing: the usage, as an error
@@ -298,7 +317,35 @@ int run(const Cli& cli) {
             std::cout << "p2prc " << p2prc::version << ": node \"" << config.name << "\" serving on " << config.bind << ":"
                       << node.port() << " (table " << config.iptable << ")" << std::endl;
         }
-        wait_for_signal();
+        // Reachability: with behind_nat auto, a peer is asked to dial back; a node it cannot
+        // reach is exposed through the nearest relay (and advertises the relay's endpoint).
+        // Undecided (no peer answered yet): asked again every 30 s.
+        bool settled = config.behind_nat == p2prc::BehindNat::no;
+        std::optional<p2prc::Endpoint> announced;
+        for (;;) {
+            if (!settled) {
+                auto r = node.check_reachability();
+                settled = r.decided && (r.reachable || r.exposure);
+                auto now = node.self_exposure();
+                if (now && (!announced || *announced != now->public_endpoint)) {
+                    announced = now->public_endpoint;
+                    if (cli.json) std::cout << nlohmann::json{{"relayed", exposure_json(*now)}}.dump() << std::endl;
+                    else std::cout << "not reachable directly: advertised through relay " << now->relay.to_string()
+                                   << " at " << now->public_endpoint.to_string() << std::endl;
+                } else if (r.decided && r.reachable && !cli.json) {
+                    std::cout << "reachable directly (checked by " << r.asked.back().peer.to_string() << ")" << std::endl;
+                } else if (!r.decided || (!r.reachable && !r.exposure)) {
+                    std::cerr << "p2prc: reachability undecided: " << printable(r.reason) << " (trying again in 30 s)"
+                              << std::endl;
+                }
+            } else if (auto now = node.self_exposure(); now && announced && *announced != now->public_endpoint) {
+                announced = now->public_endpoint;  // failover or move: tell the user
+                if (cli.json) std::cout << nlohmann::json{{"relayed", exposure_json(*now)}}.dump() << std::endl;
+                else std::cout << "now advertised through relay " << now->relay.to_string() << " at "
+                               << now->public_endpoint.to_string() << std::endl;
+            }
+            if (wait_for_signal(settled ? std::chrono::milliseconds(1000) : std::chrono::milliseconds(30000))) break;
+        }
         node.stop();
         return 0;
     }
@@ -468,9 +515,27 @@ int run(const Cli& cli) {
         want_args(1, 1);
         auto local_port = p2prc::parse_port(cli.args[0]);
         if (!local_port) throw UsageError("invalid port \"" + cli.args[0] + "\": expected 1-65535");
-        if (!cli.via)
-            throw p2prc::error(p2prc::errc::unsupported,
-                               "choosing a relay from the table is not supported yet: give --via HOST:PORT");
+        if (!cli.via) {
+            if (cli.tls || cli.no_mux || cli.remote_port)
+                throw UsageError("--tls, --no-mux and --remote-port go with --via (a p2prc relay gives its own port)");
+            block_signals();
+            p2prc::Node node(config);
+            std::mutex out_mu;
+            auto print = [&](const p2prc::Exposure& e) {
+                std::lock_guard<std::mutex> lock(out_mu);
+                if (cli.json) std::cout << exposure_json(e).dump() << std::endl;
+                else std::cout << e.local.to_string() << " is reachable at " << e.public_endpoint.to_string()
+                               << " via relay " << e.relay.to_string() << " (" << fixed(e.relay_latency_ms, 1) << " ms)"
+                               << std::endl;
+            };
+            p2prc::ExposeOptions eo;
+            eo.reevaluate_interval = std::chrono::seconds(60);
+            eo.on_change = print;  // failovers and moves, on the tunnel's thread
+            print(node.expose(*local_port, eo));
+            wait_for_signal();
+            node.unexpose(*local_port);
+            return 0;
+        }
         block_signals();
         p2prc::frp::ClientOptions opt;
         opt.server = endpoint_arg(*cli.via);

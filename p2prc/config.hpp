@@ -87,7 +87,7 @@ struct AdvertisedAddress {
 // The relay (GET /FRPPort): bounded so that it cannot be used to exhaust the node.
 struct RelaySettings {
     std::size_t cap = 32;                // live relays at most; 0 turns relaying off
-    std::uint32_t idle_timeout_s = 300;  // a relay with no traffic this long is reclaimed
+    std::uint32_t idle_timeout_s = 300;  // a relay left without a logged-in client this long is reclaimed
     std::uint32_t login_timeout_s = 60;  // an allocated port nobody logs into is reclaimed
 };
 
@@ -449,7 +449,7 @@ inline const std::vector<ConfigKey>& config_keys() {
             [](auto& c) -> auto& { return c.relay.cap; }));
         v.push_back(integer_key(
             "relay.idle_timeout_s", "--relay-idle-timeout", "SECONDS",
-            "a relay idle this long is reclaimed", 1, 86400,
+            "a relay left without a client this long is reclaimed", 1, 86400,
             [](auto& c) -> auto& { return c.relay.idle_timeout_s; }));
         v.push_back(integer_key(
             "relay.login_timeout_s", "--relay-login-timeout", "SECONDS",

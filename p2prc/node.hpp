@@ -11,16 +11,21 @@
 #include "discovery.hpp"
 #include "error.hpp"
 #include "iptable.hpp"
+#include "net.hpp"
 #include "probe.hpp"
+#include "relay.hpp"
 #include "server.hpp"
 
 #include <atomic>
 #include <chrono>
+#include <deque>
 #include <functional>
+#include <map>
 #include <mutex>
 #include <optional>
 #include <string>
 #include <thread>
+#include <unordered_map>
 #include <unordered_set>
 #include <utility>
 #include <vector>
@@ -44,6 +49,52 @@ struct DiscoverReport {
     std::size_t hops = 0;                                     // rounds done (1 + hops beyond the bootstrap)
     bool budget_exhausted = false;                            // stopped by the time budget
     RefreshReport refresh;                                    // the probe round at the end
+};
+
+// What a peer answered to POST /dialback.
+struct DialbackResult {
+    Endpoint peer;               // who was asked
+    bool answered = false;       // it answered (reachable below is its finding)
+    bool reachable = false;      // it could connect to us on the port
+    std::optional<IpAddress> observed;  // the address it dialled (ours, as it sees us)
+    std::string reason;          // why not answered / why not reachable
+};
+
+// Asks `peer` to connect back to us (our address as it sees it) on `port`.
+inline DialbackResult request_dialback(const Endpoint& peer, std::uint16_t port,
+                                       std::chrono::milliseconds timeout = std::chrono::milliseconds(6000)) {
+    DialbackResult out;
+    out.peer = peer;
+    auto call = detail::http_call(peer, "POST", "/dialback", {}, nlohmann::json{{"port", port}}.dump(), timeout);
+    if (!call.answered) {
+        out.reason = call.reason;
+        return out;
+    }
+    if (call.status != 200) {
+        out.reason = peer.to_string() + " refused the dialback (HTTP " + std::to_string(call.status) +
+                     "): " + detail::answer_error(call);
+        return out;
+    }
+    auto j = nlohmann::json::parse(call.body, nullptr, false);
+    if (!j.is_object() || !j.contains("reachable") || !j["reachable"].is_boolean()) {
+        out.reason = peer.to_string() + " answered the dialback with something other than {\"reachable\": bool}";
+        return out;
+    }
+    out.answered = true;
+    out.reachable = j["reachable"].get<bool>();
+    if (j.contains("address") && j["address"].is_string())
+        out.observed = IpAddress::parse(j["address"].get<std::string>());
+    if (j.contains("error") && j["error"].is_string()) out.reason = j["error"].get<std::string>();
+    return out;
+}
+
+// What Node::check_reachability found and did.
+struct ReachabilityReport {
+    bool decided = false;    // a peer answered (or the configuration says)
+    bool reachable = false;  // peers can connect to the node's server directly
+    std::vector<DialbackResult> asked;
+    std::optional<Exposure> exposure;  // the relay that carries the node's server, if any
+    std::string reason;                // when undecided, or when exposing failed
 };
 
 namespace detail {
@@ -87,6 +138,54 @@ void parallel_for(std::size_t n, std::size_t concurrency, Fn fn) {
 
 inline std::chrono::milliseconds ms(std::uint32_t v) { return std::chrono::milliseconds(v); }
 
+// Token buckets per caller address for POST /dialback: `burst` requests at once, then one
+// per `every`. Remembers at most `max_callers` addresses (the least recent is forgotten, and
+// a forgotten caller starts with a full bucket: a flood of addresses gains one burst each,
+// which the node's bound on concurrent dials still caps).
+class CallerRateLimit {
+  public:
+    CallerRateLimit(double burst, std::chrono::milliseconds every, std::size_t max_callers = 4096)
+        : burst_(burst), every_(every), max_(max_callers) {}
+
+    // 0 when the call may go ahead (and counts it), else milliseconds to wait.
+    std::int64_t take(const IpAddress& who) {
+        using Clock = std::chrono::steady_clock;
+        std::lock_guard<std::mutex> lock(mu_);
+        const auto now = Clock::now();
+        const std::string key = who.to_string();
+        auto it = buckets_.find(key);
+        if (it == buckets_.end()) {
+            if (buckets_.size() >= max_) {
+                auto oldest = std::min_element(buckets_.begin(), buckets_.end(), [](const auto& a, const auto& b) {
+                    return a.second.at < b.second.at;
+                });
+                buckets_.erase(oldest);
+            }
+            it = buckets_.emplace(key, Bucket{burst_, now}).first;
+        }
+        Bucket& b = it->second;
+        const double per_ms = 1.0 / double(every_.count());
+        b.tokens = std::min(burst_, b.tokens + per_ms * double(std::chrono::duration_cast<std::chrono::milliseconds>(now - b.at).count()));
+        b.at = now;
+        if (b.tokens >= 1.0) {
+            b.tokens -= 1.0;
+            return 0;
+        }
+        return std::max<std::int64_t>(1, std::int64_t((1.0 - b.tokens) / per_ms));
+    }
+
+  private:
+    struct Bucket {
+        double tokens;
+        std::chrono::steady_clock::time_point at;
+    };
+    double burst_;
+    std::chrono::milliseconds every_;
+    std::size_t max_;
+    std::mutex mu_;
+    std::unordered_map<std::string, Bucket> buckets_;
+};
+
 }  // namespace detail
 
 class Node {
@@ -96,6 +195,12 @@ public:
     static constexpr std::size_t max_liveness_checks = 64;
     // learn() calls that may probe at the same time; others add nothing new.
     static constexpr int max_concurrent_learning = 2;
+    // POST /dialback: per caller, 3 at once then one every 2 s; at most 4 dials at a time
+    // in the whole node; each dial waits 2 s at most.
+    static constexpr int max_concurrent_dialbacks = 4;
+    static constexpr std::chrono::milliseconds dialback_connect_timeout{2000};
+    // Relay candidates re-measured before a choice (the nearest by the table's figures).
+    static constexpr std::size_t relay_candidates_measured = 4;
 
     explicit Node(Config config) : config_(std::move(config)) {}
     ~Node() { stop(); }
@@ -122,6 +227,18 @@ public:
         auto server = std::make_unique<Server>(so);
         server->post("/IpTable", [this](const HttpRequest& q, HttpResponse& r) { handle_table(q, r); });
         server->get("/whoami", [this](const HttpRequest& q, HttpResponse& r) { handle_whoami(q, r); });
+        server->get("/FRPPort", [this](const HttpRequest& q, HttpResponse& r) { handle_frp_port(q, r); });
+        server->post("/dialback", [this](const HttpRequest& q, HttpResponse& r) { handle_dialback(q, r); });
+        if (config_.relay.cap > 0) {
+            RelayPoolOptions ro;
+            auto bind = IpAddress::parse(config_.bind);
+            if (bind) ro.bind = *bind;
+            ro.cap = config_.relay.cap;
+            ro.login_timeout = std::chrono::seconds(config_.relay.login_timeout_s);
+            ro.idle_timeout = std::chrono::seconds(config_.relay.idle_timeout_s);
+            ro.token = config_.token;
+            relays_ = std::make_unique<RelayPool>(ro);
+        }
         server->start();
         bound_port_ = server->port();
         server_ = std::move(server);
@@ -129,11 +246,22 @@ public:
         modify([](IpTable&) {});
     }
 
+    // Closes the tunnels this node holds, the relays it serves and its server.
     void stop() {
         std::lock_guard<std::mutex> lock(lifecycle_);
         running_ = false;
+        std::map<std::uint16_t, std::unique_ptr<RelayTunnel>> tunnels;
+        {
+            std::lock_guard<std::mutex> tl(tunnels_mu_);
+            tunnels.swap(tunnels_);
+            self_tunnel_port_ = 0;
+        }
+        for (auto& [port, t] : tunnels)
+            if (t) t->stop();
         if (server_) server_->stop();
+        if (relays_) relays_->stop();
         server_.reset();
+        relays_.reset();
     }
 
     bool running() const noexcept { return running_; }
@@ -152,13 +280,24 @@ public:
     // Every endpoint that is this node: never listed in its own table.
     std::vector<Endpoint> own_endpoints() const {
         if (port() == 0) return {};
-        return p2prc::own_endpoints(config_, port());
+        auto own = p2prc::own_endpoints(config_, port());
+        if (auto relayed = self_exposure()) own.push_back(relayed->public_endpoint);
+        return own;
     }
 
     // The entry other nodes should list for this one.
     Peer self_entry() const {
         Peer p;
         p.name = config_.name;
+        if (auto relayed = self_exposure()) {
+            // Reached through a relay: others list the relay's endpoint, marked as P2PRC
+            // marks a node behind NAT that escapes it with FRP.
+            (relayed->public_endpoint.address.is_v4() ? p.ipv4 : p.ipv6) = relayed->public_endpoint.address;
+            p.server_port = relayed->public_endpoint.port;
+            p.nat = true;
+            p.escape_implementation = "FRP";
+            return p;
+        }
         p.server_port = port();
         auto consider = [&](const IpAddress& a) {
             auto& slot = a.is_v4() ? p.ipv4 : p.ipv6;
@@ -187,6 +326,7 @@ public:
     bool behind_nat() const {
         if (config_.behind_nat == BehindNat::yes) return true;
         if (config_.behind_nat == BehindNat::no) return false;
+        if (const int r = reachable_; r >= 0) return r == 0;  // a peer's dialback decided
         std::vector<IpAddress> own;
         try {
             own = local_interface_addresses();
@@ -301,7 +441,8 @@ public:
     // live ones.
     LearnOutcome learn(IpTable incoming, const IpAddress& sender) {
         LearnOutcome out;
-        out.filter = filter_learned(incoming, sender, scope_policy(config_), config_.limits.max_entries);
+        out.filter = filter_learned(incoming, effective_sender(sender), scope_policy(config_),
+                                    config_.limits.max_entries);
         incoming.remove_self(own_endpoints());
         incoming.dedupe();
         std::unordered_set<Endpoint> known;
@@ -366,7 +507,197 @@ public:
         return out;
     }
 
+    // ---- NAT traversal ----------------------------------------------------------------
+
+    // The peers that may relay for this node, nearest first: reachable now, measured in the
+    // table, not behind NAT themselves, not this node. The nearest few by the table's
+    // figures are measured again, so the choice rests on fresh numbers.
+    std::vector<RelayCandidate> relay_candidates(const std::vector<Endpoint>& exclude = {}) const {
+        IpTable t = table();
+        t.remove_self(own_endpoints());
+        std::unordered_set<Endpoint> skip(exclude.begin(), exclude.end());
+        std::vector<std::pair<double, RelayCandidate>> listed;
+        for (const auto& p : t.peers()) {
+            if (p.nat || !p.latency_ms) continue;
+            auto e = p.endpoint();
+            if (!e || skip.count(*e)) continue;
+            listed.push_back({*p.latency_ms, RelayCandidate{p.label(), *e, *p.latency_ms}});
+        }
+        std::stable_sort(listed.begin(), listed.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
+        if (listed.size() > relay_candidates_measured) listed.resize(relay_candidates_measured);
+        std::vector<std::optional<double>> fresh(listed.size());
+        detail::parallel_for(listed.size(), listed.size(), [&](std::size_t i) { fresh[i] = measure_relay(listed[i].second.http); });
+        std::vector<RelayCandidate> out;
+        for (std::size_t i = 0; i < listed.size(); ++i) {
+            if (!fresh[i]) continue;
+            listed[i].second.latency_ms = *fresh[i];
+            out.push_back(listed[i].second);
+        }
+        std::stable_sort(out.begin(), out.end(), [](const auto& a, const auto& b) { return a.latency_ms < b.latency_ms; });
+        return out;
+    }
+
+    // Exposes local_port (on options.local_host, 127.0.0.1 by default) through the best relay
+    // of the table and keeps it exposed: failover when the relay dies, a move when another
+    // relay is clearly nearer (see relay_switch_worthwhile). Works whether or not the node's
+    // server runs. Throws p2prc::error: state_error when the port is already exposed,
+    // io_error when no relay could carry it (the message names each relay tried and why).
+    Exposure expose(std::uint16_t local_port, ExposeOptions options = {}) {
+        if (local_port == 0) throw error(errc::invalid_argument, "expose: the local port must not be 0");
+        if (options.proxy_name.empty()) options.proxy_name = config_.name + "-" + std::to_string(local_port);
+        {
+            std::lock_guard<std::mutex> lock(tunnels_mu_);
+            if (tunnels_.count(local_port))
+                throw error(errc::state_error, "port " + std::to_string(local_port) + " is already exposed");
+            tunnels_[local_port] = nullptr;  // reserved while the tunnel comes up
+        }
+        auto tunnel = std::make_unique<RelayTunnel>(
+            Endpoint{options.local_host, local_port}, config_.token, options,
+            [this](const std::vector<Endpoint>& exclude) { return relay_candidates(exclude); },
+            [this](const Endpoint& e) { return measure_relay(e); });
+        Exposure e;
+        try {
+            e = tunnel->start();
+        } catch (...) {
+            std::lock_guard<std::mutex> lock(tunnels_mu_);
+            tunnels_.erase(local_port);
+            throw;
+        }
+        std::lock_guard<std::mutex> lock(tunnels_mu_);
+        auto it = tunnels_.find(local_port);
+        if (it == tunnels_.end()) {  // stop() ran meanwhile
+            tunnel->stop();
+            throw error(errc::state_error, "the node stopped while exposing port " + std::to_string(local_port));
+        }
+        it->second = std::move(tunnel);
+        return e;
+    }
+
+    // Where local_port is exposed now (it follows failovers and moves), if it is.
+    std::optional<Exposure> exposure(std::uint16_t local_port) const {
+        std::lock_guard<std::mutex> lock(tunnels_mu_);
+        auto it = tunnels_.find(local_port);
+        if (it == tunnels_.end() || !it->second) return std::nullopt;
+        return it->second->current();
+    }
+
+    // Closes the tunnel of local_port; false when it was not exposed.
+    bool unexpose(std::uint16_t local_port) {
+        std::unique_ptr<RelayTunnel> t;
+        {
+            std::lock_guard<std::mutex> lock(tunnels_mu_);
+            auto it = tunnels_.find(local_port);
+            if (it == tunnels_.end() || !it->second) return false;
+            t = std::move(it->second);
+            tunnels_.erase(it);
+            if (self_tunnel_port_ == local_port) self_tunnel_port_ = 0;
+        }
+        t->stop();
+        return true;
+    }
+
+    // The relay that carries this node's own server, when it is reached that way.
+    std::optional<Exposure> self_exposure() const {
+        std::uint16_t p;
+        {
+            std::lock_guard<std::mutex> lock(tunnels_mu_);
+            p = self_tunnel_port_;
+        }
+        return p ? exposure(p) : std::nullopt;
+    }
+
+    // Decides whether peers can connect to this node's server, and acts on it:
+    // - behind_nat "no": reachable, nothing to do;
+    // - "yes": the server is exposed through the best relay (if it is not yet);
+    // - "auto": a peer (not behind NAT, nearest first, up to 3 asked) is asked to connect
+    //   back (POST /dialback); when it cannot, the server is exposed through the best
+    //   relay, and the node advertises the relay's endpoint (self_entry). When no peer
+    //   answers, nothing is decided: call again later.
+    // Needs the server running.
+    ReachabilityReport check_reachability() {
+        if (!running_ || bound_port_ == 0)
+            throw error(errc::state_error, "check_reachability needs the node's server running (start() first)");
+        ReachabilityReport report;
+        if (config_.behind_nat == BehindNat::no) {
+            report.decided = report.reachable = true;
+            return report;
+        }
+        if (config_.behind_nat == BehindNat::automatic) {
+            IpTable t = table();
+            t.remove_self(own_endpoints());
+            std::vector<Peer> peers;
+            for (const auto& p : t.peers())
+                if (!p.nat && p.endpoint()) peers.push_back(p);
+            std::stable_sort(peers.begin(), peers.end(), [](const Peer& a, const Peer& b) {
+                return a.latency_ms.value_or(1e18) < b.latency_ms.value_or(1e18);
+            });
+            for (const auto& p : peers) {
+                if (report.asked.size() >= 3) break;
+                auto r = request_dialback(*p.endpoint(), port());
+                report.asked.push_back(r);
+                if (!r.answered) continue;
+                if (r.observed) observed_.report(r.peer.address, *r.observed);
+                report.decided = true;
+                report.reachable = r.reachable;
+                break;
+            }
+            if (!report.decided) {
+                report.reason = report.asked.empty() ? "no peer to ask: the table has no server that is not behind NAT"
+                                                     : "no peer answered the dialback";
+                return report;
+            }
+            reachable_ = report.reachable ? 1 : 0;
+            if (report.reachable) {
+                std::uint16_t self_port;
+                {
+                    std::lock_guard<std::mutex> lock(tunnels_mu_);
+                    self_port = self_tunnel_port_;
+                }
+                if (self_port) unexpose(self_port);  // directly reachable now: no relay needed
+                return report;
+            }
+        }
+        report.decided = true;
+        if (auto cur = self_exposure()) {
+            report.exposure = cur;
+            return report;
+        }
+        ExposeOptions eo;
+        eo.proxy_name = config_.name + "-server";
+        auto bind = IpAddress::parse(config_.bind);
+        if (bind && bind->scope() != Scope::unspecified) eo.local_host = *bind;
+        else if (bind && bind->is_v6()) eo.local_host = IpAddress::from_string("::1");
+        try {
+            report.exposure = expose(port(), eo);
+            std::lock_guard<std::mutex> lock(tunnels_mu_);
+            self_tunnel_port_ = port();
+        } catch (const error& e) {
+            report.reason = e.what();
+        }
+        return report;
+    }
+
 private:
+    std::optional<double> measure_relay(const Endpoint& e) const {
+        LatencyOptions lo;
+        lo.samples = 3;
+        lo.connect_timeout = std::min(detail::ms(config_.limits.probe_timeout_ms), std::chrono::milliseconds(2000));
+        lo.read_timeout = detail::ms(config_.limits.probe_timeout_ms);
+        lo.total_timeout = 2 * detail::ms(config_.limits.probe_timeout_ms);
+        auto r = probe_latency(e, lo);
+        if (!r.reachable) return std::nullopt;
+        return r.min_ms;
+    }
+
+    // Who sent a request, for the scope rule. While this node is reached through a relay,
+    // a loopback connection may be anybody on the relay's side (the tunnel's local end
+    // connects from loopback), so it counts as coming from the relay's address.
+    IpAddress effective_sender(const IpAddress& sender) const {
+        if (sender.scope() != Scope::loopback) return sender;
+        if (auto relayed = self_exposure()) return relayed->public_endpoint.address;
+        return sender;
+    }
+
     // Load, change, clean, save, under the file lock.
     void modify(const std::function<void(IpTable&)>& change) {
         auto own = own_endpoints();
@@ -432,6 +763,79 @@ private:
         }
     }
 
+    bool token_ok(const HttpRequest& q) const {
+        if (config_.token.empty()) return true;
+        std::string given = q.header(token_header);
+        if (given.empty()) {
+            auto it = q.params.find("token");
+            if (it != q.params.end()) given = it->second;
+        }
+        return detail::same_secret(given, config_.token);
+    }
+
+    // GET /FRPPort[?udp=true]: a relay on a free port; the answer is the bare port number.
+    void handle_frp_port(const HttpRequest& q, HttpResponse& r) {
+        if (!token_ok(q)) return r.error(401, "a valid network token is required (header X-P2PRC-Token or query token)");
+        auto udp = q.params.find("udp");
+        if (udp != q.params.end() && udp->second == "true")
+            return r.error(501, "UDP relays are not supported: only TCP proxies");
+        if (!relays_) return r.error(503, "this node does not relay (relay.cap is 0)");
+        try {
+            const auto port = relays_->allocate();
+            r.status = 200;
+            r.content_type = "text/plain";
+            r.body = std::to_string(port);
+        } catch (const error& e) {
+            r.error(e.code() == errc::limit_exceeded || e.code() == errc::state_error ? 503 : 500, e.what());
+        }
+    }
+
+    // POST /dialback {"port": N}: can this node connect to the caller's address on port N?
+    // The address is always the caller's own, as this node sees it: nobody can make the
+    // node connect elsewhere.
+    void handle_dialback(const HttpRequest& q, HttpResponse& r) {
+        if (!q.remote) return r.error(400, "cannot tell the sender's address");
+        const IpAddress caller = q.remote->address;
+        if (caller.scope() == Scope::loopback && self_exposure())
+            return r.error(403, "dialback refused: this node is reached through a relay, so a loopback caller "
+                                "may be anybody");
+        auto j = nlohmann::json::parse(q.body, nullptr, false);
+        std::optional<std::uint16_t> port;
+        if (j.is_object() && j.contains("port")) {
+            if (j["port"].is_number_unsigned() && j["port"].get<std::uint64_t>() <= 65535)
+                port = parse_port(std::to_string(j["port"].get<std::uint64_t>()));
+            else if (j["port"].is_string())
+                port = parse_port(j["port"].get<std::string>());
+        }
+        if (!port) return r.error(400, "expected a JSON body {\"port\": 1-65535}");
+        if (auto wait = dialback_limit_.take(caller)) {
+            r.headers.emplace_back("Retry-After", std::to_string((wait + 999) / 1000));
+            return r.error(429, "too many dialback requests from " + caller.to_string() + "; retry in " +
+                                    std::to_string(wait) + " ms");
+        }
+        struct Slot {
+            std::atomic<int>& n;
+            bool held;
+            explicit Slot(std::atomic<int>& c) : n(c), held(++c <= max_concurrent_dialbacks) {}
+            ~Slot() { --n; }
+        } slot(dialing_);
+        if (!slot.held) return r.error(503, "too many dialbacks in progress; retry shortly");
+        const Endpoint target{caller, *port};
+        nlohmann::json answer{{"address", caller.to_string()}, {"port", *port}};
+        const auto t0 = std::chrono::steady_clock::now();
+        try {
+            auto conn = detail::TcpConnection::connect(target, dialback_connect_timeout);
+            conn->close();
+            answer["reachable"] = true;
+        } catch (const error& e) {
+            answer["reachable"] = false;
+            answer["error"] = e.what();
+        }
+        answer["elapsed_ms"] = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0).count();
+        r.json(answer);
+        r.headers.emplace_back(observed_address_header, caller.to_string());
+    }
+
     void handle_whoami(const HttpRequest& q, HttpResponse& r) {
         if (!q.remote) return r.error(400, "cannot tell the sender's address");
         r.json({{"address", q.remote->address.to_string()}, {"port", q.remote->port}});
@@ -445,6 +849,13 @@ private:
     std::atomic<bool> running_{false};
     std::atomic<int> learning_{0};  // learn() calls probing right now
     ObservedAddress observed_;
+    std::unique_ptr<RelayPool> relays_;  // the relays served on GET /FRPPort
+    mutable std::mutex tunnels_mu_;
+    std::map<std::uint16_t, std::unique_ptr<RelayTunnel>> tunnels_;  // by local port
+    std::uint16_t self_tunnel_port_ = 0;  // the tunnel of the node's own server, if any
+    std::atomic<int> reachable_{-1};      // dialback verdict: -1 none, 0 no, 1 yes
+    detail::CallerRateLimit dialback_limit_{3, std::chrono::milliseconds(2000)};
+    std::atomic<int> dialing_{0};
 };
 
 }  // namespace p2prc

@@ -1268,7 +1268,7 @@ struct AdvertisedAddress {
 // The relay (GET /FRPPort): bounded so that it cannot be used to exhaust the node.
 struct RelaySettings {
     std::size_t cap = 32;                // live relays at most; 0 turns relaying off
-    std::uint32_t idle_timeout_s = 300;  // a relay with no traffic this long is reclaimed
+    std::uint32_t idle_timeout_s = 300;  // a relay left without a logged-in client this long is reclaimed
     std::uint32_t login_timeout_s = 60;  // an allocated port nobody logs into is reclaimed
 };
 
@@ -1630,7 +1630,7 @@ inline const std::vector<ConfigKey>& config_keys() {
             [](auto& c) -> auto& { return c.relay.cap; }));
         v.push_back(integer_key(
             "relay.idle_timeout_s", "--relay-idle-timeout", "SECONDS",
-            "a relay idle this long is reclaimed", 1, 86400,
+            "a relay left without a client this long is reclaimed", 1, 86400,
             [](auto& c) -> auto& { return c.relay.idle_timeout_s; }));
         v.push_back(integer_key(
             "relay.login_timeout_s", "--relay-login-timeout", "SECONDS",
@@ -9219,6 +9219,655 @@ class Client {
 
 }  // namespace p2prc::frp
 
+// ---- p2prc/relay.hpp ----
+// NAT traversal through relays ("TURN through FRP"), both roles:
+//
+// - RelayPool: what a node does for others on GET /FRPPort. Each call starts an
+//   frps-compatible relay server on a free port. The pool is bounded (a cap on live relays)
+//   and reclaims relays nobody logged into and relays left without a client.
+// - RelayTunnel: what a node behind NAT does for itself. It asks the best relay for a port,
+//   exposes a local port there with the frp client, keeps it up, fails over to the next
+//   best relay when the relay dies, and moves to a clearly better relay (with hysteresis)
+//   when one appears. Which peers are candidates, and how near they are, is the caller's
+//   business (p2prc::Node ranks the peers of its table).
+
+
+#include <httplib.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+namespace p2prc {
+
+// The header that carries the network token to /FRPPort (the query parameter `token` works
+// too, for clients that cannot set headers).
+inline constexpr const char* token_header = "X-P2PRC-Token";
+
+namespace detail {
+
+// Compares secrets in time that does not depend on where they differ.
+inline bool same_secret(const std::string& a, const std::string& b) {
+    unsigned char diff = static_cast<unsigned char>(a.size() != b.size());
+    for (std::size_t i = 0; i < a.size(); ++i)
+        diff |= static_cast<unsigned char>(a[i] ^ (i < b.size() ? b[i] : 0));
+    return diff == 0;
+}
+
+// The outcome of one small HTTP request to a peer: bounded in time and answer size.
+struct HttpCall {
+    bool answered = false;  // an HTTP answer came (any status)
+    int status = 0;
+    std::string body;
+    std::string reason;  // why there is no (usable) answer
+};
+
+inline HttpCall http_call(const Endpoint& peer, const std::string& method, const std::string& path,
+                          const httplib::Headers& extra_headers, const std::string& body,
+                          std::chrono::milliseconds timeout, std::size_t max_answer = 4096) {
+    HttpCall out;
+    auto client = probe_client(peer, std::min(timeout, std::chrono::milliseconds(3000)), timeout);
+    client->set_keep_alive(false);
+    httplib::Headers headers = probe_headers(peer);
+    for (const auto& h : extra_headers) headers.insert(h);
+    CappedBody answer(max_answer);
+    httplib::Request req;
+    req.method = method;
+    req.path = path;
+    req.headers = headers;
+    req.body = body;
+    if (!body.empty() && !req.has_header("Content-Type"))
+        req.headers.emplace("Content-Type", "application/json");
+    req.response_handler = [&](const httplib::Response& r) {
+        out.status = r.status;
+        return true;
+    };
+    req.content_receiver = [&](const char* data, std::size_t n, std::uint64_t, std::uint64_t) {
+        return answer.add(data, n);
+    };
+    httplib::Response res;
+    httplib::Error err = httplib::Error::Success;
+    bool late = false;
+    const auto t0 = ProbeClock::now();
+    const bool sent = with_deadline(
+        *client, ProbeClock::now() + timeout, [&] { return client->send(req, res, err); }, &late);
+    if (answer.too_large) {
+        out.reason = peer.to_string() + " answered more than " + std::to_string(max_answer) + " bytes";
+    } else if (late) {
+        out.reason = "no answer from " + peer.to_string() + " within " +
+                     std::to_string(timeout.count()) + " ms";
+    } else if (!sent) {
+        out.reason = peer.to_string() + ": " +
+                     classify(err, ms_between(t0, ProbeClock::now()), timeout, timeout).second;
+    } else {
+        out.answered = true;
+        out.status = res.status;
+        out.body = std::move(answer.data);
+    }
+    return out;
+}
+
+// The "error" member of a JSON error answer, else the (printable) start of the body.
+inline std::string answer_error(const HttpCall& c) {
+    auto j = nlohmann::json::parse(c.body, nullptr, false);
+    if (j.is_object() && j.contains("error") && j["error"].is_string())
+        return j["error"].get<std::string>();
+    std::string s;
+    for (char ch : c.body.substr(0, 120)) s += (ch >= 32 && ch < 127) ? ch : '?';
+    return s;
+}
+
+}  // namespace detail
+
+// ==== The relay side: GET /FRPPort =========================================================
+
+struct RelayPoolOptions {
+    IpAddress bind = IpAddress::from_string("0.0.0.0");  // relays listen here (all ports)
+    std::size_t cap = 32;                                // live relays at most
+    // An allocated relay nobody logs into within this time is reclaimed.
+    std::chrono::milliseconds login_timeout{60000};
+    // A relay whose clients are all gone for this long is reclaimed. (A logged-in client
+    // keeps its relay: frp's heartbeats flow while the tunnel waits for users.)
+    std::chrono::milliseconds idle_timeout{300000};
+    std::string token;  // required at frp login; empty: frp's default (no secret)
+    // Bounds for each relay: it serves one node behind NAT, not a crowd.
+    std::size_t max_clients_per_relay = 4;
+    std::size_t max_connections_per_relay = 256;
+    std::chrono::milliseconds sweep_interval{500};
+    std::function<void(const std::string&)> log;
+};
+
+struct RelayInfo {
+    std::uint16_t port = 0;
+    std::size_t clients = 0;
+    bool logged_in = false;  // a client has logged in at least once
+    std::chrono::milliseconds age{0};
+};
+
+class RelayPool {
+  public:
+    explicit RelayPool(RelayPoolOptions options) : opt_(std::move(options)) {
+        if (opt_.login_timeout.count() <= 0 || opt_.idle_timeout.count() <= 0 ||
+            opt_.sweep_interval.count() <= 0)
+            throw error(errc::invalid_argument, "RelayPool: timeouts must be > 0");
+        reaper_ = std::thread([this] { sweep_loop(); });
+    }
+    ~RelayPool() { stop(); }
+    RelayPool(const RelayPool&) = delete;
+    RelayPool& operator=(const RelayPool&) = delete;
+
+    // Starts a relay on a free port and returns the port. Throws p2prc::error:
+    // limit_exceeded at the cap, state_error when relaying is off (cap 0) or stopped,
+    // io_error when no port could be opened.
+    std::uint16_t allocate() {
+        std::lock_guard<std::mutex> lock(mu_);
+        if (stopped_) throw error(errc::state_error, "the relay pool is stopped");
+        if (opt_.cap == 0) throw error(errc::state_error, "this node does not relay (relay.cap is 0)");
+        if (relays_.size() >= opt_.cap)
+            throw error(errc::limit_exceeded, "all " + std::to_string(opt_.cap) +
+                                                  " relays of this node are in use; try later");
+        frp::ServerOptions so;
+        so.bind = Endpoint{opt_.bind, 0};
+        so.token = opt_.token;
+        so.max_clients = opt_.max_clients_per_relay;
+        so.max_connections = opt_.max_connections_per_relay;
+        so.login_timeout = std::min(opt_.login_timeout, std::chrono::milliseconds(10000));
+        so.log = opt_.log;
+        Entry e;
+        e.server = std::make_unique<frp::Server>(std::move(so));
+        e.created = e.last_active = Clock::now();
+        const std::uint16_t port = e.server->port();
+        relays_.emplace(port, std::move(e));
+        log("relay allocated on port " + std::to_string(port));
+        return port;
+    }
+
+    std::size_t live() const {
+        std::lock_guard<std::mutex> lock(mu_);
+        return relays_.size();
+    }
+
+    std::vector<RelayInfo> relays() const {
+        std::lock_guard<std::mutex> lock(mu_);
+        std::vector<RelayInfo> out;
+        const auto now = Clock::now();
+        for (const auto& [port, e] : relays_) {
+            RelayInfo i;
+            i.port = port;
+            i.clients = e.server->client_count();
+            i.logged_in = e.logged_in;
+            i.age = std::chrono::duration_cast<std::chrono::milliseconds>(now - e.created);
+            out.push_back(i);
+        }
+        return out;
+    }
+
+    // Closes every relay (and every tunnel through them) and joins every thread.
+    void stop() {
+        std::map<std::uint16_t, Entry> doomed;
+        {
+            std::lock_guard<std::mutex> lock(mu_);
+            if (stopped_) return;
+            stopped_ = true;
+            doomed.swap(relays_);
+        }
+        cv_.notify_all();
+        if (reaper_.joinable()) reaper_.join();
+        for (auto& [port, e] : doomed) e.server->stop();
+    }
+
+  private:
+    using Clock = std::chrono::steady_clock;
+    struct Entry {
+        std::unique_ptr<frp::Server> server;
+        Clock::time_point created, last_active;
+        bool logged_in = false;
+    };
+
+    void log(const std::string& line) {
+        if (!opt_.log) return;
+        try {
+            opt_.log(line);
+        } catch (...) {
+        }
+    }
+
+    void sweep_loop() {
+        std::unique_lock<std::mutex> lock(mu_);
+        while (!stopped_) {
+            cv_.wait_for(lock, opt_.sweep_interval, [this] { return stopped_; });
+            if (stopped_) break;
+            const auto now = Clock::now();
+            std::vector<std::pair<std::uint16_t, Entry>> doomed;
+            for (auto it = relays_.begin(); it != relays_.end();) {
+                Entry& e = it->second;
+                if (e.server->client_count() > 0) {
+                    e.logged_in = true;
+                    e.last_active = now;
+                }
+                const char* why = nullptr;
+                if (!e.logged_in && now - e.created >= opt_.login_timeout) why = "nobody logged in";
+                else if (e.logged_in && now - e.last_active >= opt_.idle_timeout) why = "no client left";
+                if (why) {
+                    log("relay on port " + std::to_string(it->first) + " reclaimed: " + why);
+                    doomed.emplace_back(it->first, std::move(e));
+                    it = relays_.erase(it);
+                } else {
+                    ++it;
+                }
+            }
+            if (doomed.empty()) continue;
+            // Stopping joins the relay's threads: not under the lock, so allocate() and
+            // live() stay responsive.
+            lock.unlock();
+            for (auto& d : doomed) d.second.server->stop();
+            doomed.clear();
+            lock.lock();
+        }
+    }
+
+    RelayPoolOptions opt_;
+    mutable std::mutex mu_;
+    std::condition_variable cv_;
+    std::map<std::uint16_t, Entry> relays_;
+    bool stopped_ = false;
+    std::thread reaper_;
+};
+
+// ==== The exposing side ====================================================================
+
+// A peer that may carry a tunnel: its HTTP endpoint (where /FRPPort is asked) and how near
+// it is now.
+struct RelayCandidate {
+    std::string name;
+    Endpoint http;
+    double latency_ms = 0;
+};
+
+// Whether moving from a relay at `current_ms` to one at `candidate_ms` is worth breaking a
+// healthy tunnel: the new one must be at least 10 ms and a third faster (the hysteresis
+// Tailscale uses to choose its relay), so two relays of about the same distance never make
+// the tunnel flap between them.
+inline bool relay_switch_worthwhile(double current_ms, double candidate_ms) {
+    return candidate_ms <= current_ms - 10.0 && candidate_ms <= current_ms * (2.0 / 3.0);
+}
+
+// Asks `relay` for a port with GET /FRPPort. Returns the port, or nullopt with *why set.
+inline std::optional<std::uint16_t> request_relay_port(const Endpoint& relay, const std::string& token,
+                                                       std::chrono::milliseconds timeout,
+                                                       std::string* why = nullptr) {
+    httplib::Headers h;
+    if (!token.empty()) h.emplace(token_header, token);
+    auto call = detail::http_call(relay, "GET", "/FRPPort", h, "", timeout, 64);
+    auto fail = [&](std::string text) -> std::optional<std::uint16_t> {
+        if (why) *why = std::move(text);
+        return std::nullopt;
+    };
+    if (!call.answered) return fail(call.reason);
+    if (call.status != 200)
+        return fail(relay.to_string() + " refused a relay port (HTTP " + std::to_string(call.status) +
+                    "): " + detail::answer_error(call));
+    std::string text = call.body;
+    while (!text.empty() && (text.back() == '\n' || text.back() == '\r' || text.back() == ' '))
+        text.pop_back();
+    auto port = parse_port(text);
+    if (!port) return fail(relay.to_string() + " answered /FRPPort with \"" + detail::answer_error(call) +
+                           "\", not a port");
+    return port;
+}
+
+// Where a local port is reachable through a relay.
+struct Exposure {
+    Endpoint local;            // the exposed service
+    Endpoint public_endpoint;  // where others reach it
+    Endpoint relay;            // the relay peer's HTTP endpoint
+    std::string relay_name;
+    double relay_latency_ms = 0;
+    std::uint16_t relay_port = 0;  // the frp port the relay gave for this tunnel
+    std::uint64_t changes = 0;     // relay switches and failovers so far
+};
+
+struct ExposeOptions {
+    IpAddress local_host = IpAddress::from_string("127.0.0.1");
+    std::string proxy_name;  // default: "<node name>-<local port>"
+    bool tcp_mux = true;
+    // One relay's chance: /FRPPort, frp login and the proxy running.
+    std::chrono::milliseconds attempt_timeout{10000};
+    // How often a healthy tunnel looks for a clearly better relay (0: never).
+    std::chrono::milliseconds reevaluate_interval{60000};
+    // A tunnel down this long (its relay gone) moves to the next best relay.
+    std::chrono::milliseconds failure_grace{2000};
+    // A relay that failed is not tried again for this long.
+    std::chrono::milliseconds failed_relay_cooldown{60000};
+    std::size_t max_attempts = 4;  // relays tried per (re)establishment
+    // frp keepalive towards the relay: a relay that vanishes silently (no FIN, no RST) is
+    // noticed within about interval + timeout.
+    std::chrono::milliseconds keepalive_interval{5000};
+    std::chrono::milliseconds keepalive_timeout{5000};
+    // Called on the tunnel's own thread after every change of relay (not for the first).
+    std::function<void(const Exposure&)> on_change;
+    std::function<void(const std::string&)> log;
+};
+
+// One local port kept exposed through the best relay. Thread-safe.
+class RelayTunnel {
+  public:
+    // Ranked candidates, nearest first, measured now; `exclude` are not wanted.
+    using Ranker = std::function<std::vector<RelayCandidate>(const std::vector<Endpoint>& exclude)>;
+    // A fresh latency of one relay, or nullopt when it does not answer.
+    using Measure = std::function<std::optional<double>(const Endpoint&)>;
+
+    RelayTunnel(Endpoint local, std::string token, ExposeOptions options, Ranker rank, Measure measure)
+        : local_(local), token_(std::move(token)), opt_(std::move(options)),
+          rank_(std::move(rank)), measure_(std::move(measure)) {
+        if (local_.port == 0) throw error(errc::invalid_argument, "expose: the local port must not be 0");
+        if (opt_.proxy_name.empty()) opt_.proxy_name = "p2prc-" + std::to_string(local_.port);
+        if (opt_.attempt_timeout.count() <= 0 || opt_.failure_grace.count() <= 0 || opt_.max_attempts == 0)
+            throw error(errc::invalid_argument,
+                        "expose: attempt_timeout and failure_grace must be > 0, max_attempts >= 1");
+    }
+    ~RelayTunnel() { stop(); }
+    RelayTunnel(const RelayTunnel&) = delete;
+    RelayTunnel& operator=(const RelayTunnel&) = delete;
+
+    // Establishes the tunnel through the best candidate that works and starts keeping it.
+    // Throws p2prc::error(io_error) naming every relay tried and why it failed (or saying
+    // there was no candidate).
+    Exposure start() {
+        {
+            std::lock_guard<std::mutex> lock(mu_);
+            if (started_) throw error(errc::state_error, "expose: the tunnel is already started");
+            started_ = true;
+        }
+        std::string why;
+        auto up = establish({}, &why);
+        if (!up) throw error(errc::io_error, "cannot expose " + local_.to_string() + ": " + why);
+        Exposure e;
+        {
+            std::lock_guard<std::mutex> lock(mu_);
+            client_ = std::move(up->client);
+            current_ = up->exposure;
+            e = *current_;
+        }
+        monitor_ = std::thread([this] { monitor(); });
+        return e;
+    }
+
+    std::optional<Exposure> current() const {
+        std::lock_guard<std::mutex> lock(mu_);
+        return current_;
+    }
+
+    void stop() {
+        std::unique_ptr<frp::Client> client;
+        {
+            std::lock_guard<std::mutex> lock(mu_);
+            if (stop_) return;
+            stop_ = true;
+            client = std::move(client_);
+            current_.reset();
+        }
+        cv_.notify_all();
+        if (monitor_.joinable()) monitor_.join();
+        if (client) client->stop();
+    }
+
+  private:
+    using Clock = std::chrono::steady_clock;
+    struct Up {
+        std::unique_ptr<frp::Client> client;
+        Exposure exposure;
+    };
+
+    void log(const std::string& line) {
+        if (!opt_.log) return;
+        try {
+            opt_.log(line);
+        } catch (...) {
+        }
+    }
+
+    bool stopping() const {
+        std::lock_guard<std::mutex> lock(mu_);
+        return stop_;
+    }
+
+    std::vector<Endpoint> cooling(Clock::time_point now) {
+        std::vector<Endpoint> out;
+        std::lock_guard<std::mutex> lock(mu_);
+        for (auto it = failed_.begin(); it != failed_.end();) {
+            if (now - it->second >= opt_.failed_relay_cooldown) {
+                it = failed_.erase(it);
+            } else {
+                out.push_back(it->first);
+                ++it;
+            }
+        }
+        return out;
+    }
+
+    // Tries the ranked candidates (minus `exclude` and the relays cooling down) in order.
+    std::optional<Up> establish(std::vector<Endpoint> exclude, std::string* why) {
+        for (const auto& e : cooling(Clock::now())) exclude.push_back(e);
+        std::vector<RelayCandidate> ranked;
+        try {
+            ranked = rank_(exclude);
+        } catch (const std::exception& e) {
+            *why = std::string("cannot rank the relays: ") + e.what();
+            return std::nullopt;
+        }
+        if (ranked.empty()) {
+            *why = "no relay candidate: the table has no reachable, measured peer that is not "
+                   "itself behind NAT";
+            return std::nullopt;
+        }
+        std::string tried;
+        std::size_t attempts = 0;
+        for (const auto& c : ranked) {
+            if (attempts++ >= opt_.max_attempts || stopping()) break;
+            std::string reason;
+            if (auto up = try_relay(c, &reason)) return up;
+            log("relay " + c.http.to_string() + " failed: " + reason);
+            {
+                std::lock_guard<std::mutex> lock(mu_);
+                failed_[c.http] = Clock::now();
+            }
+            tried += (tried.empty() ? "" : "; ") + c.http.to_string() + ": " + reason;
+        }
+        *why = "every relay tried failed (" + tried + ")";
+        return std::nullopt;
+    }
+
+    std::optional<Up> try_relay(const RelayCandidate& c, std::string* why) {
+        const auto deadline = Clock::now() + opt_.attempt_timeout;
+        auto port = request_relay_port(c.http, token_, std::min(opt_.attempt_timeout, std::chrono::milliseconds(5000)), why);
+        if (!port) return std::nullopt;
+        frp::ClientOptions co;
+        co.server = Endpoint{c.http.address, *port};
+        co.token = token_;
+        co.tcp_mux = opt_.tcp_mux;
+        co.dial_timeout = co.login_timeout = std::min(opt_.attempt_timeout, std::chrono::milliseconds(5000));
+        co.heartbeat_interval = co.mux_keepalive_interval = opt_.keepalive_interval;
+        co.mux_ping_timeout = opt_.keepalive_timeout;
+        co.heartbeat_timeout = opt_.keepalive_interval + opt_.keepalive_timeout;
+        co.reconnect_min = std::chrono::milliseconds(250);
+        co.reconnect_max = std::chrono::milliseconds(2000);
+        co.log = opt_.log;
+        frp::ProxySpec ps;
+        ps.name = opt_.proxy_name;
+        ps.local = local_;
+        co.proxies.push_back(ps);
+        auto client = std::make_unique<frp::Client>(std::move(co));
+        auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
+        auto st = client->wait_running(ps.name, std::max(left, std::chrono::milliseconds(1)));
+        if (st.state != frp::ProxyState::running) {
+            *why = !st.error.empty() ? st.error
+                   : !client->last_error().empty() ? "relay port " + std::to_string(*port) + ": " + client->last_error()
+                   : "the tunnel did not come up within " + std::to_string(opt_.attempt_timeout.count()) + " ms";
+            client->stop();
+            return std::nullopt;
+        }
+        Up up;
+        up.exposure.local = local_;
+        up.exposure.public_endpoint = st.public_endpoint;
+        up.exposure.relay = c.http;
+        up.exposure.relay_name = c.name;
+        up.exposure.relay_latency_ms = c.latency_ms;
+        up.exposure.relay_port = *port;
+        up.client = std::move(client);
+        return up;
+    }
+
+    // Puts a new tunnel in place of the old one (make before break) and reports it.
+    void replace(Up up) {
+        std::unique_ptr<frp::Client> old;
+        Exposure now;
+        {
+            std::lock_guard<std::mutex> lock(mu_);
+            if (stop_) {
+                old = std::move(up.client);
+            } else {
+                old = std::move(client_);
+                client_ = std::move(up.client);
+                up.exposure.changes = (current_ ? current_->changes : 0) + 1;
+                current_ = up.exposure;
+                now = *current_;
+            }
+        }
+        if (old) old->stop();
+        if (now.public_endpoint.port == 0) return;
+        log("exposed " + local_.to_string() + " at " + now.public_endpoint.to_string() + " via relay " +
+            now.relay.to_string());
+        if (opt_.on_change) {
+            try {
+                opt_.on_change(now);
+            } catch (...) {
+            }
+        }
+    }
+
+    void monitor() {
+        bool down = false;  // the proxy is not running (since down_since)
+        Clock::time_point down_since = Clock::now();
+        auto next_eval = Clock::now() + opt_.reevaluate_interval;
+        auto next_failover = Clock::now();
+        for (;;) {
+            {
+                std::unique_lock<std::mutex> lock(mu_);
+                cv_.wait_for(lock, std::chrono::milliseconds(200), [this] { return stop_; });
+                if (stop_) return;
+            }
+            frp::ProxyStatus st;
+            Exposure cur;
+            {
+                std::lock_guard<std::mutex> lock(mu_);
+                if (!client_ || !current_) return;
+                st = client_->status(opt_.proxy_name);
+                cur = *current_;
+            }
+            const auto now = Clock::now();
+            if (st.state == frp::ProxyState::running) {
+                down = false;
+                if (st.public_endpoint != cur.public_endpoint) {
+                    // The same relay took the proxy back after a reconnect, on another port.
+                    cur.public_endpoint = st.public_endpoint;
+                    {
+                        std::lock_guard<std::mutex> lock(mu_);
+                        current_->public_endpoint = st.public_endpoint;
+                        ++current_->changes;
+                        cur = *current_;
+                    }
+                    if (opt_.on_change) {
+                        try {
+                            opt_.on_change(cur);
+                        } catch (...) {
+                        }
+                    }
+                }
+            } else if (!down) {
+                down = true;
+                down_since = now;
+            }
+            if (down && now - down_since >= opt_.failure_grace && now >= next_failover) {
+                log("relay " + cur.relay.to_string() + " lost; failing over");
+                {
+                    std::lock_guard<std::mutex> lock(mu_);
+                    failed_[cur.relay] = now;
+                }
+                std::string why;
+                if (auto up = establish({cur.relay}, &why)) {
+                    replace(std::move(*up));
+                    down = false;
+                    next_eval = Clock::now() + opt_.reevaluate_interval;
+                } else {
+                    // The old client keeps trying its relay; another round later.
+                    log("failover failed: " + why);
+                    next_failover = Clock::now() + std::chrono::seconds(5);
+                }
+                continue;
+            }
+            if (opt_.reevaluate_interval.count() > 0 && !down && now >= next_eval) {
+                next_eval = now + opt_.reevaluate_interval;
+                reevaluate(cur);
+            }
+        }
+    }
+
+    void reevaluate(const Exposure& cur) {
+        std::optional<double> here;
+        std::vector<RelayCandidate> others;
+        try {
+            here = measure_(cur.relay);
+            std::vector<Endpoint> exclude = cooling(Clock::now());
+            exclude.push_back(cur.relay);
+            others = rank_(exclude);
+        } catch (const std::exception& e) {
+            log(std::string("relay re-evaluation failed: ") + e.what());
+            return;
+        }
+        if (others.empty() || !here) return;  // a healthy tunnel stays where it is
+        {
+            std::lock_guard<std::mutex> lock(mu_);
+            if (current_) current_->relay_latency_ms = *here;
+        }
+        const auto& best = others.front();
+        if (!relay_switch_worthwhile(*here, best.latency_ms)) return;
+        log("relay " + best.http.to_string() + " (" + std::to_string(best.latency_ms) + " ms) is clearly nearer than " +
+            cur.relay.to_string() + " (" + std::to_string(*here) + " ms); moving");
+        std::string why;
+        if (auto up = try_relay(best, &why)) replace(std::move(*up));
+        else log("moving to " + best.http.to_string() + " failed: " + why);
+    }
+
+    const Endpoint local_;
+    const std::string token_;
+    ExposeOptions opt_;
+    Ranker rank_;
+    Measure measure_;
+    mutable std::mutex mu_;
+    std::condition_variable cv_;
+    bool started_ = false;
+    bool stop_ = false;
+    std::unique_ptr<frp::Client> client_;
+    std::optional<Exposure> current_;
+    std::unordered_map<Endpoint, Clock::time_point> failed_;
+    std::thread monitor_;
+};
+
+}  // namespace p2prc
+
 // ---- p2prc/node.hpp ----
 // p2prc::Node: a server of the network. It ties the configuration, the table file, the
 // HTTP server, the probes and discovery together.
@@ -9231,11 +9880,14 @@ class Client {
 
 #include <atomic>
 #include <chrono>
+#include <deque>
 #include <functional>
+#include <map>
 #include <mutex>
 #include <optional>
 #include <string>
 #include <thread>
+#include <unordered_map>
 #include <unordered_set>
 #include <utility>
 #include <vector>
@@ -9259,6 +9911,52 @@ struct DiscoverReport {
     std::size_t hops = 0;                                     // rounds done (1 + hops beyond the bootstrap)
     bool budget_exhausted = false;                            // stopped by the time budget
     RefreshReport refresh;                                    // the probe round at the end
+};
+
+// What a peer answered to POST /dialback.
+struct DialbackResult {
+    Endpoint peer;               // who was asked
+    bool answered = false;       // it answered (reachable below is its finding)
+    bool reachable = false;      // it could connect to us on the port
+    std::optional<IpAddress> observed;  // the address it dialled (ours, as it sees us)
+    std::string reason;          // why not answered / why not reachable
+};
+
+// Asks `peer` to connect back to us (our address as it sees it) on `port`.
+inline DialbackResult request_dialback(const Endpoint& peer, std::uint16_t port,
+                                       std::chrono::milliseconds timeout = std::chrono::milliseconds(6000)) {
+    DialbackResult out;
+    out.peer = peer;
+    auto call = detail::http_call(peer, "POST", "/dialback", {}, nlohmann::json{{"port", port}}.dump(), timeout);
+    if (!call.answered) {
+        out.reason = call.reason;
+        return out;
+    }
+    if (call.status != 200) {
+        out.reason = peer.to_string() + " refused the dialback (HTTP " + std::to_string(call.status) +
+                     "): " + detail::answer_error(call);
+        return out;
+    }
+    auto j = nlohmann::json::parse(call.body, nullptr, false);
+    if (!j.is_object() || !j.contains("reachable") || !j["reachable"].is_boolean()) {
+        out.reason = peer.to_string() + " answered the dialback with something other than {\"reachable\": bool}";
+        return out;
+    }
+    out.answered = true;
+    out.reachable = j["reachable"].get<bool>();
+    if (j.contains("address") && j["address"].is_string())
+        out.observed = IpAddress::parse(j["address"].get<std::string>());
+    if (j.contains("error") && j["error"].is_string()) out.reason = j["error"].get<std::string>();
+    return out;
+}
+
+// What Node::check_reachability found and did.
+struct ReachabilityReport {
+    bool decided = false;    // a peer answered (or the configuration says)
+    bool reachable = false;  // peers can connect to the node's server directly
+    std::vector<DialbackResult> asked;
+    std::optional<Exposure> exposure;  // the relay that carries the node's server, if any
+    std::string reason;                // when undecided, or when exposing failed
 };
 
 namespace detail {
@@ -9302,6 +10000,54 @@ void parallel_for(std::size_t n, std::size_t concurrency, Fn fn) {
 
 inline std::chrono::milliseconds ms(std::uint32_t v) { return std::chrono::milliseconds(v); }
 
+// Token buckets per caller address for POST /dialback: `burst` requests at once, then one
+// per `every`. Remembers at most `max_callers` addresses (the least recent is forgotten, and
+// a forgotten caller starts with a full bucket: a flood of addresses gains one burst each,
+// which the node's bound on concurrent dials still caps).
+class CallerRateLimit {
+  public:
+    CallerRateLimit(double burst, std::chrono::milliseconds every, std::size_t max_callers = 4096)
+        : burst_(burst), every_(every), max_(max_callers) {}
+
+    // 0 when the call may go ahead (and counts it), else milliseconds to wait.
+    std::int64_t take(const IpAddress& who) {
+        using Clock = std::chrono::steady_clock;
+        std::lock_guard<std::mutex> lock(mu_);
+        const auto now = Clock::now();
+        const std::string key = who.to_string();
+        auto it = buckets_.find(key);
+        if (it == buckets_.end()) {
+            if (buckets_.size() >= max_) {
+                auto oldest = std::min_element(buckets_.begin(), buckets_.end(), [](const auto& a, const auto& b) {
+                    return a.second.at < b.second.at;
+                });
+                buckets_.erase(oldest);
+            }
+            it = buckets_.emplace(key, Bucket{burst_, now}).first;
+        }
+        Bucket& b = it->second;
+        const double per_ms = 1.0 / double(every_.count());
+        b.tokens = std::min(burst_, b.tokens + per_ms * double(std::chrono::duration_cast<std::chrono::milliseconds>(now - b.at).count()));
+        b.at = now;
+        if (b.tokens >= 1.0) {
+            b.tokens -= 1.0;
+            return 0;
+        }
+        return std::max<std::int64_t>(1, std::int64_t((1.0 - b.tokens) / per_ms));
+    }
+
+  private:
+    struct Bucket {
+        double tokens;
+        std::chrono::steady_clock::time_point at;
+    };
+    double burst_;
+    std::chrono::milliseconds every_;
+    std::size_t max_;
+    std::mutex mu_;
+    std::unordered_map<std::string, Bucket> buckets_;
+};
+
 }  // namespace detail
 
 class Node {
@@ -9311,6 +10057,12 @@ public:
     static constexpr std::size_t max_liveness_checks = 64;
     // learn() calls that may probe at the same time; others add nothing new.
     static constexpr int max_concurrent_learning = 2;
+    // POST /dialback: per caller, 3 at once then one every 2 s; at most 4 dials at a time
+    // in the whole node; each dial waits 2 s at most.
+    static constexpr int max_concurrent_dialbacks = 4;
+    static constexpr std::chrono::milliseconds dialback_connect_timeout{2000};
+    // Relay candidates re-measured before a choice (the nearest by the table's figures).
+    static constexpr std::size_t relay_candidates_measured = 4;
 
     explicit Node(Config config) : config_(std::move(config)) {}
     ~Node() { stop(); }
@@ -9337,6 +10089,18 @@ public:
         auto server = std::make_unique<Server>(so);
         server->post("/IpTable", [this](const HttpRequest& q, HttpResponse& r) { handle_table(q, r); });
         server->get("/whoami", [this](const HttpRequest& q, HttpResponse& r) { handle_whoami(q, r); });
+        server->get("/FRPPort", [this](const HttpRequest& q, HttpResponse& r) { handle_frp_port(q, r); });
+        server->post("/dialback", [this](const HttpRequest& q, HttpResponse& r) { handle_dialback(q, r); });
+        if (config_.relay.cap > 0) {
+            RelayPoolOptions ro;
+            auto bind = IpAddress::parse(config_.bind);
+            if (bind) ro.bind = *bind;
+            ro.cap = config_.relay.cap;
+            ro.login_timeout = std::chrono::seconds(config_.relay.login_timeout_s);
+            ro.idle_timeout = std::chrono::seconds(config_.relay.idle_timeout_s);
+            ro.token = config_.token;
+            relays_ = std::make_unique<RelayPool>(ro);
+        }
         server->start();
         bound_port_ = server->port();
         server_ = std::move(server);
@@ -9344,11 +10108,22 @@ public:
         modify([](IpTable&) {});
     }
 
+    // Closes the tunnels this node holds, the relays it serves and its server.
     void stop() {
         std::lock_guard<std::mutex> lock(lifecycle_);
         running_ = false;
+        std::map<std::uint16_t, std::unique_ptr<RelayTunnel>> tunnels;
+        {
+            std::lock_guard<std::mutex> tl(tunnels_mu_);
+            tunnels.swap(tunnels_);
+            self_tunnel_port_ = 0;
+        }
+        for (auto& [port, t] : tunnels)
+            if (t) t->stop();
         if (server_) server_->stop();
+        if (relays_) relays_->stop();
         server_.reset();
+        relays_.reset();
     }
 
     bool running() const noexcept { return running_; }
@@ -9367,13 +10142,24 @@ public:
     // Every endpoint that is this node: never listed in its own table.
     std::vector<Endpoint> own_endpoints() const {
         if (port() == 0) return {};
-        return p2prc::own_endpoints(config_, port());
+        auto own = p2prc::own_endpoints(config_, port());
+        if (auto relayed = self_exposure()) own.push_back(relayed->public_endpoint);
+        return own;
     }
 
     // The entry other nodes should list for this one.
     Peer self_entry() const {
         Peer p;
         p.name = config_.name;
+        if (auto relayed = self_exposure()) {
+            // Reached through a relay: others list the relay's endpoint, marked as P2PRC
+            // marks a node behind NAT that escapes it with FRP.
+            (relayed->public_endpoint.address.is_v4() ? p.ipv4 : p.ipv6) = relayed->public_endpoint.address;
+            p.server_port = relayed->public_endpoint.port;
+            p.nat = true;
+            p.escape_implementation = "FRP";
+            return p;
+        }
         p.server_port = port();
         auto consider = [&](const IpAddress& a) {
             auto& slot = a.is_v4() ? p.ipv4 : p.ipv6;
@@ -9402,6 +10188,7 @@ public:
     bool behind_nat() const {
         if (config_.behind_nat == BehindNat::yes) return true;
         if (config_.behind_nat == BehindNat::no) return false;
+        if (const int r = reachable_; r >= 0) return r == 0;  // a peer's dialback decided
         std::vector<IpAddress> own;
         try {
             own = local_interface_addresses();
@@ -9516,7 +10303,8 @@ public:
     // live ones.
     LearnOutcome learn(IpTable incoming, const IpAddress& sender) {
         LearnOutcome out;
-        out.filter = filter_learned(incoming, sender, scope_policy(config_), config_.limits.max_entries);
+        out.filter = filter_learned(incoming, effective_sender(sender), scope_policy(config_),
+                                    config_.limits.max_entries);
         incoming.remove_self(own_endpoints());
         incoming.dedupe();
         std::unordered_set<Endpoint> known;
@@ -9581,7 +10369,197 @@ public:
         return out;
     }
 
+    // ---- NAT traversal ----------------------------------------------------------------
+
+    // The peers that may relay for this node, nearest first: reachable now, measured in the
+    // table, not behind NAT themselves, not this node. The nearest few by the table's
+    // figures are measured again, so the choice rests on fresh numbers.
+    std::vector<RelayCandidate> relay_candidates(const std::vector<Endpoint>& exclude = {}) const {
+        IpTable t = table();
+        t.remove_self(own_endpoints());
+        std::unordered_set<Endpoint> skip(exclude.begin(), exclude.end());
+        std::vector<std::pair<double, RelayCandidate>> listed;
+        for (const auto& p : t.peers()) {
+            if (p.nat || !p.latency_ms) continue;
+            auto e = p.endpoint();
+            if (!e || skip.count(*e)) continue;
+            listed.push_back({*p.latency_ms, RelayCandidate{p.label(), *e, *p.latency_ms}});
+        }
+        std::stable_sort(listed.begin(), listed.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
+        if (listed.size() > relay_candidates_measured) listed.resize(relay_candidates_measured);
+        std::vector<std::optional<double>> fresh(listed.size());
+        detail::parallel_for(listed.size(), listed.size(), [&](std::size_t i) { fresh[i] = measure_relay(listed[i].second.http); });
+        std::vector<RelayCandidate> out;
+        for (std::size_t i = 0; i < listed.size(); ++i) {
+            if (!fresh[i]) continue;
+            listed[i].second.latency_ms = *fresh[i];
+            out.push_back(listed[i].second);
+        }
+        std::stable_sort(out.begin(), out.end(), [](const auto& a, const auto& b) { return a.latency_ms < b.latency_ms; });
+        return out;
+    }
+
+    // Exposes local_port (on options.local_host, 127.0.0.1 by default) through the best relay
+    // of the table and keeps it exposed: failover when the relay dies, a move when another
+    // relay is clearly nearer (see relay_switch_worthwhile). Works whether or not the node's
+    // server runs. Throws p2prc::error: state_error when the port is already exposed,
+    // io_error when no relay could carry it (the message names each relay tried and why).
+    Exposure expose(std::uint16_t local_port, ExposeOptions options = {}) {
+        if (local_port == 0) throw error(errc::invalid_argument, "expose: the local port must not be 0");
+        if (options.proxy_name.empty()) options.proxy_name = config_.name + "-" + std::to_string(local_port);
+        {
+            std::lock_guard<std::mutex> lock(tunnels_mu_);
+            if (tunnels_.count(local_port))
+                throw error(errc::state_error, "port " + std::to_string(local_port) + " is already exposed");
+            tunnels_[local_port] = nullptr;  // reserved while the tunnel comes up
+        }
+        auto tunnel = std::make_unique<RelayTunnel>(
+            Endpoint{options.local_host, local_port}, config_.token, options,
+            [this](const std::vector<Endpoint>& exclude) { return relay_candidates(exclude); },
+            [this](const Endpoint& e) { return measure_relay(e); });
+        Exposure e;
+        try {
+            e = tunnel->start();
+        } catch (...) {
+            std::lock_guard<std::mutex> lock(tunnels_mu_);
+            tunnels_.erase(local_port);
+            throw;
+        }
+        std::lock_guard<std::mutex> lock(tunnels_mu_);
+        auto it = tunnels_.find(local_port);
+        if (it == tunnels_.end()) {  // stop() ran meanwhile
+            tunnel->stop();
+            throw error(errc::state_error, "the node stopped while exposing port " + std::to_string(local_port));
+        }
+        it->second = std::move(tunnel);
+        return e;
+    }
+
+    // Where local_port is exposed now (it follows failovers and moves), if it is.
+    std::optional<Exposure> exposure(std::uint16_t local_port) const {
+        std::lock_guard<std::mutex> lock(tunnels_mu_);
+        auto it = tunnels_.find(local_port);
+        if (it == tunnels_.end() || !it->second) return std::nullopt;
+        return it->second->current();
+    }
+
+    // Closes the tunnel of local_port; false when it was not exposed.
+    bool unexpose(std::uint16_t local_port) {
+        std::unique_ptr<RelayTunnel> t;
+        {
+            std::lock_guard<std::mutex> lock(tunnels_mu_);
+            auto it = tunnels_.find(local_port);
+            if (it == tunnels_.end() || !it->second) return false;
+            t = std::move(it->second);
+            tunnels_.erase(it);
+            if (self_tunnel_port_ == local_port) self_tunnel_port_ = 0;
+        }
+        t->stop();
+        return true;
+    }
+
+    // The relay that carries this node's own server, when it is reached that way.
+    std::optional<Exposure> self_exposure() const {
+        std::uint16_t p;
+        {
+            std::lock_guard<std::mutex> lock(tunnels_mu_);
+            p = self_tunnel_port_;
+        }
+        return p ? exposure(p) : std::nullopt;
+    }
+
+    // Decides whether peers can connect to this node's server, and acts on it:
+    // - behind_nat "no": reachable, nothing to do;
+    // - "yes": the server is exposed through the best relay (if it is not yet);
+    // - "auto": a peer (not behind NAT, nearest first, up to 3 asked) is asked to connect
+    //   back (POST /dialback); when it cannot, the server is exposed through the best
+    //   relay, and the node advertises the relay's endpoint (self_entry). When no peer
+    //   answers, nothing is decided: call again later.
+    // Needs the server running.
+    ReachabilityReport check_reachability() {
+        if (!running_ || bound_port_ == 0)
+            throw error(errc::state_error, "check_reachability needs the node's server running (start() first)");
+        ReachabilityReport report;
+        if (config_.behind_nat == BehindNat::no) {
+            report.decided = report.reachable = true;
+            return report;
+        }
+        if (config_.behind_nat == BehindNat::automatic) {
+            IpTable t = table();
+            t.remove_self(own_endpoints());
+            std::vector<Peer> peers;
+            for (const auto& p : t.peers())
+                if (!p.nat && p.endpoint()) peers.push_back(p);
+            std::stable_sort(peers.begin(), peers.end(), [](const Peer& a, const Peer& b) {
+                return a.latency_ms.value_or(1e18) < b.latency_ms.value_or(1e18);
+            });
+            for (const auto& p : peers) {
+                if (report.asked.size() >= 3) break;
+                auto r = request_dialback(*p.endpoint(), port());
+                report.asked.push_back(r);
+                if (!r.answered) continue;
+                if (r.observed) observed_.report(r.peer.address, *r.observed);
+                report.decided = true;
+                report.reachable = r.reachable;
+                break;
+            }
+            if (!report.decided) {
+                report.reason = report.asked.empty() ? "no peer to ask: the table has no server that is not behind NAT"
+                                                     : "no peer answered the dialback";
+                return report;
+            }
+            reachable_ = report.reachable ? 1 : 0;
+            if (report.reachable) {
+                std::uint16_t self_port;
+                {
+                    std::lock_guard<std::mutex> lock(tunnels_mu_);
+                    self_port = self_tunnel_port_;
+                }
+                if (self_port) unexpose(self_port);  // directly reachable now: no relay needed
+                return report;
+            }
+        }
+        report.decided = true;
+        if (auto cur = self_exposure()) {
+            report.exposure = cur;
+            return report;
+        }
+        ExposeOptions eo;
+        eo.proxy_name = config_.name + "-server";
+        auto bind = IpAddress::parse(config_.bind);
+        if (bind && bind->scope() != Scope::unspecified) eo.local_host = *bind;
+        else if (bind && bind->is_v6()) eo.local_host = IpAddress::from_string("::1");
+        try {
+            report.exposure = expose(port(), eo);
+            std::lock_guard<std::mutex> lock(tunnels_mu_);
+            self_tunnel_port_ = port();
+        } catch (const error& e) {
+            report.reason = e.what();
+        }
+        return report;
+    }
+
 private:
+    std::optional<double> measure_relay(const Endpoint& e) const {
+        LatencyOptions lo;
+        lo.samples = 3;
+        lo.connect_timeout = std::min(detail::ms(config_.limits.probe_timeout_ms), std::chrono::milliseconds(2000));
+        lo.read_timeout = detail::ms(config_.limits.probe_timeout_ms);
+        lo.total_timeout = 2 * detail::ms(config_.limits.probe_timeout_ms);
+        auto r = probe_latency(e, lo);
+        if (!r.reachable) return std::nullopt;
+        return r.min_ms;
+    }
+
+    // Who sent a request, for the scope rule. While this node is reached through a relay,
+    // a loopback connection may be anybody on the relay's side (the tunnel's local end
+    // connects from loopback), so it counts as coming from the relay's address.
+    IpAddress effective_sender(const IpAddress& sender) const {
+        if (sender.scope() != Scope::loopback) return sender;
+        if (auto relayed = self_exposure()) return relayed->public_endpoint.address;
+        return sender;
+    }
+
     // Load, change, clean, save, under the file lock.
     void modify(const std::function<void(IpTable&)>& change) {
         auto own = own_endpoints();
@@ -9647,6 +10625,79 @@ private:
         }
     }
 
+    bool token_ok(const HttpRequest& q) const {
+        if (config_.token.empty()) return true;
+        std::string given = q.header(token_header);
+        if (given.empty()) {
+            auto it = q.params.find("token");
+            if (it != q.params.end()) given = it->second;
+        }
+        return detail::same_secret(given, config_.token);
+    }
+
+    // GET /FRPPort[?udp=true]: a relay on a free port; the answer is the bare port number.
+    void handle_frp_port(const HttpRequest& q, HttpResponse& r) {
+        if (!token_ok(q)) return r.error(401, "a valid network token is required (header X-P2PRC-Token or query token)");
+        auto udp = q.params.find("udp");
+        if (udp != q.params.end() && udp->second == "true")
+            return r.error(501, "UDP relays are not supported: only TCP proxies");
+        if (!relays_) return r.error(503, "this node does not relay (relay.cap is 0)");
+        try {
+            const auto port = relays_->allocate();
+            r.status = 200;
+            r.content_type = "text/plain";
+            r.body = std::to_string(port);
+        } catch (const error& e) {
+            r.error(e.code() == errc::limit_exceeded || e.code() == errc::state_error ? 503 : 500, e.what());
+        }
+    }
+
+    // POST /dialback {"port": N}: can this node connect to the caller's address on port N?
+    // The address is always the caller's own, as this node sees it: nobody can make the
+    // node connect elsewhere.
+    void handle_dialback(const HttpRequest& q, HttpResponse& r) {
+        if (!q.remote) return r.error(400, "cannot tell the sender's address");
+        const IpAddress caller = q.remote->address;
+        if (caller.scope() == Scope::loopback && self_exposure())
+            return r.error(403, "dialback refused: this node is reached through a relay, so a loopback caller "
+                                "may be anybody");
+        auto j = nlohmann::json::parse(q.body, nullptr, false);
+        std::optional<std::uint16_t> port;
+        if (j.is_object() && j.contains("port")) {
+            if (j["port"].is_number_unsigned() && j["port"].get<std::uint64_t>() <= 65535)
+                port = parse_port(std::to_string(j["port"].get<std::uint64_t>()));
+            else if (j["port"].is_string())
+                port = parse_port(j["port"].get<std::string>());
+        }
+        if (!port) return r.error(400, "expected a JSON body {\"port\": 1-65535}");
+        if (auto wait = dialback_limit_.take(caller)) {
+            r.headers.emplace_back("Retry-After", std::to_string((wait + 999) / 1000));
+            return r.error(429, "too many dialback requests from " + caller.to_string() + "; retry in " +
+                                    std::to_string(wait) + " ms");
+        }
+        struct Slot {
+            std::atomic<int>& n;
+            bool held;
+            explicit Slot(std::atomic<int>& c) : n(c), held(++c <= max_concurrent_dialbacks) {}
+            ~Slot() { --n; }
+        } slot(dialing_);
+        if (!slot.held) return r.error(503, "too many dialbacks in progress; retry shortly");
+        const Endpoint target{caller, *port};
+        nlohmann::json answer{{"address", caller.to_string()}, {"port", *port}};
+        const auto t0 = std::chrono::steady_clock::now();
+        try {
+            auto conn = detail::TcpConnection::connect(target, dialback_connect_timeout);
+            conn->close();
+            answer["reachable"] = true;
+        } catch (const error& e) {
+            answer["reachable"] = false;
+            answer["error"] = e.what();
+        }
+        answer["elapsed_ms"] = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0).count();
+        r.json(answer);
+        r.headers.emplace_back(observed_address_header, caller.to_string());
+    }
+
     void handle_whoami(const HttpRequest& q, HttpResponse& r) {
         if (!q.remote) return r.error(400, "cannot tell the sender's address");
         r.json({{"address", q.remote->address.to_string()}, {"port", q.remote->port}});
@@ -9660,6 +10711,13 @@ private:
     std::atomic<bool> running_{false};
     std::atomic<int> learning_{0};  // learn() calls probing right now
     ObservedAddress observed_;
+    std::unique_ptr<RelayPool> relays_;  // the relays served on GET /FRPPort
+    mutable std::mutex tunnels_mu_;
+    std::map<std::uint16_t, std::unique_ptr<RelayTunnel>> tunnels_;  // by local port
+    std::uint16_t self_tunnel_port_ = 0;  // the tunnel of the node's own server, if any
+    std::atomic<int> reachable_{-1};      // dialback verdict: -1 none, 0 no, 1 yes
+    detail::CallerRateLimit dialback_limit_{3, std::chrono::milliseconds(2000)};
+    std::atomic<int> dialing_{0};
 };
 
 }  // namespace p2prc

@@ -1,0 +1,653 @@
+// NAT traversal through relays ("TURN through FRP"), both roles:
+//
+// - RelayPool: what a node does for others on GET /FRPPort. Each call starts an
+//   frps-compatible relay server on a free port. The pool is bounded (a cap on live relays)
+//   and reclaims relays nobody logged into and relays left without a client.
+// - RelayTunnel: what a node behind NAT does for itself. It asks the best relay for a port,
+//   exposes a local port there with the frp client, keeps it up, fails over to the next
+//   best relay when the relay dies, and moves to a clearly better relay (with hysteresis)
+//   when one appears. Which peers are candidates, and how near they are, is the caller's
+//   business (p2prc::Node ranks the peers of its table).
+#pragma once
+
+#include "address.hpp"
+#include "error.hpp"
+#include "frp/client.hpp"
+#include "frp/server.hpp"
+#include "probe.hpp"
+
+#include <httplib.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+namespace p2prc {
+
+// The header that carries the network token to /FRPPort (the query parameter `token` works
+// too, for clients that cannot set headers).
+inline constexpr const char* token_header = "X-P2PRC-Token";
+
+namespace detail {
+
+// Compares secrets in time that does not depend on where they differ.
+inline bool same_secret(const std::string& a, const std::string& b) {
+    unsigned char diff = static_cast<unsigned char>(a.size() != b.size());
+    for (std::size_t i = 0; i < a.size(); ++i)
+        diff |= static_cast<unsigned char>(a[i] ^ (i < b.size() ? b[i] : 0));
+    return diff == 0;
+}
+
+// The outcome of one small HTTP request to a peer: bounded in time and answer size.
+struct HttpCall {
+    bool answered = false;  // an HTTP answer came (any status)
+    int status = 0;
+    std::string body;
+    std::string reason;  // why there is no (usable) answer
+};
+
+inline HttpCall http_call(const Endpoint& peer, const std::string& method, const std::string& path,
+                          const httplib::Headers& extra_headers, const std::string& body,
+                          std::chrono::milliseconds timeout, std::size_t max_answer = 4096) {
+    HttpCall out;
+    auto client = probe_client(peer, std::min(timeout, std::chrono::milliseconds(3000)), timeout);
+    client->set_keep_alive(false);
+    httplib::Headers headers = probe_headers(peer);
+    for (const auto& h : extra_headers) headers.insert(h);
+    CappedBody answer(max_answer);
+    httplib::Request req;
+    req.method = method;
+    req.path = path;
+    req.headers = headers;
+    req.body = body;
+    if (!body.empty() && !req.has_header("Content-Type"))
+        req.headers.emplace("Content-Type", "application/json");
+    req.response_handler = [&](const httplib::Response& r) {
+        out.status = r.status;
+        return true;
+    };
+    req.content_receiver = [&](const char* data, std::size_t n, std::uint64_t, std::uint64_t) {
+        return answer.add(data, n);
+    };
+    httplib::Response res;
+    httplib::Error err = httplib::Error::Success;
+    bool late = false;
+    const auto t0 = ProbeClock::now();
+    const bool sent = with_deadline(
+        *client, ProbeClock::now() + timeout, [&] { return client->send(req, res, err); }, &late);
+    if (answer.too_large) {
+        out.reason = peer.to_string() + " answered more than " + std::to_string(max_answer) + " bytes";
+    } else if (late) {
+        out.reason = "no answer from " + peer.to_string() + " within " +
+                     std::to_string(timeout.count()) + " ms";
+    } else if (!sent) {
+        out.reason = peer.to_string() + ": " +
+                     classify(err, ms_between(t0, ProbeClock::now()), timeout, timeout).second;
+    } else {
+        out.answered = true;
+        out.status = res.status;
+        out.body = std::move(answer.data);
+    }
+    return out;
+}
+
+// The "error" member of a JSON error answer, else the (printable) start of the body.
+inline std::string answer_error(const HttpCall& c) {
+    auto j = nlohmann::json::parse(c.body, nullptr, false);
+    if (j.is_object() && j.contains("error") && j["error"].is_string())
+        return j["error"].get<std::string>();
+    std::string s;
+    for (char ch : c.body.substr(0, 120)) s += (ch >= 32 && ch < 127) ? ch : '?';
+    return s;
+}
+
+}  // namespace detail
+
+// ==== The relay side: GET /FRPPort =========================================================
+
+struct RelayPoolOptions {
+    IpAddress bind = IpAddress::from_string("0.0.0.0");  // relays listen here (all ports)
+    std::size_t cap = 32;                                // live relays at most
+    // An allocated relay nobody logs into within this time is reclaimed.
+    std::chrono::milliseconds login_timeout{60000};
+    // A relay whose clients are all gone for this long is reclaimed. (A logged-in client
+    // keeps its relay: frp's heartbeats flow while the tunnel waits for users.)
+    std::chrono::milliseconds idle_timeout{300000};
+    std::string token;  // required at frp login; empty: frp's default (no secret)
+    // Bounds for each relay: it serves one node behind NAT, not a crowd.
+    std::size_t max_clients_per_relay = 4;
+    std::size_t max_connections_per_relay = 256;
+    std::chrono::milliseconds sweep_interval{500};
+    std::function<void(const std::string&)> log;
+};
+
+struct RelayInfo {
+    std::uint16_t port = 0;
+    std::size_t clients = 0;
+    bool logged_in = false;  // a client has logged in at least once
+    std::chrono::milliseconds age{0};
+};
+
+class RelayPool {
+  public:
+    explicit RelayPool(RelayPoolOptions options) : opt_(std::move(options)) {
+        if (opt_.login_timeout.count() <= 0 || opt_.idle_timeout.count() <= 0 ||
+            opt_.sweep_interval.count() <= 0)
+            throw error(errc::invalid_argument, "RelayPool: timeouts must be > 0");
+        reaper_ = std::thread([this] { sweep_loop(); });
+    }
+    ~RelayPool() { stop(); }
+    RelayPool(const RelayPool&) = delete;
+    RelayPool& operator=(const RelayPool&) = delete;
+
+    // Starts a relay on a free port and returns the port. Throws p2prc::error:
+    // limit_exceeded at the cap, state_error when relaying is off (cap 0) or stopped,
+    // io_error when no port could be opened.
+    std::uint16_t allocate() {
+        std::lock_guard<std::mutex> lock(mu_);
+        if (stopped_) throw error(errc::state_error, "the relay pool is stopped");
+        if (opt_.cap == 0) throw error(errc::state_error, "this node does not relay (relay.cap is 0)");
+        if (relays_.size() >= opt_.cap)
+            throw error(errc::limit_exceeded, "all " + std::to_string(opt_.cap) +
+                                                  " relays of this node are in use; try later");
+        frp::ServerOptions so;
+        so.bind = Endpoint{opt_.bind, 0};
+        so.token = opt_.token;
+        so.max_clients = opt_.max_clients_per_relay;
+        so.max_connections = opt_.max_connections_per_relay;
+        so.login_timeout = std::min(opt_.login_timeout, std::chrono::milliseconds(10000));
+        so.log = opt_.log;
+        Entry e;
+        e.server = std::make_unique<frp::Server>(std::move(so));
+        e.created = e.last_active = Clock::now();
+        const std::uint16_t port = e.server->port();
+        relays_.emplace(port, std::move(e));
+        log("relay allocated on port " + std::to_string(port));
+        return port;
+    }
+
+    std::size_t live() const {
+        std::lock_guard<std::mutex> lock(mu_);
+        return relays_.size();
+    }
+
+    std::vector<RelayInfo> relays() const {
+        std::lock_guard<std::mutex> lock(mu_);
+        std::vector<RelayInfo> out;
+        const auto now = Clock::now();
+        for (const auto& [port, e] : relays_) {
+            RelayInfo i;
+            i.port = port;
+            i.clients = e.server->client_count();
+            i.logged_in = e.logged_in;
+            i.age = std::chrono::duration_cast<std::chrono::milliseconds>(now - e.created);
+            out.push_back(i);
+        }
+        return out;
+    }
+
+    // Closes every relay (and every tunnel through them) and joins every thread.
+    void stop() {
+        std::map<std::uint16_t, Entry> doomed;
+        {
+            std::lock_guard<std::mutex> lock(mu_);
+            if (stopped_) return;
+            stopped_ = true;
+            doomed.swap(relays_);
+        }
+        cv_.notify_all();
+        if (reaper_.joinable()) reaper_.join();
+        for (auto& [port, e] : doomed) e.server->stop();
+    }
+
+  private:
+    using Clock = std::chrono::steady_clock;
+    struct Entry {
+        std::unique_ptr<frp::Server> server;
+        Clock::time_point created, last_active;
+        bool logged_in = false;
+    };
+
+    void log(const std::string& line) {
+        if (!opt_.log) return;
+        try {
+            opt_.log(line);
+        } catch (...) {
+        }
+    }
+
+    void sweep_loop() {
+        std::unique_lock<std::mutex> lock(mu_);
+        while (!stopped_) {
+            cv_.wait_for(lock, opt_.sweep_interval, [this] { return stopped_; });
+            if (stopped_) break;
+            const auto now = Clock::now();
+            std::vector<std::pair<std::uint16_t, Entry>> doomed;
+            for (auto it = relays_.begin(); it != relays_.end();) {
+                Entry& e = it->second;
+                if (e.server->client_count() > 0) {
+                    e.logged_in = true;
+                    e.last_active = now;
+                }
+                const char* why = nullptr;
+                if (!e.logged_in && now - e.created >= opt_.login_timeout) why = "nobody logged in";
+                else if (e.logged_in && now - e.last_active >= opt_.idle_timeout) why = "no client left";
+                if (why) {
+                    log("relay on port " + std::to_string(it->first) + " reclaimed: " + why);
+                    doomed.emplace_back(it->first, std::move(e));
+                    it = relays_.erase(it);
+                } else {
+                    ++it;
+                }
+            }
+            if (doomed.empty()) continue;
+            // Stopping joins the relay's threads: not under the lock, so allocate() and
+            // live() stay responsive.
+            lock.unlock();
+            for (auto& d : doomed) d.second.server->stop();
+            doomed.clear();
+            lock.lock();
+        }
+    }
+
+    RelayPoolOptions opt_;
+    mutable std::mutex mu_;
+    std::condition_variable cv_;
+    std::map<std::uint16_t, Entry> relays_;
+    bool stopped_ = false;
+    std::thread reaper_;
+};
+
+// ==== The exposing side ====================================================================
+
+// A peer that may carry a tunnel: its HTTP endpoint (where /FRPPort is asked) and how near
+// it is now.
+struct RelayCandidate {
+    std::string name;
+    Endpoint http;
+    double latency_ms = 0;
+};
+
+// Whether moving from a relay at `current_ms` to one at `candidate_ms` is worth breaking a
+// healthy tunnel: the new one must be at least 10 ms and a third faster (the hysteresis
+// Tailscale uses to choose its relay), so two relays of about the same distance never make
+// the tunnel flap between them.
+inline bool relay_switch_worthwhile(double current_ms, double candidate_ms) {
+    return candidate_ms <= current_ms - 10.0 && candidate_ms <= current_ms * (2.0 / 3.0);
+}
+
+// Asks `relay` for a port with GET /FRPPort. Returns the port, or nullopt with *why set.
+inline std::optional<std::uint16_t> request_relay_port(const Endpoint& relay, const std::string& token,
+                                                       std::chrono::milliseconds timeout,
+                                                       std::string* why = nullptr) {
+    httplib::Headers h;
+    if (!token.empty()) h.emplace(token_header, token);
+    auto call = detail::http_call(relay, "GET", "/FRPPort", h, "", timeout, 64);
+    auto fail = [&](std::string text) -> std::optional<std::uint16_t> {
+        if (why) *why = std::move(text);
+        return std::nullopt;
+    };
+    if (!call.answered) return fail(call.reason);
+    if (call.status != 200)
+        return fail(relay.to_string() + " refused a relay port (HTTP " + std::to_string(call.status) +
+                    "): " + detail::answer_error(call));
+    std::string text = call.body;
+    while (!text.empty() && (text.back() == '\n' || text.back() == '\r' || text.back() == ' '))
+        text.pop_back();
+    auto port = parse_port(text);
+    if (!port) return fail(relay.to_string() + " answered /FRPPort with \"" + detail::answer_error(call) +
+                           "\", not a port");
+    return port;
+}
+
+// Where a local port is reachable through a relay.
+struct Exposure {
+    Endpoint local;            // the exposed service
+    Endpoint public_endpoint;  // where others reach it
+    Endpoint relay;            // the relay peer's HTTP endpoint
+    std::string relay_name;
+    double relay_latency_ms = 0;
+    std::uint16_t relay_port = 0;  // the frp port the relay gave for this tunnel
+    std::uint64_t changes = 0;     // relay switches and failovers so far
+};
+
+struct ExposeOptions {
+    IpAddress local_host = IpAddress::from_string("127.0.0.1");
+    std::string proxy_name;  // default: "<node name>-<local port>"
+    bool tcp_mux = true;
+    // One relay's chance: /FRPPort, frp login and the proxy running.
+    std::chrono::milliseconds attempt_timeout{10000};
+    // How often a healthy tunnel looks for a clearly better relay (0: never).
+    std::chrono::milliseconds reevaluate_interval{60000};
+    // A tunnel down this long (its relay gone) moves to the next best relay.
+    std::chrono::milliseconds failure_grace{2000};
+    // A relay that failed is not tried again for this long.
+    std::chrono::milliseconds failed_relay_cooldown{60000};
+    std::size_t max_attempts = 4;  // relays tried per (re)establishment
+    // frp keepalive towards the relay: a relay that vanishes silently (no FIN, no RST) is
+    // noticed within about interval + timeout.
+    std::chrono::milliseconds keepalive_interval{5000};
+    std::chrono::milliseconds keepalive_timeout{5000};
+    // Called on the tunnel's own thread after every change of relay (not for the first).
+    std::function<void(const Exposure&)> on_change;
+    std::function<void(const std::string&)> log;
+};
+
+// One local port kept exposed through the best relay. Thread-safe.
+class RelayTunnel {
+  public:
+    // Ranked candidates, nearest first, measured now; `exclude` are not wanted.
+    using Ranker = std::function<std::vector<RelayCandidate>(const std::vector<Endpoint>& exclude)>;
+    // A fresh latency of one relay, or nullopt when it does not answer.
+    using Measure = std::function<std::optional<double>(const Endpoint&)>;
+
+    RelayTunnel(Endpoint local, std::string token, ExposeOptions options, Ranker rank, Measure measure)
+        : local_(local), token_(std::move(token)), opt_(std::move(options)),
+          rank_(std::move(rank)), measure_(std::move(measure)) {
+        if (local_.port == 0) throw error(errc::invalid_argument, "expose: the local port must not be 0");
+        if (opt_.proxy_name.empty()) opt_.proxy_name = "p2prc-" + std::to_string(local_.port);
+        if (opt_.attempt_timeout.count() <= 0 || opt_.failure_grace.count() <= 0 || opt_.max_attempts == 0)
+            throw error(errc::invalid_argument,
+                        "expose: attempt_timeout and failure_grace must be > 0, max_attempts >= 1");
+    }
+    ~RelayTunnel() { stop(); }
+    RelayTunnel(const RelayTunnel&) = delete;
+    RelayTunnel& operator=(const RelayTunnel&) = delete;
+
+    // Establishes the tunnel through the best candidate that works and starts keeping it.
+    // Throws p2prc::error(io_error) naming every relay tried and why it failed (or saying
+    // there was no candidate).
+    Exposure start() {
+        {
+            std::lock_guard<std::mutex> lock(mu_);
+            if (started_) throw error(errc::state_error, "expose: the tunnel is already started");
+            started_ = true;
+        }
+        std::string why;
+        auto up = establish({}, &why);
+        if (!up) throw error(errc::io_error, "cannot expose " + local_.to_string() + ": " + why);
+        Exposure e;
+        {
+            std::lock_guard<std::mutex> lock(mu_);
+            client_ = std::move(up->client);
+            current_ = up->exposure;
+            e = *current_;
+        }
+        monitor_ = std::thread([this] { monitor(); });
+        return e;
+    }
+
+    std::optional<Exposure> current() const {
+        std::lock_guard<std::mutex> lock(mu_);
+        return current_;
+    }
+
+    void stop() {
+        std::unique_ptr<frp::Client> client;
+        {
+            std::lock_guard<std::mutex> lock(mu_);
+            if (stop_) return;
+            stop_ = true;
+            client = std::move(client_);
+            current_.reset();
+        }
+        cv_.notify_all();
+        if (monitor_.joinable()) monitor_.join();
+        if (client) client->stop();
+    }
+
+  private:
+    using Clock = std::chrono::steady_clock;
+    struct Up {
+        std::unique_ptr<frp::Client> client;
+        Exposure exposure;
+    };
+
+    void log(const std::string& line) {
+        if (!opt_.log) return;
+        try {
+            opt_.log(line);
+        } catch (...) {
+        }
+    }
+
+    bool stopping() const {
+        std::lock_guard<std::mutex> lock(mu_);
+        return stop_;
+    }
+
+    std::vector<Endpoint> cooling(Clock::time_point now) {
+        std::vector<Endpoint> out;
+        std::lock_guard<std::mutex> lock(mu_);
+        for (auto it = failed_.begin(); it != failed_.end();) {
+            if (now - it->second >= opt_.failed_relay_cooldown) {
+                it = failed_.erase(it);
+            } else {
+                out.push_back(it->first);
+                ++it;
+            }
+        }
+        return out;
+    }
+
+    // Tries the ranked candidates (minus `exclude` and the relays cooling down) in order.
+    std::optional<Up> establish(std::vector<Endpoint> exclude, std::string* why) {
+        for (const auto& e : cooling(Clock::now())) exclude.push_back(e);
+        std::vector<RelayCandidate> ranked;
+        try {
+            ranked = rank_(exclude);
+        } catch (const std::exception& e) {
+            *why = std::string("cannot rank the relays: ") + e.what();
+            return std::nullopt;
+        }
+        if (ranked.empty()) {
+            *why = "no relay candidate: the table has no reachable, measured peer that is not "
+                   "itself behind NAT";
+            return std::nullopt;
+        }
+        std::string tried;
+        std::size_t attempts = 0;
+        for (const auto& c : ranked) {
+            if (attempts++ >= opt_.max_attempts || stopping()) break;
+            std::string reason;
+            if (auto up = try_relay(c, &reason)) return up;
+            log("relay " + c.http.to_string() + " failed: " + reason);
+            {
+                std::lock_guard<std::mutex> lock(mu_);
+                failed_[c.http] = Clock::now();
+            }
+            tried += (tried.empty() ? "" : "; ") + c.http.to_string() + ": " + reason;
+        }
+        *why = "every relay tried failed (" + tried + ")";
+        return std::nullopt;
+    }
+
+    std::optional<Up> try_relay(const RelayCandidate& c, std::string* why) {
+        const auto deadline = Clock::now() + opt_.attempt_timeout;
+        auto port = request_relay_port(c.http, token_, std::min(opt_.attempt_timeout, std::chrono::milliseconds(5000)), why);
+        if (!port) return std::nullopt;
+        frp::ClientOptions co;
+        co.server = Endpoint{c.http.address, *port};
+        co.token = token_;
+        co.tcp_mux = opt_.tcp_mux;
+        co.dial_timeout = co.login_timeout = std::min(opt_.attempt_timeout, std::chrono::milliseconds(5000));
+        co.heartbeat_interval = co.mux_keepalive_interval = opt_.keepalive_interval;
+        co.mux_ping_timeout = opt_.keepalive_timeout;
+        co.heartbeat_timeout = opt_.keepalive_interval + opt_.keepalive_timeout;
+        co.reconnect_min = std::chrono::milliseconds(250);
+        co.reconnect_max = std::chrono::milliseconds(2000);
+        co.log = opt_.log;
+        frp::ProxySpec ps;
+        ps.name = opt_.proxy_name;
+        ps.local = local_;
+        co.proxies.push_back(ps);
+        auto client = std::make_unique<frp::Client>(std::move(co));
+        auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
+        auto st = client->wait_running(ps.name, std::max(left, std::chrono::milliseconds(1)));
+        if (st.state != frp::ProxyState::running) {
+            *why = !st.error.empty() ? st.error
+                   : !client->last_error().empty() ? "relay port " + std::to_string(*port) + ": " + client->last_error()
+                   : "the tunnel did not come up within " + std::to_string(opt_.attempt_timeout.count()) + " ms";
+            client->stop();
+            return std::nullopt;
+        }
+        Up up;
+        up.exposure.local = local_;
+        up.exposure.public_endpoint = st.public_endpoint;
+        up.exposure.relay = c.http;
+        up.exposure.relay_name = c.name;
+        up.exposure.relay_latency_ms = c.latency_ms;
+        up.exposure.relay_port = *port;
+        up.client = std::move(client);
+        return up;
+    }
+
+    // Puts a new tunnel in place of the old one (make before break) and reports it.
+    void replace(Up up) {
+        std::unique_ptr<frp::Client> old;
+        Exposure now;
+        {
+            std::lock_guard<std::mutex> lock(mu_);
+            if (stop_) {
+                old = std::move(up.client);
+            } else {
+                old = std::move(client_);
+                client_ = std::move(up.client);
+                up.exposure.changes = (current_ ? current_->changes : 0) + 1;
+                current_ = up.exposure;
+                now = *current_;
+            }
+        }
+        if (old) old->stop();
+        if (now.public_endpoint.port == 0) return;
+        log("exposed " + local_.to_string() + " at " + now.public_endpoint.to_string() + " via relay " +
+            now.relay.to_string());
+        if (opt_.on_change) {
+            try {
+                opt_.on_change(now);
+            } catch (...) {
+            }
+        }
+    }
+
+    void monitor() {
+        bool down = false;  // the proxy is not running (since down_since)
+        Clock::time_point down_since = Clock::now();
+        auto next_eval = Clock::now() + opt_.reevaluate_interval;
+        auto next_failover = Clock::now();
+        for (;;) {
+            {
+                std::unique_lock<std::mutex> lock(mu_);
+                cv_.wait_for(lock, std::chrono::milliseconds(200), [this] { return stop_; });
+                if (stop_) return;
+            }
+            frp::ProxyStatus st;
+            Exposure cur;
+            {
+                std::lock_guard<std::mutex> lock(mu_);
+                if (!client_ || !current_) return;
+                st = client_->status(opt_.proxy_name);
+                cur = *current_;
+            }
+            const auto now = Clock::now();
+            if (st.state == frp::ProxyState::running) {
+                down = false;
+                if (st.public_endpoint != cur.public_endpoint) {
+                    // The same relay took the proxy back after a reconnect, on another port.
+                    cur.public_endpoint = st.public_endpoint;
+                    {
+                        std::lock_guard<std::mutex> lock(mu_);
+                        current_->public_endpoint = st.public_endpoint;
+                        ++current_->changes;
+                        cur = *current_;
+                    }
+                    if (opt_.on_change) {
+                        try {
+                            opt_.on_change(cur);
+                        } catch (...) {
+                        }
+                    }
+                }
+            } else if (!down) {
+                down = true;
+                down_since = now;
+            }
+            if (down && now - down_since >= opt_.failure_grace && now >= next_failover) {
+                log("relay " + cur.relay.to_string() + " lost; failing over");
+                {
+                    std::lock_guard<std::mutex> lock(mu_);
+                    failed_[cur.relay] = now;
+                }
+                std::string why;
+                if (auto up = establish({cur.relay}, &why)) {
+                    replace(std::move(*up));
+                    down = false;
+                    next_eval = Clock::now() + opt_.reevaluate_interval;
+                } else {
+                    // The old client keeps trying its relay; another round later.
+                    log("failover failed: " + why);
+                    next_failover = Clock::now() + std::chrono::seconds(5);
+                }
+                continue;
+            }
+            if (opt_.reevaluate_interval.count() > 0 && !down && now >= next_eval) {
+                next_eval = now + opt_.reevaluate_interval;
+                reevaluate(cur);
+            }
+        }
+    }
+
+    void reevaluate(const Exposure& cur) {
+        std::optional<double> here;
+        std::vector<RelayCandidate> others;
+        try {
+            here = measure_(cur.relay);
+            std::vector<Endpoint> exclude = cooling(Clock::now());
+            exclude.push_back(cur.relay);
+            others = rank_(exclude);
+        } catch (const std::exception& e) {
+            log(std::string("relay re-evaluation failed: ") + e.what());
+            return;
+        }
+        if (others.empty() || !here) return;  // a healthy tunnel stays where it is
+        {
+            std::lock_guard<std::mutex> lock(mu_);
+            if (current_) current_->relay_latency_ms = *here;
+        }
+        const auto& best = others.front();
+        if (!relay_switch_worthwhile(*here, best.latency_ms)) return;
+        log("relay " + best.http.to_string() + " (" + std::to_string(best.latency_ms) + " ms) is clearly nearer than " +
+            cur.relay.to_string() + " (" + std::to_string(*here) + " ms); moving");
+        std::string why;
+        if (auto up = try_relay(best, &why)) replace(std::move(*up));
+        else log("moving to " + best.http.to_string() + " failed: " + why);
+    }
+
+    const Endpoint local_;
+    const std::string token_;
+    ExposeOptions opt_;
+    Ranker rank_;
+    Measure measure_;
+    mutable std::mutex mu_;
+    std::condition_variable cv_;
+    bool started_ = false;
+    bool stop_ = false;
+    std::unique_ptr<frp::Client> client_;
+    std::optional<Exposure> current_;
+    std::unordered_map<Endpoint, Clock::time_point> failed_;
+    std::thread monitor_;
+};
+
+}  // namespace p2prc
