@@ -1,6 +1,6 @@
 // Small real networks for end-to-end tests, built from Linux network namespaces.
 //
-// A NetnsLab creates namespaces named "p2prce2e-<pid>-<n>-<role>" (the pid keeps parallel
+// A NetnsLab creates namespaces named "p2prce2e-<pid>-<lab>-<role>" (the pid keeps parallel
 // runs apart; leftovers of runs whose pid is gone are removed when a lab starts), links
 // them with veth pairs and bridges that live inside those namespaces, and removes every
 // namespace (and so every link, address, route, qdisc and nft table in it) when destroyed,
@@ -28,7 +28,6 @@
 #include <sched.h>
 #include <signal.h>
 #include <sys/socket.h>
-#include <sys/stat.h>
 #include <sys/types.h>
 #include <unistd.h>
 
