@@ -26,14 +26,17 @@ TEST_CASE("e2e: outside hosts cannot connect to the NAT'd host, which reaches th
     Internet net(lab);
 
     // A node on each public host.
-    for (auto [ns, ip, name] : {std::tuple{net.a, Internet::public_a, "public-a"},
-                                std::tuple{net.b, Internet::public_b, "public-b"}}) {
+    struct Host {
+        std::string ns, ip, name;
+    };
+    for (const auto& h : {Host{net.a, Internet::public_a, "public-a"},
+                          Host{net.b, Internet::public_b, "public-b"}}) {
         auto& node =
-            lab.spawn(ns, name,
-                      {P2PRC_CLI, "--table", dir.file(std::string(name) + ".json"), "--name", name,
-                       "--bind", ip, "--port", "8088", "--behind-nat", "false", "--json", "serve"});
+            lab.spawn(h.ns, h.name,
+                      {P2PRC_CLI, "--table", dir.file(h.name + ".json"), "--name", h.name, "--bind",
+                       h.ip, "--port", "8088", "--behind-nat", "false", "--json", "serve"});
         auto hello = nlohmann::json::parse(node.first_line(15s), nullptr, false);
-        REQUIRE_MESSAGE(hello.is_object(), name << ": " << node.out() << node.err());
+        REQUIRE_MESSAGE(hello.is_object(), h.name << ": " << node.out() << node.err());
     }
     // The NAT'd host's service, on every address it has.
     const std::uint16_t service_port = 8000;
