@@ -36,11 +36,7 @@ bool listed(const std::vector<std::string>& names, const std::string& name) {
 
 TEST_CASE("e2e: the network lab removes its namespaces and processes, also on an exception") {
     p2prc_test::TempDir dir;
-    if (auto why = NetnsLab::unavailable_reason(dir.path().string()); !why.empty()) {
-        std::cerr << "e2e: skipped because " << why << "\n";
-        MESSAGE("e2e test skipped: " << why);
-        return;
-    }
+    if (p2prc_test::skip_without_netns(dir.path().string())) return;
     std::string one, two;
     pid_t sleeper = -1;
     try {
@@ -71,11 +67,7 @@ TEST_CASE("e2e: the network lab removes its namespaces and processes, also on an
 
 TEST_CASE("e2e: a new network lab removes namespaces left by a run that died") {
     p2prc_test::TempDir dir;
-    if (auto why = NetnsLab::unavailable_reason(dir.path().string()); !why.empty()) {
-        std::cerr << "e2e: skipped because " << why << "\n";
-        MESSAGE("e2e test skipped: " << why);
-        return;
-    }
+    if (p2prc_test::skip_without_netns(dir.path().string())) return;
     // A pid nobody has (the highest pids are practically never handed out).
     pid_t dead = 0;
     for (pid_t p = 4194000; p > 4000000 && !dead; --p)

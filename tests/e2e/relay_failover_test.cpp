@@ -58,11 +58,7 @@ std::optional<Exposed> parse_exposed(const std::string& line) {
 
 TEST_CASE("e2e: a NAT'd node exposes its service through the nearer relay and fails over") {
     p2prc_test::TempDir dir;
-    if (auto why = NetnsLab::unavailable_reason(dir.path().string()); !why.empty()) {
-        std::cerr << "e2e: skipped because " << why << "\n";
-        MESSAGE("e2e test skipped: " << why);
-        return;
-    }
+    if (p2prc_test::skip_without_netns(dir.path().string())) return;
     NetnsLab lab(dir.path().string());
     Internet net(lab);
     const std::string table_a = dir.file("public-a.json"), table_b = dir.file("public-b.json"),

@@ -17,11 +17,7 @@ using p2prc_test::NetnsLab;
 
 TEST_CASE("e2e: a service behind NAT is fetched from outside through p2prc relay / expose --via") {
     p2prc_test::TempDir dir;
-    if (auto why = NetnsLab::unavailable_reason(dir.path().string()); !why.empty()) {
-        std::cerr << "e2e: skipped because " << why << "\n";
-        MESSAGE("e2e test skipped: " << why);
-        return;
-    }
+    if (p2prc_test::skip_without_netns(dir.path().string())) return;
     NetnsLab lab(dir.path().string());
     Internet net(lab);
 

@@ -15,11 +15,7 @@ using p2prc_test::NetnsLab;
 
 TEST_CASE("e2e: a node serving behind NAT finds it out and is reached through a relay") {
     p2prc_test::TempDir dir;
-    if (auto why = NetnsLab::unavailable_reason(dir.path().string()); !why.empty()) {
-        std::cerr << "e2e: skipped because " << why << "\n";
-        MESSAGE("e2e test skipped: " << why);
-        return;
-    }
+    if (p2prc_test::skip_without_netns(dir.path().string())) return;
     NetnsLab lab(dir.path().string());
     Internet net(lab);
     const std::string a_http = std::string(Internet::public_a) + ":8088";

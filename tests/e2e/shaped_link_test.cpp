@@ -37,11 +37,7 @@ std::optional<Speed> speedtest(NetnsLab& lab, const std::string& ns, const std::
 
 TEST_CASE("e2e: speedtest across a link shaped by tbf to 50 Mbit/s measures it within 10%") {
     p2prc_test::TempDir dir;
-    if (auto why = NetnsLab::unavailable_reason(dir.path().string()); !why.empty()) {
-        std::cerr << "e2e: skipped because " << why << "\n";
-        MESSAGE("e2e test skipped: " << why);
-        return;
-    }
+    if (p2prc_test::skip_without_netns(dir.path().string())) return;
     NetnsLab lab(dir.path().string());
     auto server = lab.add_namespace("tbf-server");
     auto client = lab.add_namespace("tbf-client");

@@ -6,6 +6,7 @@
 #include <p2prc.hpp>
 
 #include "support/delay_proxy.hpp"
+#include "support/node_config.hpp"
 #include "support/process.hpp"
 #include "support/relay.hpp"
 #include "support/tempdir.hpp"
@@ -27,12 +28,7 @@ using p2prc_test::loopback;
 namespace {
 
 p2prc::Config node_config(const p2prc_test::TempDir& dir, const std::string& name) {
-    p2prc::Config c;
-    c.name = name;
-    c.bind = "127.0.0.1";
-    c.port = 0;
-    c.iptable = dir.file(name + ".json");
-    c.behind_nat = p2prc::BehindNat::no;
+    auto c = p2prc_test::loopback_node_config(dir, name);
     c.limits.probe_timeout_ms = 1000;
     return c;
 }

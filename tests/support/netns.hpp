@@ -19,6 +19,7 @@
 
 #include "support/process.hpp"
 
+#include <doctest/doctest.h>
 #include <httplib.h>
 
 #include <arpa/inet.h>
@@ -38,6 +39,7 @@
 #include <cstring>
 #include <exception>
 #include <fstream>
+#include <iostream>
 #include <memory>
 #include <optional>
 #include <sstream>
@@ -505,5 +507,15 @@ struct Internet {
         lab.nat_gateway(gateway, "wan", "lan");
     }
 };
+
+// True (after saying why, on stderr and in doctest's log) when this machine cannot run the
+// network-namespace tests; the caller then returns, and the test counts as skipped.
+inline bool skip_without_netns(const std::string& scratch_dir) {
+    const std::string why = NetnsLab::unavailable_reason(scratch_dir);
+    if (why.empty()) return false;
+    std::cerr << "e2e: skipped because " << why << "\n";
+    MESSAGE("e2e test skipped: " << why);
+    return true;
+}
 
 }  // namespace p2prc_test
