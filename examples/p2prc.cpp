@@ -427,9 +427,12 @@ int run(const Cli& cli) {
                                    << " at " << now->public_endpoint.to_string() << std::endl;
                 } else if (r.decided && r.reachable && !cli.json) {
                     std::cout << "reachable directly (checked by " << r.asked.back().peer.to_string() << ")" << std::endl;
-                } else if (!r.decided || (!r.reachable && !r.exposure)) {
+                } else if (!r.decided) {
                     std::cerr << "p2prc: reachability undecided: " << printable(r.reason) << " (trying again in 30 s)"
                               << std::endl;
+                } else if (!r.reachable && !r.exposure) {
+                    std::cerr << "p2prc: not reachable directly, and no relay could carry this node: "
+                              << printable(r.reason) << " (trying again in 30 s)" << std::endl;
                 }
             } else if (auto now = node.self_exposure(); now && announced && *announced != now->public_endpoint) {
                 announced = now->public_endpoint;  // failover or move: tell the user

@@ -662,6 +662,9 @@ public:
             report.exposure = cur;
             return report;
         }
+        // The relay is chosen among measured peers: a table that was only added to (never
+        // probed) is measured first.
+        if (relay_candidates().empty()) update();
         ExposeOptions eo;
         eo.proxy_name = config_.name + "-server";
         auto bind = IpAddress::parse(config_.bind);

@@ -236,9 +236,26 @@ TEST_CASE("the CLI relay: p2prc relay, p2prc expose --via, and a node reached th
         expose.signal(SIGTERM);
         CHECK(expose.wait(15s) == 0);
     }
-    auto none = run_command({P2PRC_CLI, "expose", std::to_string(A.port)}, scratch);
+    // Without --via the relay comes from the table: none there yet, then A (measured).
+    const std::string table = dir.file("exposer.json");
+    auto none = run_command({P2PRC_CLI, "--table", table, "expose", std::to_string(A.port)}, scratch);
     CHECK(none.code == 1);
-    CHECK(none.err.find("not supported yet: give --via") != std::string::npos);
+    CHECK(none.err.find("no relay candidate") != std::string::npos);
+    CHECK(run_command({P2PRC_CLI, "--table", table, "add", A.endpoint().to_string(), "A"}, scratch).code == 0);
+    CHECK(run_command({P2PRC_CLI, "--table", table, "update"}, scratch).code == 0);
+    {
+        ChildProcess expose({P2PRC_CLI, "--json", "--table", table, "expose", std::to_string(A.port)},
+                            dir.file("e3.out"), dir.file("e3.err"));
+        auto line = nlohmann::json::parse(expose.first_line(30s));
+        CHECK(line.at("relay") == A.endpoint().to_string());
+        CHECK(line.at("relay_name") == "A");
+        auto pub = p2prc::Endpoint::from_string(line.at("public_endpoint").get<std::string>());
+        auto r = run_command({P2PRC_CLI, "--json", "info", pub.to_string()}, scratch, 30s);
+        CHECK(r.code == 0);
+        CHECK(nlohmann::json::parse(r.out)["Name"] == "A");
+        expose.signal(SIGTERM);
+        CHECK(expose.wait(15s) == 0);
+    }
     relay.signal(SIGTERM);
     CHECK(relay.wait(15s) == 0);
 }

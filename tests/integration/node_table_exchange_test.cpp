@@ -2,6 +2,7 @@
 #include <p2prc.hpp>
 
 #include "support/multipart.hpp"
+#include "support/node_config.hpp"
 #include "support/tempdir.hpp"
 
 #include <doctest/doctest.h>
@@ -17,12 +18,7 @@ using p2prc::IpTable;
 namespace {
 
 p2prc::Config test_config(const p2prc_test::TempDir& dir, const std::string& name) {
-    p2prc::Config c;
-    c.name = name;
-    c.bind = "127.0.0.1";
-    c.port = 0;
-    c.iptable = dir.file(name + ".json");
-    c.behind_nat = p2prc::BehindNat::no;
+    auto c = p2prc_test::loopback_node_config(dir, name);
     c.limits.liveness_budget_ms = 1500;
     return c;
 }

@@ -1,8 +1,9 @@
 // A userspace TCP proxy that injects delay and limits rate, for loopback tests (kernel
 // netem is not available here).
 //
-// Each route listens on 127.0.0.1 (port chosen by the kernel) and forwards every accepted
-// connection to 127.0.0.1:<target>. Semantics, per direction and independently:
+// Each route listens on 127.0.0.1 (port chosen by the kernel; both can be set) and
+// forwards every accepted connection to 127.0.0.1:<target>. Semantics, per direction and
+// independently:
 //   delay D: a chunk read from one side at time t is written to the other side at t + D
 //            at the earliest, order kept. One request/response exchange therefore takes
 //            2*D longer than without the proxy.
@@ -47,6 +48,10 @@ struct ProxyRoute {
     std::uint16_t target_port = 0;
     std::chrono::microseconds delay{0};  // one way
     double rate_bytes_per_second = 0;    // 0: unlimited
+    // Where the route listens (host byte order); loopback unless a test inside its own
+    // network namespace puts the proxy in front of a host's address.
+    std::uint32_t listen_address = INADDR_LOOPBACK;
+    std::uint16_t listen_port = 0;  // 0: chosen by the kernel
 };
 
 class DelayProxy {
@@ -63,7 +68,8 @@ class DelayProxy {
             setsockopt(l.fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
             sockaddr_in a{};
             a.sin_family = AF_INET;
-            a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+            a.sin_addr.s_addr = htonl(r.listen_address);
+            a.sin_port = htons(r.listen_port);
             if (::bind(l.fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 ||
                 ::listen(l.fd, 512) != 0)
                 throw std::runtime_error("proxy: cannot listen");

@@ -62,13 +62,15 @@ public:
     // Waits up to `timeout` for the process to end; its exit code, or -signal, or
     // nothing when it still runs.
     std::optional<int> wait(std::chrono::milliseconds timeout) {
+        if (exited_) return status_;  // reaped already: the pid is no longer ours to wait for
         auto deadline = std::chrono::steady_clock::now() + timeout;
         for (;;) {
             int st = 0;
             pid_t r = waitpid(pid_, &st, WNOHANG);
             if (r == pid_) {
                 exited_ = true;
-                return WIFEXITED(st) ? WEXITSTATUS(st) : -WTERMSIG(st);
+                status_ = WIFEXITED(st) ? WEXITSTATUS(st) : -WTERMSIG(st);
+                return status_;
             }
             if (std::chrono::steady_clock::now() >= deadline) return std::nullopt;
             std::this_thread::sleep_for(std::chrono::milliseconds(10));
@@ -94,6 +96,7 @@ public:
 private:
     pid_t pid_ = -1;
     bool exited_ = false;
+    int status_ = 0;
     std::string out_, err_;
 };
 
