@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The library as its users get it:
-#  1. `cmake --install`, then a small project with find_package(p2prc) builds and runs;
+#  1. `cmake --install`, then a small project with find_package(p2prc) builds and runs, and
+#     every example builds against the installed package;
 #  2. the same program builds with the installed pkg-config file;
 #  3. every example builds with single_include/p2prc.hpp alone plus system packages; the
 #     table and expose examples run.
@@ -19,11 +20,14 @@ test -f "$prefix/include/p2prc.hpp"
 test -f "$prefix/lib/cmake/p2prc/p2prcConfig.cmake"
 
 echo "== find_package(p2prc)"
-cmake -S "$src/tests/packaging/consumer" -B "$work/consumer" -DCMAKE_PREFIX_PATH="$prefix" >/dev/null
+cmake -S "$src/tests/packaging/consumer" -B "$work/consumer" -DCMAKE_PREFIX_PATH="$prefix" \
+  -DP2PRC_EXAMPLES_DIR="$src/examples" >/dev/null
 cmake --build "$work/consumer" -j 2 >/dev/null
 out=$("$work/consumer/consumer" "$src/tests/data/p2prc-go-ip_table.json")
 echo "$out"
 grep -q "Node1 139.59.162.154:8078" <<<"$out"
+ls "$work/consumer"/example_* | sed 's|.*/|built against the installed package: |'
+"$work/consumer/example_table" "$src/tests/data/p2prc-go-ip_table.json" | grep -q '"port no": "8078"'
 
 echo "== pkg-config p2prc"
 export PKG_CONFIG_PATH="$prefix/share/pkgconfig${PKG_CONFIG_PATH:+:$PKG_CONFIG_PATH}"
