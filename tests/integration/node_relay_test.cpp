@@ -272,8 +272,7 @@ TEST_CASE("expose chooses the nearest measured relay, never an unmeasured or NAT
     auto ex = X.expose(service.endpoint().port, eo);
     CHECK(ex.relay == viaB);
     CHECK(ex.relay_name == "B");
-    CHECK(ex.relay_latency_ms >= 5.0);
-    CHECK(ex.relay_latency_ms < 30.0);
+    CHECK(ex.relay_latency_ms >= 5.0);  // the injected delay (no upper bound: the machine may be loaded)
     CHECK(ex.public_endpoint.address == IpAddress::from_string("127.0.0.1"));
     auto r = p2prc_test::echo_roundtrip(ex.public_endpoint, 3, 300000);
     CHECK(r.matched == 300000);
@@ -335,8 +334,10 @@ TEST_CASE("expose does not flap between two relays within 5 ms, and moves to a c
     auto A = start_node(node_config(dir, "A"));
     auto B = start_node(node_config(dir, "B"));
     auto C = start_node(node_config(dir, "C"));
-    // A and B: one way 4 and 6 ms (round trips 8 and 12 ms); C: 40 ms one way at first.
-    p2prc_test::DelayProxy proxy({{A->port(), 4ms}, {B->port(), 6ms}, {C->port(), 40ms}});
+    // A and B: one way 30 and 32 ms (round trips 60 and 64 ms): a move would take a sample
+    // of the current one 36 ms late three times over, which a loaded machine does not do
+    // the way it may add 10 ms to a round trip of 8. C: 120 ms one way.
+    p2prc_test::DelayProxy proxy({{A->port(), 30ms}, {B->port(), 32ms}, {C->port(), 120ms}});
     const Endpoint viaA = loopback(proxy.port(0)), viaB = loopback(proxy.port(1)), viaC = loopback(proxy.port(2));
     auto xc = node_config(dir, "X");
     Node X(xc);
@@ -366,7 +367,7 @@ TEST_CASE("expose does not flap between two relays within 5 ms, and moves to a c
     REQUIRE(Y.update().pruned.empty());
     auto far = Y.expose(service.endpoint().port, eo);
     CHECK(far.relay == viaC);
-    list_peer(yc.iptable, "A", viaA, 8.0);
+    list_peer(yc.iptable, "A", viaA, 60.0);
     CHECK(eventually([&] {
         auto now = Y.exposure(service.endpoint().port);
         return now && now->relay == viaA;
@@ -479,4 +480,158 @@ TEST_CASE("p2prc serve with behind_nat auto, unreachable on its port, is adverti
     CHECK(self->escape_implementation == "FRP");
     serve.signal(SIGTERM);
     CHECK(serve.wait(10s) == 0);
+}
+
+namespace {
+
+// An HTTP server on loopback with /server_info (so it can be measured) and the routes given.
+std::unique_ptr<p2prc::Server> fake_relay(const std::string& path, p2prc::RouteHandler h) {
+    p2prc::ServerOptions so;
+    so.bind_address = "127.0.0.1";
+    auto s = std::make_unique<p2prc::Server>(so);
+    s->get(path, std::move(h));
+    s->start();
+    return s;
+}
+
+void answer_port(p2prc::HttpResponse& r, std::uint16_t port) {
+    r.status = 200;
+    r.content_type = "text/plain";
+    r.body = std::to_string(port);
+}
+
+}  // namespace
+
+TEST_CASE("RelayTunnel: stop() while start() brings the tunnel up ends start() with state_error") {
+    p2prc::frp::ServerOptions so;
+    so.bind = loopback();
+    p2prc::frp::Server frps(so);
+    p2prc::RelayTunnel* tunnel = nullptr;
+    std::atomic<bool> asked{false};
+    // The relay's answer comes after the tunnel was stopped: start() must not go on to
+    // start its monitor (a thread nobody would join) and keep a client nobody stops.
+    auto fake = fake_relay("/FRPPort", [&](const p2prc::HttpRequest&, p2prc::HttpResponse& r) {
+        asked = true;
+        tunnel->stop();
+        answer_port(r, frps.port());
+    });
+    p2prc_test::EchoServer service;
+    auto rank = [&](const std::vector<Endpoint>&) {
+        return std::vector<p2prc::RelayCandidate>{{"fake", loopback(fake->port()), 1.0}};
+    };
+    auto measure = [](const Endpoint&) -> std::optional<double> { return 1.0; };
+    {
+        p2prc::RelayTunnel t(service.endpoint(), "", {}, rank, measure);
+        tunnel = &t;
+        std::optional<p2prc::errc> code;
+        try {
+            t.start();
+        } catch (const p2prc::error& e) {
+            code = e.code();
+        }
+        CHECK(asked);
+        REQUIRE(code);
+        CHECK(*code == p2prc::errc::state_error);
+        CHECK_FALSE(t.current());
+    }
+    CHECK(eventually([&] { return frps.client_count() == 0; }, 10s));
+}
+
+TEST_CASE("Node::stop() ends an expose() held up by a relay that never answers the frp login") {
+    p2prc_test::TempDir dir;
+    p2prc::detail::TcpListener silent(loopback());  // connections complete, nothing is said
+    std::atomic<int> asked{0};
+    auto fake = fake_relay("/FRPPort", [&](const p2prc::HttpRequest&, p2prc::HttpResponse& r) {
+        ++asked;
+        answer_port(r, silent.port());
+    });
+    auto xc = node_config(dir, "X");
+    Node X(xc);
+    list_peer(xc.iptable, "F", loopback(fake->port()), 1.0);
+    p2prc_test::EchoServer service;
+    p2prc::ExposeOptions eo;
+    eo.attempt_timeout = 60s;  // far longer than the test may take
+    eo.max_attempts = 1;
+    std::optional<p2prc::errc> code;
+    std::string what;
+    std::thread exposing([&] {
+        try {
+            X.expose(service.endpoint().port, eo);
+        } catch (const p2prc::error& e) {
+            code = e.code();
+            what = e.what();
+        }
+    });
+    const bool reached = eventually([&] { return asked > 0; }, 30s);
+    X.stop();
+    exposing.join();
+    REQUIRE(reached);
+    INFO(what);
+    REQUIRE(code);
+    CHECK(*code == p2prc::errc::state_error);
+    CHECK_FALSE(X.exposure(service.endpoint().port));
+}
+
+TEST_CASE("GET /FRPPort: a client opens at most 4 public ports on the relay it was given") {
+    p2prc_test::TempDir dir;
+    auto relay = start_node(node_config(dir, "relay"));
+    auto res = get(endpoint_of(*relay), "/FRPPort");
+    REQUIRE(res);
+    REQUIRE(res->status == 200);
+    p2prc_test::EchoServer echo;
+    p2prc::frp::ClientOptions o;
+    o.server = loopback(static_cast<std::uint16_t>(std::stoi(res->body)));
+    for (int i = 0; i < 6; ++i) {
+        p2prc::frp::ProxySpec p;
+        p.name = "svc" + std::to_string(i);
+        p.local = echo.endpoint();
+        o.proxies.push_back(p);
+    }
+    p2prc::frp::Client client(o);
+    int running = 0, refused = 0;
+    for (const auto& p : o.proxies) {
+        auto st = client.wait_running(p.name, 10s);
+        if (st.state == p2prc::frp::ProxyState::running) ++running;
+        if (st.state == p2prc::frp::ProxyState::failed) ++refused;
+    }
+    CHECK(running == 4);
+    CHECK(refused == 2);
+}
+
+TEST_CASE("RelayTunnel: a nearer relay that fails the move is not tried again at every re-evaluation") {
+    p2prc_test::TempDir dir;
+    auto R = start_node(node_config(dir, "R"));
+    std::atomic<int> refusals{0};
+    auto F = fake_relay("/FRPPort", [&](const p2prc::HttpRequest&, p2prc::HttpResponse& r) {
+        ++refusals;
+        r.error(503, "no relay for you");
+    });
+    const Endpoint viaR = endpoint_of(*R), viaF = loopback(F->port());
+    std::atomic<bool> f_listed{false};
+    std::atomic<int> measured{0};
+    auto rank = [&](const std::vector<Endpoint>& exclude) {
+        auto excluded = [&](const Endpoint& e) { return std::find(exclude.begin(), exclude.end(), e) != exclude.end(); };
+        std::vector<p2prc::RelayCandidate> out;
+        if (f_listed && !excluded(viaF)) out.push_back({"F", viaF, 1.0});
+        if (!excluded(viaR)) out.push_back({"R", viaR, 50.0});
+        return out;
+    };
+    auto measure = [&](const Endpoint& e) -> std::optional<double> {
+        ++measured;
+        return e == viaF ? 1.0 : 50.0;
+    };
+    p2prc_test::EchoServer service;
+    p2prc::ExposeOptions eo;
+    eo.reevaluate_interval = 50ms;
+    p2prc::RelayTunnel t(service.endpoint(), "", eo, rank, measure);
+    auto up = t.start();
+    REQUIRE(up.relay == viaR);
+    f_listed = true;
+    const int base = measured;
+    // Six re-evaluations with F listed: F (clearly nearer) is tried once, then cools down.
+    CHECK(eventually([&] { return measured >= base + 6; }, 30s));
+    CHECK(refusals == 1);
+    REQUIRE(t.current());
+    CHECK(t.current()->relay == viaR);
+    t.stop();
 }
