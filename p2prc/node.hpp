@@ -544,6 +544,13 @@ public:
     // server runs. Throws p2prc::error: state_error when the port is already exposed,
     // io_error when no relay could carry it (the message names each relay tried and why).
     Exposure expose(std::uint16_t local_port, ExposeOptions options = {}) {
+        return expose_port(local_port, std::move(options), false);
+    }
+
+private:
+    // expose(); `own_server`: only while the server runs (checked under tunnels_mu_, so a
+    // stop() either sees the tunnel and ends it or makes this refuse).
+    Exposure expose_port(std::uint16_t local_port, ExposeOptions options, bool own_server) {
         if (local_port == 0) throw error(errc::invalid_argument, "expose: the local port must not be 0");
         if (options.proxy_name.empty()) options.proxy_name = config_.name + "-" + std::to_string(local_port);
         auto tunnel = std::make_shared<RelayTunnel>(
@@ -554,6 +561,8 @@ public:
             // Listed while it comes up, so stop() and unexpose() can end a start that waits
             // on a slow relay (exposure() says nothing until it is up).
             std::lock_guard<std::mutex> lock(tunnels_mu_);
+            if (own_server && !running_)
+                throw error(errc::state_error, "the node stopped before its server was exposed");
             if (tunnels_.count(local_port))
                 throw error(errc::state_error, "port " + std::to_string(local_port) + " is already exposed");
             tunnels_[local_port] = tunnel;
@@ -574,6 +583,8 @@ public:
         }
         return e;
     }
+
+public:
 
     // Where local_port is exposed now (it follows failovers and moves), if it is.
     std::optional<Exposure> exposure(std::uint16_t local_port) const {
@@ -634,7 +645,7 @@ public:
                 return a.latency_ms.value_or(1e18) < b.latency_ms.value_or(1e18);
             });
             for (const auto& p : peers) {
-                if (report.asked.size() >= 3) break;
+                if (report.asked.size() >= 3 || !running_) break;
                 auto r = request_dialback(*p.endpoint(), port());
                 report.asked.push_back(r);
                 if (!r.answered) continue;
@@ -644,7 +655,8 @@ public:
                 break;
             }
             if (!report.decided) {
-                report.reason = report.asked.empty() ? "no peer to ask: the table has no server that is not behind NAT"
+                report.reason = !running_ ? "the node stopped"
+                                : report.asked.empty() ? "no peer to ask: the table has no server that is not behind NAT"
                                                      : "no peer answered the dialback";
                 return report;
             }
@@ -673,7 +685,7 @@ public:
         if (bind && bind->scope() != Scope::unspecified) eo.local_host = *bind;
         else if (bind && bind->is_v6()) eo.local_host = IpAddress::from_string("::1");
         try {
-            report.exposure = expose(port(), eo);
+            report.exposure = expose_port(port(), eo, true);
             std::lock_guard<std::mutex> lock(tunnels_mu_);
             if (tunnels_.count(port())) self_tunnel_port_ = port();  // unless stop() ran meanwhile
         } catch (const error& e) {

@@ -485,11 +485,13 @@ TEST_CASE("p2prc serve with behind_nat auto, unreachable on its port, is adverti
 namespace {
 
 // An HTTP server on loopback with /server_info (so it can be measured) and the routes given.
-std::unique_ptr<p2prc::Server> fake_relay(const std::string& path, p2prc::RouteHandler h) {
+std::unique_ptr<p2prc::Server> fake_relay(const std::string& path, p2prc::RouteHandler h,
+                                          p2prc::RouteHandler dialback = {}) {
     p2prc::ServerOptions so;
     so.bind_address = "127.0.0.1";
     auto s = std::make_unique<p2prc::Server>(so);
     s->get(path, std::move(h));
+    if (dialback) s->post("/dialback", std::move(dialback));
     s->start();
     return s;
 }
@@ -634,4 +636,40 @@ TEST_CASE("RelayTunnel: a nearer relay that fails the move is not tried again at
     REQUIRE(t.current());
     CHECK(t.current()->relay == viaR);
     t.stop();
+}
+
+TEST_CASE("p2prc serve ends at once on SIGTERM while it is exposing itself through relays that stall") {
+    p2prc_test::TempDir dir;
+    // Four relays that answer the dialback (the node is unreachable) and /FRPPort with a
+    // port where nothing ever answers the frp login: exposing waits attempt_timeout (10 s)
+    // on each of them.
+    p2prc::detail::TcpListener silent(loopback());
+    std::atomic<int> asked{0};
+    std::vector<std::unique_ptr<p2prc::Server>> relays;
+    const std::string table = dir.file("N.json");
+    for (int i = 0; i < 4; ++i) {
+        auto f = fake_relay(
+            "/FRPPort",
+            [&](const p2prc::HttpRequest&, p2prc::HttpResponse& r) {
+                ++asked;
+                answer_port(r, silent.port());
+            },
+            [](const p2prc::HttpRequest& q, p2prc::HttpResponse& r) {
+                r.json({{"reachable", false}, {"address", q.remote->address.to_string()}, {"error", "refused"}});
+            });
+        list_peer(table, "F" + std::to_string(i), loopback(f->port()), 1.0);
+        relays.push_back(std::move(f));
+    }
+    p2prc_test::ChildProcess serve({P2PRC_CLI, "--json", "--name", "N", "--bind", "127.0.0.1", "--port", "0", "--table",
+                                    table, "serve"},
+                                   dir.file("N.out"), dir.file("N.err"));
+    serve.first_line(10s);
+    const bool exposing = eventually([&] { return asked > 0; }, 30s);
+    serve.signal(SIGTERM);
+    // Prompt: well before even the first relay's attempt would have run out.
+    auto code = serve.wait(8s);
+    INFO("stderr: " << serve.err());
+    REQUIRE(exposing);
+    REQUIRE(code);
+    CHECK(*code == 0);
 }
