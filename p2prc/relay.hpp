@@ -456,7 +456,10 @@ class RelayTunnel {
 
     // Tries the ranked candidates (minus `exclude` and the relays cooling down) in order.
     std::optional<Up> establish(std::vector<Endpoint> exclude, std::string* why) {
-        for (const auto& e : cooling(Clock::now())) exclude.push_back(e);
+        const std::size_t lost = exclude.size();
+        const auto cool = cooling(Clock::now());
+        for (const auto& e : cool)
+            if (std::find(exclude.begin(), exclude.end(), e) == exclude.end()) exclude.push_back(e);
         std::vector<RelayCandidate> ranked;
         try {
             ranked = rank_(exclude);
@@ -467,6 +470,11 @@ class RelayTunnel {
         if (ranked.empty()) {
             *why = "no relay candidate: the table has no reachable, measured peer that is not "
                    "itself behind NAT";
+            // Not the table's fault when the others are only left out for now.
+            if (exclude.size() > lost)
+                *why += " (besides " + std::to_string(exclude.size() - lost) +
+                        " that failed in the last " +
+                        std::to_string(opt_.failed_relay_cooldown.count() / 1000) + " s)";
             return std::nullopt;
         }
         std::string tried;

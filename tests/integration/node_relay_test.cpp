@@ -673,3 +673,41 @@ TEST_CASE("p2prc serve ends at once on SIGTERM while it is exposing itself throu
     REQUIRE(code);
     CHECK(*code == 0);
 }
+
+TEST_CASE("RelayTunnel: a failover with every other relay cooling down says so, not that the table is empty") {
+    p2prc_test::TempDir dir;
+    auto R = start_node(node_config(dir, "R"));
+    auto F = fake_relay("/FRPPort", [](const p2prc::HttpRequest&, p2prc::HttpResponse& r) { r.error(503, "full"); });
+    const Endpoint viaR = endpoint_of(*R), viaF = loopback(F->port());
+    auto rank = [&](const std::vector<Endpoint>& exclude) {
+        std::vector<p2prc::RelayCandidate> out;
+        for (const auto& c : {p2prc::RelayCandidate{"F", viaF, 1.0}, p2prc::RelayCandidate{"R", viaR, 50.0}})
+            if (std::find(exclude.begin(), exclude.end(), c.http) == exclude.end()) out.push_back(c);
+        return out;
+    };
+    std::mutex mu;
+    std::vector<std::string> lines;
+    p2prc::ExposeOptions eo;
+    eo.reevaluate_interval = 0ms;
+    eo.failure_grace = 200ms;
+    eo.log = [&](const std::string& line) {
+        std::lock_guard<std::mutex> lock(mu);
+        if (lines.size() < 1000) lines.push_back(line);
+    };
+    p2prc_test::EchoServer service;
+    p2prc::RelayTunnel t(service.endpoint(), "", eo, rank, [](const Endpoint&) { return std::optional<double>(1.0); });
+    auto up = t.start();  // F refuses, so R carries it
+    REQUIRE(up.relay == viaR);
+    R->stop();
+    std::string failed;
+    CHECK(eventually([&] {
+        std::lock_guard<std::mutex> lock(mu);
+        for (const auto& l : lines)
+            if (l.find("failover failed") != std::string::npos) failed = l;
+        return !failed.empty();
+    }, 30s));
+    INFO(failed);
+    CHECK(failed.find("no relay candidate") != std::string::npos);
+    CHECK(failed.find("besides 1 that failed") != std::string::npos);
+    t.stop();
+}
