@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <condition_variable>
@@ -552,9 +553,25 @@ int run(const Cli& cli) {
             p2prc::ExposeOptions eo;
             eo.reevaluate_interval = std::chrono::seconds(60);
             eo.on_change = print;  // failovers and moves, on the tunnel's thread
-            print(node.expose(*local_port, eo));
-            wait_for_signal();
-            node.unexpose(*local_port);
+            // Signals are awaited on their own thread from the start: one that comes while
+            // the relays are still tried stops the node, which ends the attempt at once.
+            std::atomic<bool> done{false}, by_signal{false};
+            std::thread waiter([&] {
+                wait_for_signal();
+                if (done) return;  // woken below: expose failed
+                by_signal = true;
+                node.stop();
+            });
+            try {
+                print(node.expose(*local_port, eo));
+            } catch (...) {
+                done = true;
+                pthread_kill(waiter.native_handle(), SIGTERM);
+                waiter.join();
+                if (by_signal) return 0;
+                throw;
+            }
+            waiter.join();  // until a signal; node.stop() closes the tunnel
             return 0;
         }
         block_signals();
