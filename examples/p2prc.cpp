@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <condition_variable>
@@ -17,6 +18,7 @@
 #include <iostream>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -359,17 +361,6 @@ int wait_for_signal() {
     return sig;
 }
 
-// Waits for SIGINT/SIGTERM at most `timeout`; the signal, or 0 when none came.
-int wait_for_signal(std::chrono::milliseconds timeout) {
-    sigset_t set;
-    sigemptyset(&set);
-    sigaddset(&set, SIGINT);
-    sigaddset(&set, SIGTERM);
-    timespec ts{static_cast<time_t>(timeout.count() / 1000), static_cast<long>((timeout.count() % 1000) * 1000000)};
-    int sig = sigtimedwait(&set, nullptr, &ts);
-    return sig > 0 ? sig : 0;
-}
-
 nlohmann::json exposure_json(const p2prc::Exposure& e) {
     return {{"public_endpoint", e.public_endpoint.to_string()}, {"relay", e.relay.to_string()},
             {"relay_name", e.relay_name}, {"relay_latency_ms", e.relay_latency_ms}, {"local", e.local.to_string()}};
@@ -412,37 +403,64 @@ int run(const Cli& cli) {
         }
         // Reachability: with behind_nat auto, a peer is asked to dial back; a node it cannot
         // reach is exposed through the nearest relay (and advertises the relay's endpoint).
-        // Undecided (no peer answered yet): asked again every 30 s.
-        bool settled = config.behind_nat == p2prc::BehindNat::no;
-        std::optional<p2prc::Endpoint> announced;
-        for (;;) {
-            if (!settled) {
-                auto r = node.check_reachability();
-                settled = r.decided && (r.reachable || r.exposure);
-                auto now = node.self_exposure();
-                if (now && (!announced || *announced != now->public_endpoint)) {
-                    announced = now->public_endpoint;
-                    if (cli.json) std::cout << nlohmann::json{{"relayed", exposure_json(*now)}}.dump() << std::endl;
-                    else std::cout << "not reachable directly: advertised through relay " << now->relay.to_string()
-                                   << " at " << now->public_endpoint.to_string() << std::endl;
-                } else if (r.decided && r.reachable && !cli.json) {
-                    std::cout << "reachable directly (checked by " << r.asked.back().peer.to_string() << ")" << std::endl;
-                } else if (!r.decided) {
-                    std::cerr << "p2prc: reachability undecided: " << printable(r.reason) << " (trying again in 30 s)"
+        // Undecided (no peer answered yet): asked again every 30 s. This runs on its own
+        // thread: a signal then stops the node at once, which ends a check or an exposure
+        // waiting on a slow peer, instead of waiting for it.
+        std::mutex quit_mu;
+        std::condition_variable quit_cv;
+        bool quit = false;
+        std::thread checker([&] {
+            bool settled = config.behind_nat == p2prc::BehindNat::no;
+            std::optional<p2prc::Endpoint> announced;
+            for (;;) {
+                try {
+                    if (!settled) {
+                        auto r = node.check_reachability();
+                        settled = r.decided && (r.reachable || r.exposure);
+                        auto now = node.self_exposure();
+                        if (now && (!announced || *announced != now->public_endpoint)) {
+                            announced = now->public_endpoint;
+                            if (cli.json) std::cout << nlohmann::json{{"relayed", exposure_json(*now)}}.dump() << std::endl;
+                            else std::cout << "not reachable directly: advertised through relay " << now->relay.to_string()
+                                           << " at " << now->public_endpoint.to_string() << std::endl;
+                        } else if (r.decided && r.reachable && !cli.json) {
+                            std::cout << "reachable directly (checked by " << r.asked.back().peer.to_string() << ")"
+                                      << std::endl;
+                        } else if (!node.running()) {
+                            break;
+                        } else if (!r.decided) {
+                            std::cerr << "p2prc: reachability undecided: " << printable(r.reason)
+                                      << " (trying again in 30 s)" << std::endl;
+                        } else if (!r.reachable && !r.exposure) {
+                            std::cerr << "p2prc: not reachable directly, and no relay could carry this node: "
+                                      << printable(r.reason) << " (trying again in 30 s)" << std::endl;
+                        }
+                    } else if (auto now = node.self_exposure(); now && announced && *announced != now->public_endpoint) {
+                        announced = now->public_endpoint;  // failover or move: tell the user
+                        if (cli.json) std::cout << nlohmann::json{{"relayed", exposure_json(*now)}}.dump() << std::endl;
+                        else std::cout << "now advertised through relay " << now->relay.to_string() << " at "
+                                       << now->public_endpoint.to_string() << std::endl;
+                    }
+                } catch (const std::exception& e) {
+                    if (!node.running()) break;
+                    std::cerr << "p2prc: reachability check failed: " << printable(e.what()) << " (trying again in 30 s)"
                               << std::endl;
-                } else if (!r.reachable && !r.exposure) {
-                    std::cerr << "p2prc: not reachable directly, and no relay could carry this node: "
-                              << printable(r.reason) << " (trying again in 30 s)" << std::endl;
+                    settled = false;
                 }
-            } else if (auto now = node.self_exposure(); now && announced && *announced != now->public_endpoint) {
-                announced = now->public_endpoint;  // failover or move: tell the user
-                if (cli.json) std::cout << nlohmann::json{{"relayed", exposure_json(*now)}}.dump() << std::endl;
-                else std::cout << "now advertised through relay " << now->relay.to_string() << " at "
-                               << now->public_endpoint.to_string() << std::endl;
+                std::unique_lock<std::mutex> lock(quit_mu);
+                if (quit_cv.wait_for(lock, settled ? std::chrono::seconds(1) : std::chrono::seconds(30),
+                                     [&] { return quit; }))
+                    break;
             }
-            if (wait_for_signal(settled ? std::chrono::milliseconds(1000) : std::chrono::milliseconds(30000))) break;
+        });
+        wait_for_signal();
+        {
+            std::lock_guard<std::mutex> lock(quit_mu);
+            quit = true;
         }
+        quit_cv.notify_all();
         node.stop();
+        checker.join();
         return 0;
     }
     if (cmd == "table") {
@@ -631,9 +649,25 @@ int run(const Cli& cli) {
             p2prc::ExposeOptions eo;
             eo.reevaluate_interval = std::chrono::seconds(60);
             eo.on_change = print;  // failovers and moves, on the tunnel's thread
-            print(node.expose(*local_port, eo));
-            wait_for_signal();
-            node.unexpose(*local_port);
+            // Signals are awaited on their own thread from the start: one that comes while
+            // the relays are still tried stops the node, which ends the attempt at once.
+            std::atomic<bool> done{false}, by_signal{false};
+            std::thread waiter([&] {
+                wait_for_signal();
+                if (done) return;  // woken below: expose failed
+                by_signal = true;
+                node.stop();
+            });
+            try {
+                print(node.expose(*local_port, eo));
+            } catch (...) {
+                done = true;
+                pthread_kill(waiter.native_handle(), SIGTERM);
+                waiter.join();
+                if (by_signal) return 0;
+                throw;
+            }
+            waiter.join();  // until a signal; node.stop() closes the tunnel
             return 0;
         }
         block_signals();

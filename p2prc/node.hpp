@@ -21,6 +21,7 @@
 #include <deque>
 #include <functional>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <optional>
 #include <string>
@@ -250,7 +251,7 @@ public:
     void stop() {
         std::lock_guard<std::mutex> lock(lifecycle_);
         running_ = false;
-        std::map<std::uint16_t, std::unique_ptr<RelayTunnel>> tunnels;
+        std::map<std::uint16_t, std::shared_ptr<RelayTunnel>> tunnels;
         {
             std::lock_guard<std::mutex> tl(tunnels_mu_);
             tunnels.swap(tunnels_);
@@ -543,35 +544,47 @@ public:
     // server runs. Throws p2prc::error: state_error when the port is already exposed,
     // io_error when no relay could carry it (the message names each relay tried and why).
     Exposure expose(std::uint16_t local_port, ExposeOptions options = {}) {
+        return expose_port(local_port, std::move(options), false);
+    }
+
+private:
+    // expose(); `own_server`: only while the server runs (checked under tunnels_mu_, so a
+    // stop() either sees the tunnel and ends it or makes this refuse).
+    Exposure expose_port(std::uint16_t local_port, ExposeOptions options, bool own_server) {
         if (local_port == 0) throw error(errc::invalid_argument, "expose: the local port must not be 0");
         if (options.proxy_name.empty()) options.proxy_name = config_.name + "-" + std::to_string(local_port);
-        {
-            std::lock_guard<std::mutex> lock(tunnels_mu_);
-            if (tunnels_.count(local_port))
-                throw error(errc::state_error, "port " + std::to_string(local_port) + " is already exposed");
-            tunnels_[local_port] = nullptr;  // reserved while the tunnel comes up
-        }
-        auto tunnel = std::make_unique<RelayTunnel>(
+        auto tunnel = std::make_shared<RelayTunnel>(
             Endpoint{options.local_host, local_port}, config_.token, options,
             [this](const std::vector<Endpoint>& exclude) { return relay_candidates(exclude); },
             [this](const Endpoint& e) { return measure_relay(e); });
+        {
+            // Listed while it comes up, so stop() and unexpose() can end a start that waits
+            // on a slow relay (exposure() says nothing until it is up).
+            std::lock_guard<std::mutex> lock(tunnels_mu_);
+            if (own_server && !running_)
+                throw error(errc::state_error, "the node stopped before its server was exposed");
+            if (tunnels_.count(local_port))
+                throw error(errc::state_error, "port " + std::to_string(local_port) + " is already exposed");
+            tunnels_[local_port] = tunnel;
+        }
         Exposure e;
         try {
             e = tunnel->start();
+            if (!tunnel->current())  // stopped between start() and here
+                throw error(errc::state_error, "expose " + std::to_string(local_port) + ": stopped meanwhile");
         } catch (...) {
-            std::lock_guard<std::mutex> lock(tunnels_mu_);
-            tunnels_.erase(local_port);
+            {
+                std::lock_guard<std::mutex> lock(tunnels_mu_);
+                auto it = tunnels_.find(local_port);
+                if (it != tunnels_.end() && it->second == tunnel) tunnels_.erase(it);
+            }
+            tunnel->stop();  // not under tunnels_mu_: it joins a thread that may take it
             throw;
         }
-        std::lock_guard<std::mutex> lock(tunnels_mu_);
-        auto it = tunnels_.find(local_port);
-        if (it == tunnels_.end()) {  // stop() ran meanwhile
-            tunnel->stop();
-            throw error(errc::state_error, "the node stopped while exposing port " + std::to_string(local_port));
-        }
-        it->second = std::move(tunnel);
         return e;
     }
+
+public:
 
     // Where local_port is exposed now (it follows failovers and moves), if it is.
     std::optional<Exposure> exposure(std::uint16_t local_port) const {
@@ -583,7 +596,7 @@ public:
 
     // Closes the tunnel of local_port; false when it was not exposed.
     bool unexpose(std::uint16_t local_port) {
-        std::unique_ptr<RelayTunnel> t;
+        std::shared_ptr<RelayTunnel> t;
         {
             std::lock_guard<std::mutex> lock(tunnels_mu_);
             auto it = tunnels_.find(local_port);
@@ -632,7 +645,7 @@ public:
                 return a.latency_ms.value_or(1e18) < b.latency_ms.value_or(1e18);
             });
             for (const auto& p : peers) {
-                if (report.asked.size() >= 3) break;
+                if (report.asked.size() >= 3 || !running_) break;
                 auto r = request_dialback(*p.endpoint(), port());
                 report.asked.push_back(r);
                 if (!r.answered) continue;
@@ -642,7 +655,8 @@ public:
                 break;
             }
             if (!report.decided) {
-                report.reason = report.asked.empty() ? "no peer to ask: the table has no server that is not behind NAT"
+                report.reason = !running_ ? "the node stopped"
+                                : report.asked.empty() ? "no peer to ask: the table has no server that is not behind NAT"
                                                      : "no peer answered the dialback";
                 return report;
             }
@@ -671,9 +685,9 @@ public:
         if (bind && bind->scope() != Scope::unspecified) eo.local_host = *bind;
         else if (bind && bind->is_v6()) eo.local_host = IpAddress::from_string("::1");
         try {
-            report.exposure = expose(port(), eo);
+            report.exposure = expose_port(port(), eo, true);
             std::lock_guard<std::mutex> lock(tunnels_mu_);
-            self_tunnel_port_ = port();
+            if (tunnels_.count(port())) self_tunnel_port_ = port();  // unless stop() ran meanwhile
         } catch (const error& e) {
             report.reason = e.what();
         }
@@ -692,12 +706,18 @@ private:
         return r.min_ms;
     }
 
-    // Who sent a request, for the scope rule. While this node is reached through a relay,
-    // a loopback connection may be anybody on the relay's side (the tunnel's local end
-    // connects from loopback), so it counts as coming from the relay's address.
+    // Whether a connection from `sender` may have come through the relay that carries this
+    // node's server: the tunnel's local end connects from loopback, or (server bound to one
+    // address) from that address itself; either way it may be anybody on the relay's side.
+    bool via_own_relay(const IpAddress& sender) const {
+        auto relayed = self_exposure();
+        return relayed && (sender.scope() == Scope::loopback || sender == relayed->local.address);
+    }
+
+    // Who sent a request, for the scope rule: through the relay, the relay's address.
     IpAddress effective_sender(const IpAddress& sender) const {
-        if (sender.scope() != Scope::loopback) return sender;
-        if (auto relayed = self_exposure()) return relayed->public_endpoint.address;
+        if (via_own_relay(sender))
+            if (auto relayed = self_exposure()) return relayed->public_endpoint.address;
         return sender;
     }
 
@@ -799,9 +819,9 @@ private:
     void handle_dialback(const HttpRequest& q, HttpResponse& r) {
         if (!q.remote) return r.error(400, "cannot tell the sender's address");
         const IpAddress caller = q.remote->address;
-        if (caller.scope() == Scope::loopback && self_exposure())
-            return r.error(403, "dialback refused: this node is reached through a relay, so a loopback caller "
-                                "may be anybody");
+        if (via_own_relay(caller))
+            return r.error(403, "dialback refused: this node is reached through a relay, so a caller at " +
+                                    caller.to_string() + " may be anybody");
         auto j = nlohmann::json::parse(q.body, nullptr, false);
         std::optional<std::uint16_t> port;
         if (j.is_object() && j.contains("port")) {
@@ -854,7 +874,8 @@ private:
     ObservedAddress observed_;
     std::unique_ptr<RelayPool> relays_;  // the relays served on GET /FRPPort
     mutable std::mutex tunnels_mu_;
-    std::map<std::uint16_t, std::unique_ptr<RelayTunnel>> tunnels_;  // by local port
+    // By local port; shared with an expose() that is still bringing its tunnel up.
+    std::map<std::uint16_t, std::shared_ptr<RelayTunnel>> tunnels_;
     std::uint16_t self_tunnel_port_ = 0;  // the tunnel of the node's own server, if any
     std::atomic<int> reachable_{-1};      // dialback verdict: -1 none, 0 no, 1 yes
     detail::CallerRateLimit dialback_limit_{3, std::chrono::milliseconds(2000)};

@@ -128,6 +128,9 @@ struct RelayPoolOptions {
     std::string token;  // required at frp login; empty: frp's default (no secret)
     // Bounds for each relay: it serves one node behind NAT, not a crowd.
     std::size_t max_clients_per_relay = 4;
+    // Public ports one client may open on a relay: each is a listener and a thread here,
+    // and a node exposes a port or two, not frps's default of 32.
+    std::size_t max_proxies_per_client = 4;
     std::size_t max_connections_per_relay = 256;
     std::chrono::milliseconds sweep_interval{500};
     std::function<void(const std::string&)> log;
@@ -166,6 +169,7 @@ class RelayPool {
         so.bind = Endpoint{opt_.bind, 0};
         so.token = opt_.token;
         so.max_clients = opt_.max_clients_per_relay;
+        so.max_proxies_per_client = opt_.max_proxies_per_client;
         so.max_connections = opt_.max_connections_per_relay;
         so.login_timeout = std::min(opt_.login_timeout, std::chrono::milliseconds(10000));
         so.log = opt_.log;
@@ -377,10 +381,18 @@ class RelayTunnel {
         }
         std::string why;
         auto up = establish({}, &why);
+        if (!up && stopping())
+            throw error(errc::state_error, "expose " + local_.to_string() + ": stopped while choosing a relay");
         if (!up) throw error(errc::io_error, "cannot expose " + local_.to_string() + ": " + why);
         Exposure e;
         {
             std::lock_guard<std::mutex> lock(mu_);
+            // stop() may have run while the relay was chosen: it found no monitor to join,
+            // so starting one now would outlive it (and the client would never be stopped).
+            if (stop_) {
+                up->client->stop();
+                throw error(errc::state_error, "expose " + local_.to_string() + ": stopped while choosing a relay");
+            }
             client_ = std::move(up->client);
             current_ = up->exposure;
             e = *current_;
@@ -444,7 +456,10 @@ class RelayTunnel {
 
     // Tries the ranked candidates (minus `exclude` and the relays cooling down) in order.
     std::optional<Up> establish(std::vector<Endpoint> exclude, std::string* why) {
-        for (const auto& e : cooling(Clock::now())) exclude.push_back(e);
+        const std::size_t lost = exclude.size();
+        const auto cool = cooling(Clock::now());
+        for (const auto& e : cool)
+            if (std::find(exclude.begin(), exclude.end(), e) == exclude.end()) exclude.push_back(e);
         std::vector<RelayCandidate> ranked;
         try {
             ranked = rank_(exclude);
@@ -455,6 +470,11 @@ class RelayTunnel {
         if (ranked.empty()) {
             *why = "no relay candidate: the table has no reachable, measured peer that is not "
                    "itself behind NAT";
+            // Not the table's fault when the others are only left out for now.
+            if (exclude.size() > lost)
+                *why += " (besides " + std::to_string(exclude.size() - lost) +
+                        " that failed in the last " +
+                        std::to_string(opt_.failed_relay_cooldown.count() / 1000) + " s)";
             return std::nullopt;
         }
         std::string tried;
@@ -494,10 +514,21 @@ class RelayTunnel {
         ps.local = local_;
         co.proxies.push_back(ps);
         auto client = std::make_unique<frp::Client>(std::move(co));
-        auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
-        auto st = client->wait_running(ps.name, std::max(left, std::chrono::milliseconds(1)));
+        // Waited in short slices, so stop() is not held up by a relay that never finishes
+        // (one that accepts the login and never registers the proxy keeps us here until the
+        // deadline).
+        frp::ProxyStatus st;
+        for (;;) {
+            auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
+            st = client->wait_running(ps.name, std::clamp(left, std::chrono::milliseconds(1),
+                                                          std::chrono::milliseconds(100)));
+            if (st.state == frp::ProxyState::running || st.state == frp::ProxyState::failed ||
+                client->state() == frp::ClientState::failed || Clock::now() >= deadline || stopping())
+                break;
+        }
         if (st.state != frp::ProxyState::running) {
-            *why = !st.error.empty() ? st.error
+            *why = stopping() ? "stopped"
+                   : !st.error.empty() ? st.error
                    : !client->last_error().empty() ? "relay port " + std::to_string(*port) + ": " + client->last_error()
                    : "the tunnel did not come up within " + std::to_string(opt_.attempt_timeout.count()) + " ms";
             client->stop();
@@ -631,8 +662,15 @@ class RelayTunnel {
         log("relay " + best.http.to_string() + " (" + std::to_string(best.latency_ms) + " ms) is clearly nearer than " +
             cur.relay.to_string() + " (" + std::to_string(*here) + " ms); moving");
         std::string why;
-        if (auto up = try_relay(best, &why)) replace(std::move(*up));
-        else log("moving to " + best.http.to_string() + " failed: " + why);
+        if (auto up = try_relay(best, &why)) {
+            replace(std::move(*up));
+            return;
+        }
+        log("moving to " + best.http.to_string() + " failed: " + why);
+        // Cooled down like a relay that failed a failover: else every re-evaluation would
+        // spend attempt_timeout on it again (the monitor cannot fail over meanwhile).
+        std::lock_guard<std::mutex> lock(mu_);
+        failed_[best.http] = Clock::now();
     }
 
     const Endpoint local_;

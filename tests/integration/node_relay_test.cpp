@@ -165,7 +165,7 @@ TEST_CASE("GET /FRPPort: a relay nobody logs into is reclaimed; one in use is ke
     p2prc_test::TempDir dir;
     auto c = node_config(dir, "relay");
     c.relay.cap = 1;
-    c.relay.login_timeout_s = 1;
+    c.relay.login_timeout_s = 2;  // room for the 503 below on a loaded machine
     c.relay.idle_timeout_s = 1;
     auto relay = start_node(c);
 
@@ -178,7 +178,7 @@ TEST_CASE("GET /FRPPort: a relay nobody logs into is reclaimed; one in use is ke
     auto full = get(endpoint_of(*relay), "/FRPPort");
     REQUIRE(full);
     CHECK(full->status == 503);
-    CHECK(eventually([&] { return !p2prc_test::port_open(unused); }, 6s));
+    CHECK(eventually([&] { return !p2prc_test::port_open(unused); }, 20s));
 
     // The slot is free again; this time a client logs in and stays.
     auto second = get(endpoint_of(*relay), "/FRPPort");
@@ -188,14 +188,14 @@ TEST_CASE("GET /FRPPort: a relay nobody logs into is reclaimed; one in use is ke
     p2prc_test::EchoServer echo;
     auto t = frp_login(loopback(used), echo.endpoint());
     REQUIRE(t.status.state == p2prc::frp::ProxyState::running);
-    std::this_thread::sleep_for(2500ms);  // past both timeouts
+    std::this_thread::sleep_for(3500ms);  // past both timeouts
     CHECK(p2prc_test::port_open(used));
     CHECK(t.client->status("svc").state == p2prc::frp::ProxyState::running);
     CHECK(p2prc_test::echo_roundtrip(t.status.public_endpoint, 1, 10000).matched == 10000);
 
     // The client leaves: the relay is reclaimed after the idle time.
     t.client->stop();
-    CHECK(eventually([&] { return !p2prc_test::port_open(used); }, 6s));
+    CHECK(eventually([&] { return !p2prc_test::port_open(used); }, 20s));
 }
 
 TEST_CASE("GET /FRPPort and the relay's login require the network token when one is set") {
@@ -272,8 +272,7 @@ TEST_CASE("expose chooses the nearest measured relay, never an unmeasured or NAT
     auto ex = X.expose(service.endpoint().port, eo);
     CHECK(ex.relay == viaB);
     CHECK(ex.relay_name == "B");
-    CHECK(ex.relay_latency_ms >= 5.0);
-    CHECK(ex.relay_latency_ms < 30.0);
+    CHECK(ex.relay_latency_ms >= 5.0);  // the injected delay (no upper bound: the machine may be loaded)
     CHECK(ex.public_endpoint.address == IpAddress::from_string("127.0.0.1"));
     auto r = p2prc_test::echo_roundtrip(ex.public_endpoint, 3, 300000);
     CHECK(r.matched == 300000);
@@ -287,7 +286,7 @@ TEST_CASE("expose chooses the nearest measured relay, never an unmeasured or NAT
     REQUIRE(eventually([&] {
         auto now = X.exposure(service.endpoint().port);
         return now && now->relay == viaC;
-    }, 15s));
+    }, 30s));
     auto moved = *X.exposure(service.endpoint().port);
     CHECK(moved.changes == 1);
     CHECK(p2prc_test::echo_roundtrip(moved.public_endpoint, 4, 300000).matched == 300000);
@@ -335,8 +334,10 @@ TEST_CASE("expose does not flap between two relays within 5 ms, and moves to a c
     auto A = start_node(node_config(dir, "A"));
     auto B = start_node(node_config(dir, "B"));
     auto C = start_node(node_config(dir, "C"));
-    // A and B: one way 4 and 6 ms (round trips 8 and 12 ms); C: 40 ms one way at first.
-    p2prc_test::DelayProxy proxy({{A->port(), 4ms}, {B->port(), 6ms}, {C->port(), 40ms}});
+    // A and B: one way 30 and 32 ms (round trips 60 and 64 ms): a move would take a sample
+    // of the current one 36 ms late three times over, which a loaded machine does not do
+    // the way it may add 10 ms to a round trip of 8. C: 120 ms one way.
+    p2prc_test::DelayProxy proxy({{A->port(), 30ms}, {B->port(), 32ms}, {C->port(), 120ms}});
     const Endpoint viaA = loopback(proxy.port(0)), viaB = loopback(proxy.port(1)), viaC = loopback(proxy.port(2));
     auto xc = node_config(dir, "X");
     Node X(xc);
@@ -366,11 +367,11 @@ TEST_CASE("expose does not flap between two relays within 5 ms, and moves to a c
     REQUIRE(Y.update().pruned.empty());
     auto far = Y.expose(service.endpoint().port, eo);
     CHECK(far.relay == viaC);
-    list_peer(yc.iptable, "A", viaA, 8.0);
+    list_peer(yc.iptable, "A", viaA, 60.0);
     CHECK(eventually([&] {
         auto now = Y.exposure(service.endpoint().port);
         return now && now->relay == viaA;
-    }, 10s));
+    }, 30s));
     auto near = Y.exposure(service.endpoint().port);
     REQUIRE(near);
     CHECK(near->changes == 1);
@@ -457,7 +458,7 @@ TEST_CASE("p2prc serve with behind_nat auto, unreachable on its port, is adverti
         public_endpoint = Endpoint::from_string(
             nlohmann::json::parse(line).at("relayed").at("public_endpoint").get<std::string>());
         return true;
-    }, 20s));
+    }, 40s));
     INFO("stderr: " << serve.err());
     CHECK(public_endpoint->address == IpAddress::from_string("127.0.0.1"));
     CHECK(public_endpoint->port != own_port);
@@ -479,4 +480,260 @@ TEST_CASE("p2prc serve with behind_nat auto, unreachable on its port, is adverti
     CHECK(self->escape_implementation == "FRP");
     serve.signal(SIGTERM);
     CHECK(serve.wait(10s) == 0);
+}
+
+namespace {
+
+// An HTTP server on loopback with /server_info (so it can be measured) and the routes given.
+std::unique_ptr<p2prc::Server> fake_relay(const std::string& path, p2prc::RouteHandler h,
+                                          p2prc::RouteHandler dialback = {}) {
+    p2prc::ServerOptions so;
+    so.bind_address = "127.0.0.1";
+    auto s = std::make_unique<p2prc::Server>(so);
+    s->get(path, std::move(h));
+    if (dialback) s->post("/dialback", std::move(dialback));
+    s->start();
+    return s;
+}
+
+void answer_port(p2prc::HttpResponse& r, std::uint16_t port) {
+    r.status = 200;
+    r.content_type = "text/plain";
+    r.body = std::to_string(port);
+}
+
+}  // namespace
+
+TEST_CASE("RelayTunnel: stop() while start() brings the tunnel up ends start() with state_error") {
+    p2prc::frp::ServerOptions so;
+    so.bind = loopback();
+    p2prc::frp::Server frps(so);
+    p2prc::RelayTunnel* tunnel = nullptr;
+    std::atomic<bool> asked{false};
+    // The relay's answer comes after the tunnel was stopped: start() must not go on to
+    // start its monitor (a thread nobody would join) and keep a client nobody stops.
+    auto fake = fake_relay("/FRPPort", [&](const p2prc::HttpRequest&, p2prc::HttpResponse& r) {
+        asked = true;
+        tunnel->stop();
+        answer_port(r, frps.port());
+    });
+    p2prc_test::EchoServer service;
+    auto rank = [&](const std::vector<Endpoint>&) {
+        return std::vector<p2prc::RelayCandidate>{{"fake", loopback(fake->port()), 1.0}};
+    };
+    auto measure = [](const Endpoint&) -> std::optional<double> { return 1.0; };
+    {
+        p2prc::RelayTunnel t(service.endpoint(), "", {}, rank, measure);
+        tunnel = &t;
+        std::optional<p2prc::errc> code;
+        try {
+            t.start();
+        } catch (const p2prc::error& e) {
+            code = e.code();
+        }
+        CHECK(asked);
+        REQUIRE(code);
+        CHECK(*code == p2prc::errc::state_error);
+        CHECK_FALSE(t.current());
+    }
+    CHECK(eventually([&] { return frps.client_count() == 0; }, 10s));
+}
+
+TEST_CASE("Node::stop() ends an expose() held up by a relay that never answers the frp login") {
+    p2prc_test::TempDir dir;
+    p2prc::detail::TcpListener silent(loopback());  // connections complete, nothing is said
+    std::atomic<int> asked{0};
+    auto fake = fake_relay("/FRPPort", [&](const p2prc::HttpRequest&, p2prc::HttpResponse& r) {
+        ++asked;
+        answer_port(r, silent.port());
+    });
+    auto xc = node_config(dir, "X");
+    Node X(xc);
+    list_peer(xc.iptable, "F", loopback(fake->port()), 1.0);
+    p2prc_test::EchoServer service;
+    p2prc::ExposeOptions eo;
+    eo.attempt_timeout = 60s;  // far longer than the test may take
+    eo.max_attempts = 1;
+    std::optional<p2prc::errc> code;
+    std::string what;
+    std::thread exposing([&] {
+        try {
+            X.expose(service.endpoint().port, eo);
+        } catch (const p2prc::error& e) {
+            code = e.code();
+            what = e.what();
+        }
+    });
+    const bool reached = eventually([&] { return asked > 0; }, 30s);
+    X.stop();
+    exposing.join();
+    REQUIRE(reached);
+    INFO(what);
+    REQUIRE(code);
+    CHECK(*code == p2prc::errc::state_error);
+    CHECK_FALSE(X.exposure(service.endpoint().port));
+}
+
+TEST_CASE("GET /FRPPort: a client opens at most 4 public ports on the relay it was given") {
+    p2prc_test::TempDir dir;
+    auto relay = start_node(node_config(dir, "relay"));
+    auto res = get(endpoint_of(*relay), "/FRPPort");
+    REQUIRE(res);
+    REQUIRE(res->status == 200);
+    p2prc_test::EchoServer echo;
+    p2prc::frp::ClientOptions o;
+    o.server = loopback(static_cast<std::uint16_t>(std::stoi(res->body)));
+    for (int i = 0; i < 6; ++i) {
+        p2prc::frp::ProxySpec p;
+        p.name = "svc" + std::to_string(i);
+        p.local = echo.endpoint();
+        o.proxies.push_back(p);
+    }
+    p2prc::frp::Client client(o);
+    int running = 0, refused = 0;
+    for (const auto& p : o.proxies) {
+        auto st = client.wait_running(p.name, 10s);
+        if (st.state == p2prc::frp::ProxyState::running) ++running;
+        if (st.state == p2prc::frp::ProxyState::failed) ++refused;
+    }
+    CHECK(running == 4);
+    CHECK(refused == 2);
+}
+
+TEST_CASE("RelayTunnel: a nearer relay that fails the move is not tried again at every re-evaluation") {
+    p2prc_test::TempDir dir;
+    auto R = start_node(node_config(dir, "R"));
+    std::atomic<int> refusals{0};
+    auto F = fake_relay("/FRPPort", [&](const p2prc::HttpRequest&, p2prc::HttpResponse& r) {
+        ++refusals;
+        r.error(503, "no relay for you");
+    });
+    const Endpoint viaR = endpoint_of(*R), viaF = loopback(F->port());
+    std::atomic<bool> f_listed{false};
+    std::atomic<int> measured{0};
+    auto rank = [&](const std::vector<Endpoint>& exclude) {
+        auto excluded = [&](const Endpoint& e) { return std::find(exclude.begin(), exclude.end(), e) != exclude.end(); };
+        std::vector<p2prc::RelayCandidate> out;
+        if (f_listed && !excluded(viaF)) out.push_back({"F", viaF, 1.0});
+        if (!excluded(viaR)) out.push_back({"R", viaR, 50.0});
+        return out;
+    };
+    auto measure = [&](const Endpoint& e) -> std::optional<double> {
+        ++measured;
+        return e == viaF ? 1.0 : 50.0;
+    };
+    p2prc_test::EchoServer service;
+    p2prc::ExposeOptions eo;
+    eo.reevaluate_interval = 50ms;
+    p2prc::RelayTunnel t(service.endpoint(), "", eo, rank, measure);
+    auto up = t.start();
+    REQUIRE(up.relay == viaR);
+    f_listed = true;
+    const int base = measured;
+    // Six re-evaluations with F listed: F (clearly nearer) is tried once, then cools down.
+    CHECK(eventually([&] { return measured >= base + 6; }, 30s));
+    CHECK(refusals == 1);
+    REQUIRE(t.current());
+    CHECK(t.current()->relay == viaR);
+    t.stop();
+}
+
+TEST_CASE("p2prc serve ends at once on SIGTERM while it is exposing itself through relays that stall") {
+    p2prc_test::TempDir dir;
+    // Four relays that answer the dialback (the node is unreachable) and /FRPPort with a
+    // port where nothing ever answers the frp login: exposing waits attempt_timeout (10 s)
+    // on each of them.
+    p2prc::detail::TcpListener silent(loopback());
+    std::atomic<int> asked{0};
+    std::vector<std::unique_ptr<p2prc::Server>> relays;
+    const std::string table = dir.file("N.json");
+    for (int i = 0; i < 4; ++i) {
+        auto f = fake_relay(
+            "/FRPPort",
+            [&](const p2prc::HttpRequest&, p2prc::HttpResponse& r) {
+                ++asked;
+                answer_port(r, silent.port());
+            },
+            [](const p2prc::HttpRequest& q, p2prc::HttpResponse& r) {
+                r.json({{"reachable", false}, {"address", q.remote->address.to_string()}, {"error", "refused"}});
+            });
+        list_peer(table, "F" + std::to_string(i), loopback(f->port()), 1.0);
+        relays.push_back(std::move(f));
+    }
+    p2prc_test::ChildProcess serve({P2PRC_CLI, "--json", "--name", "N", "--bind", "127.0.0.1", "--port", "0", "--table",
+                                    table, "serve"},
+                                   dir.file("N.out"), dir.file("N.err"));
+    serve.first_line(10s);
+    const bool exposing = eventually([&] { return asked > 0; }, 30s);
+    serve.signal(SIGTERM);
+    // Prompt: well before even the first relay's attempt would have run out.
+    auto code = serve.wait(8s);
+    INFO("stderr: " << serve.err());
+    REQUIRE(exposing);
+    REQUIRE(code);
+    CHECK(*code == 0);
+}
+
+TEST_CASE("RelayTunnel: a failover with every other relay cooling down says so, not that the table is empty") {
+    p2prc_test::TempDir dir;
+    auto R = start_node(node_config(dir, "R"));
+    auto F = fake_relay("/FRPPort", [](const p2prc::HttpRequest&, p2prc::HttpResponse& r) { r.error(503, "full"); });
+    const Endpoint viaR = endpoint_of(*R), viaF = loopback(F->port());
+    auto rank = [&](const std::vector<Endpoint>& exclude) {
+        std::vector<p2prc::RelayCandidate> out;
+        for (const auto& c : {p2prc::RelayCandidate{"F", viaF, 1.0}, p2prc::RelayCandidate{"R", viaR, 50.0}})
+            if (std::find(exclude.begin(), exclude.end(), c.http) == exclude.end()) out.push_back(c);
+        return out;
+    };
+    std::mutex mu;
+    std::vector<std::string> lines;
+    p2prc::ExposeOptions eo;
+    eo.reevaluate_interval = 0ms;
+    eo.failure_grace = 200ms;
+    eo.log = [&](const std::string& line) {
+        std::lock_guard<std::mutex> lock(mu);
+        if (lines.size() < 1000) lines.push_back(line);
+    };
+    p2prc_test::EchoServer service;
+    p2prc::RelayTunnel t(service.endpoint(), "", eo, rank, [](const Endpoint&) { return std::optional<double>(1.0); });
+    auto up = t.start();  // F refuses, so R carries it
+    REQUIRE(up.relay == viaR);
+    R->stop();
+    std::string failed;
+    CHECK(eventually([&] {
+        std::lock_guard<std::mutex> lock(mu);
+        for (const auto& l : lines)
+            if (l.find("failover failed") != std::string::npos) failed = l;
+        return !failed.empty();
+    }, 30s));
+    INFO(failed);
+    CHECK(failed.find("no relay candidate") != std::string::npos);
+    CHECK(failed.find("besides 1 that failed") != std::string::npos);
+    t.stop();
+}
+
+TEST_CASE("p2prc expose without --via ends at once on SIGTERM while the relays it tries stall") {
+    p2prc_test::TempDir dir;
+    p2prc::detail::TcpListener silent(loopback());  // never answers the frp login
+    std::atomic<int> asked{0};
+    std::vector<std::unique_ptr<p2prc::Server>> relays;
+    const std::string table = dir.file("X.json");
+    for (int i = 0; i < 4; ++i) {  // 4 attempts of 10 s each without the fix
+        relays.push_back(fake_relay("/FRPPort", [&](const p2prc::HttpRequest&, p2prc::HttpResponse& r) {
+            ++asked;
+            answer_port(r, silent.port());
+        }));
+        list_peer(table, "F" + std::to_string(i), loopback(relays.back()->port()), 1.0);
+    }
+    p2prc_test::EchoServer service;
+    p2prc_test::ChildProcess expose({P2PRC_CLI, "--json", "--table", table, "expose",
+                                     std::to_string(service.endpoint().port)},
+                                    dir.file("X.out"), dir.file("X.err"));
+    const bool trying = eventually([&] { return asked > 0; }, 30s);
+    expose.signal(SIGTERM);
+    auto code = expose.wait(8s);  // well before the first attempt would run out
+    INFO("stderr: " << expose.err());
+    REQUIRE(trying);
+    REQUIRE(code);
+    CHECK(*code == 0);
 }
