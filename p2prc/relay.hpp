@@ -298,7 +298,8 @@ inline std::optional<std::uint16_t> request_relay_port(const Endpoint& relay, co
                                                        std::string* why = nullptr) {
     httplib::Headers h;
     if (!token.empty()) h.emplace(token_header, token);
-    auto call = detail::http_call(relay, "GET", "/FRPPort", h, "", timeout, 64);
+    // Room for a JSON refusal (a port is at most 5 digits, an error a sentence).
+    auto call = detail::http_call(relay, "GET", "/FRPPort", h, "", timeout, 4096);
     auto fail = [&](std::string text) -> std::optional<std::uint16_t> {
         if (why) *why = std::move(text);
         return std::nullopt;

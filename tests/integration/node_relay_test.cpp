@@ -737,3 +737,29 @@ TEST_CASE("p2prc expose without --via ends at once on SIGTERM while the relays i
     REQUIRE(code);
     CHECK(*code == 0);
 }
+
+TEST_CASE("expose through a relay that wants a token: the refusal says so; with the token it works") {
+    p2prc_test::TempDir dir;
+    auto rc = node_config(dir, "R");
+    rc.token = "network-secret";
+    auto R = start_node(rc);
+    auto xc = node_config(dir, "X");
+    list_peer(xc.iptable, "R", endpoint_of(*R), 1.0);
+    p2prc_test::EchoServer service;
+    {
+        Node X(xc);
+        try {
+            X.expose(service.endpoint().port);
+            FAIL("expose succeeded without the network token");
+        } catch (const p2prc::error& e) {
+            const std::string what = e.what();
+            CHECK(what.find("HTTP 401") != std::string::npos);
+            CHECK(what.find("token") != std::string::npos);
+        }
+    }
+    xc.token = "network-secret";
+    Node X(xc);
+    auto ex = X.expose(service.endpoint().port);
+    CHECK(ex.relay == endpoint_of(*R));
+    CHECK(p2prc_test::echo_roundtrip(ex.public_endpoint, 6, 50000).matched == 50000);
+}
