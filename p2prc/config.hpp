@@ -89,6 +89,7 @@ struct RelaySettings {
     std::size_t cap = 32;                // live relays at most; 0 turns relaying off
     std::uint32_t idle_timeout_s = 300;  // a relay left without a logged-in client this long is reclaimed
     std::uint32_t login_timeout_s = 60;  // an allocated port nobody logs into is reclaimed
+    std::size_t per_address = 4;         // live relays one requester (IPv4 address, IPv6 /64) holds
 };
 
 // Bounds on what the node accepts and spends. Everything from the network is bounded.
@@ -455,6 +456,10 @@ inline const std::vector<ConfigKey>& config_keys() {
             "relay.login_timeout_s", "--relay-login-timeout", "SECONDS",
             "an allocated relay port nobody logs into is reclaimed", 1, 3600,
             [](auto& c) -> auto& { return c.relay.login_timeout_s; }));
+        v.push_back(integer_key(
+            "relay.per_address", "--relay-per-address", "N",
+            "live relays one requester may hold (an IPv4 address, an IPv6 /64)", 1, 65535,
+            [](auto& c) -> auto& { return c.relay.per_address; }));
         v.push_back(string_key(
             "token", "--token", "SECRET",
             "network secret required by /FRPPort and frp login (empty: none)", 1024, true,

@@ -238,6 +238,7 @@ public:
             ro.login_timeout = std::chrono::seconds(config_.relay.login_timeout_s);
             ro.idle_timeout = std::chrono::seconds(config_.relay.idle_timeout_s);
             ro.token = config_.token;
+            ro.per_requester = config_.relay.per_address;
             relays_ = std::make_unique<RelayPool>(ro);
         }
         server->start();
@@ -803,8 +804,10 @@ private:
         if (udp != q.params.end() && udp->second == "true")
             return r.error(501, "UDP relays are not supported: only TCP proxies");
         if (!relays_) return r.error(503, "this node does not relay (relay.cap is 0)");
+        // A relay opened behind NAT would be out of reach of the very peers that need it.
+        if (behind_nat()) return r.error(503, "this node is behind NAT: it cannot relay for others");
         try {
-            const auto port = relays_->allocate();
+            const auto port = relays_->allocate(q.remote ? std::optional<IpAddress>(q.remote->address) : std::nullopt);
             r.status = 200;
             r.content_type = "text/plain";
             r.body = std::to_string(port);

@@ -131,6 +131,9 @@ struct RelayPoolOptions {
     // Public ports one client may open on a relay: each is a listener and a thread here,
     // and a node exposes a port or two, not frps's default of 32.
     std::size_t max_proxies_per_client = 4;
+    // Live relays one requester may hold (requesters are IPv4 addresses and IPv6 /64s):
+    // one caller cannot take every slot of the cap.
+    std::size_t per_requester = 4;
     std::size_t max_connections_per_relay = 256;
     std::chrono::milliseconds sweep_interval{500};
     std::function<void(const std::string&)> log;
@@ -155,16 +158,26 @@ class RelayPool {
     RelayPool(const RelayPool&) = delete;
     RelayPool& operator=(const RelayPool&) = delete;
 
-    // Starts a relay on a free port and returns the port. Throws p2prc::error:
-    // limit_exceeded at the cap, state_error when relaying is off (cap 0) or stopped,
-    // io_error when no port could be opened.
-    std::uint16_t allocate() {
+    // Starts a relay on a free port for `requester` (when known) and returns the port.
+    // Throws p2prc::error: limit_exceeded at the cap or at the requester's share,
+    // state_error when relaying is off (cap 0) or stopped, io_error when no port could be
+    // opened.
+    std::uint16_t allocate(const std::optional<IpAddress>& requester = std::nullopt) {
         std::lock_guard<std::mutex> lock(mu_);
         if (stopped_) throw error(errc::state_error, "the relay pool is stopped");
         if (opt_.cap == 0) throw error(errc::state_error, "this node does not relay (relay.cap is 0)");
         if (relays_.size() >= opt_.cap)
             throw error(errc::limit_exceeded, "all " + std::to_string(opt_.cap) +
                                                   " relays of this node are in use; try later");
+        const std::string who = requester ? requester_key(*requester) : std::string();
+        if (!who.empty()) {
+            std::size_t held = 0;
+            for (const auto& [port, e] : relays_) held += e.requester == who;
+            if (held >= opt_.per_requester)
+                throw error(errc::limit_exceeded, who + " already holds " + std::to_string(held) +
+                                                      " relays of this node (the most one requester may hold); "
+                                                      "try later");
+        }
         frp::ServerOptions so;
         so.bind = Endpoint{opt_.bind, 0};
         so.token = opt_.token;
@@ -176,6 +189,7 @@ class RelayPool {
         Entry e;
         e.server = std::make_unique<frp::Server>(std::move(so));
         e.created = e.last_active = Clock::now();
+        e.requester = who;
         const std::uint16_t port = e.server->port();
         relays_.emplace(port, std::move(e));
         log("relay allocated on port " + std::to_string(port));
@@ -222,7 +236,16 @@ class RelayPool {
         std::unique_ptr<frp::Server> server;
         Clock::time_point created, last_active;
         bool logged_in = false;
+        std::string requester;  // requester_key() of who asked, "" when unknown
     };
+
+    // An IPv4 address, or the /64 of an IPv6 one (one site's addresses).
+    static std::string requester_key(const IpAddress& a) {
+        if (a.is_v4()) return a.to_string();
+        std::uint8_t prefix[16] = {};
+        std::copy(a.bytes(), a.bytes() + 8, prefix);
+        return IpAddress::from_v6(prefix).to_string() + "/64";
+    }
 
     void log(const std::string& line) {
         if (!opt_.log) return;
@@ -346,6 +369,7 @@ struct ExposeOptions {
     std::chrono::milliseconds keepalive_interval{5000};
     std::chrono::milliseconds keepalive_timeout{5000};
     // Called on the tunnel's own thread after every change of relay (not for the first).
+    // It must not stop or unexpose this tunnel (the thread would wait for itself).
     std::function<void(const Exposure&)> on_change;
     std::function<void(const std::string&)> log;
 };

@@ -1270,6 +1270,7 @@ struct RelaySettings {
     std::size_t cap = 32;                // live relays at most; 0 turns relaying off
     std::uint32_t idle_timeout_s = 300;  // a relay left without a logged-in client this long is reclaimed
     std::uint32_t login_timeout_s = 60;  // an allocated port nobody logs into is reclaimed
+    std::size_t per_address = 4;         // live relays one requester (IPv4 address, IPv6 /64) holds
 };
 
 // Bounds on what the node accepts and spends. Everything from the network is bounded.
@@ -1636,6 +1637,10 @@ inline const std::vector<ConfigKey>& config_keys() {
             "relay.login_timeout_s", "--relay-login-timeout", "SECONDS",
             "an allocated relay port nobody logs into is reclaimed", 1, 3600,
             [](auto& c) -> auto& { return c.relay.login_timeout_s; }));
+        v.push_back(integer_key(
+            "relay.per_address", "--relay-per-address", "N",
+            "live relays one requester may hold (an IPv4 address, an IPv6 /64)", 1, 65535,
+            [](auto& c) -> auto& { return c.relay.per_address; }));
         v.push_back(string_key(
             "token", "--token", "SECRET",
             "network secret required by /FRPPort and frp login (empty: none)", 1024, true,
@@ -9347,6 +9352,9 @@ struct RelayPoolOptions {
     // Public ports one client may open on a relay: each is a listener and a thread here,
     // and a node exposes a port or two, not frps's default of 32.
     std::size_t max_proxies_per_client = 4;
+    // Live relays one requester may hold (requesters are IPv4 addresses and IPv6 /64s):
+    // one caller cannot take every slot of the cap.
+    std::size_t per_requester = 4;
     std::size_t max_connections_per_relay = 256;
     std::chrono::milliseconds sweep_interval{500};
     std::function<void(const std::string&)> log;
@@ -9371,16 +9379,26 @@ class RelayPool {
     RelayPool(const RelayPool&) = delete;
     RelayPool& operator=(const RelayPool&) = delete;
 
-    // Starts a relay on a free port and returns the port. Throws p2prc::error:
-    // limit_exceeded at the cap, state_error when relaying is off (cap 0) or stopped,
-    // io_error when no port could be opened.
-    std::uint16_t allocate() {
+    // Starts a relay on a free port for `requester` (when known) and returns the port.
+    // Throws p2prc::error: limit_exceeded at the cap or at the requester's share,
+    // state_error when relaying is off (cap 0) or stopped, io_error when no port could be
+    // opened.
+    std::uint16_t allocate(const std::optional<IpAddress>& requester = std::nullopt) {
         std::lock_guard<std::mutex> lock(mu_);
         if (stopped_) throw error(errc::state_error, "the relay pool is stopped");
         if (opt_.cap == 0) throw error(errc::state_error, "this node does not relay (relay.cap is 0)");
         if (relays_.size() >= opt_.cap)
             throw error(errc::limit_exceeded, "all " + std::to_string(opt_.cap) +
                                                   " relays of this node are in use; try later");
+        const std::string who = requester ? requester_key(*requester) : std::string();
+        if (!who.empty()) {
+            std::size_t held = 0;
+            for (const auto& [port, e] : relays_) held += e.requester == who;
+            if (held >= opt_.per_requester)
+                throw error(errc::limit_exceeded, who + " already holds " + std::to_string(held) +
+                                                      " relays of this node (the most one requester may hold); "
+                                                      "try later");
+        }
         frp::ServerOptions so;
         so.bind = Endpoint{opt_.bind, 0};
         so.token = opt_.token;
@@ -9392,6 +9410,7 @@ class RelayPool {
         Entry e;
         e.server = std::make_unique<frp::Server>(std::move(so));
         e.created = e.last_active = Clock::now();
+        e.requester = who;
         const std::uint16_t port = e.server->port();
         relays_.emplace(port, std::move(e));
         log("relay allocated on port " + std::to_string(port));
@@ -9438,7 +9457,16 @@ class RelayPool {
         std::unique_ptr<frp::Server> server;
         Clock::time_point created, last_active;
         bool logged_in = false;
+        std::string requester;  // requester_key() of who asked, "" when unknown
     };
+
+    // An IPv4 address, or the /64 of an IPv6 one (one site's addresses).
+    static std::string requester_key(const IpAddress& a) {
+        if (a.is_v4()) return a.to_string();
+        std::uint8_t prefix[16] = {};
+        std::copy(a.bytes(), a.bytes() + 8, prefix);
+        return IpAddress::from_v6(prefix).to_string() + "/64";
+    }
 
     void log(const std::string& line) {
         if (!opt_.log) return;
@@ -9562,6 +9590,7 @@ struct ExposeOptions {
     std::chrono::milliseconds keepalive_interval{5000};
     std::chrono::milliseconds keepalive_timeout{5000};
     // Called on the tunnel's own thread after every change of relay (not for the first).
+    // It must not stop or unexpose this tunnel (the thread would wait for itself).
     std::function<void(const Exposure&)> on_change;
     std::function<void(const std::string&)> log;
 };
@@ -10139,6 +10168,7 @@ public:
             ro.login_timeout = std::chrono::seconds(config_.relay.login_timeout_s);
             ro.idle_timeout = std::chrono::seconds(config_.relay.idle_timeout_s);
             ro.token = config_.token;
+            ro.per_requester = config_.relay.per_address;
             relays_ = std::make_unique<RelayPool>(ro);
         }
         server->start();
@@ -10704,8 +10734,10 @@ private:
         if (udp != q.params.end() && udp->second == "true")
             return r.error(501, "UDP relays are not supported: only TCP proxies");
         if (!relays_) return r.error(503, "this node does not relay (relay.cap is 0)");
+        // A relay opened behind NAT would be out of reach of the very peers that need it.
+        if (behind_nat()) return r.error(503, "this node is behind NAT: it cannot relay for others");
         try {
-            const auto port = relays_->allocate();
+            const auto port = relays_->allocate(q.remote ? std::optional<IpAddress>(q.remote->address) : std::nullopt);
             r.status = 200;
             r.content_type = "text/plain";
             r.body = std::to_string(port);

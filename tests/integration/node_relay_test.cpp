@@ -764,3 +764,29 @@ TEST_CASE("expose through a relay that wants a token: the refusal says so; with 
     CHECK(ex.relay == endpoint_of(*R));
     CHECK(p2prc_test::echo_roundtrip(ex.public_endpoint, 6, 50000).matched == 50000);
 }
+
+TEST_CASE("GET /FRPPort: one requester holds at most relay.per_address relays; a node behind NAT relays for nobody") {
+    p2prc_test::TempDir dir;
+    auto c = node_config(dir, "relay");
+    c.relay.cap = 10;
+    c.relay.per_address = 3;
+    auto relay = start_node(c);
+    for (int i = 0; i < 3; ++i) {
+        auto res = get(endpoint_of(*relay), "/FRPPort");
+        REQUIRE(res);
+        CHECK(res->status == 200);
+    }
+    auto over = get(endpoint_of(*relay), "/FRPPort");
+    REQUIRE(over);
+    CHECK(over->status == 503);
+    CHECK(nlohmann::json::parse(over->body).at("error").get<std::string>().find("127.0.0.1 already holds 3 relays") !=
+          std::string::npos);
+
+    auto nc = node_config(dir, "natted");
+    nc.behind_nat = p2prc::BehindNat::yes;
+    auto natted = start_node(nc);
+    auto refused = get(endpoint_of(*natted), "/FRPPort");
+    REQUIRE(refused);
+    CHECK(refused->status == 503);
+    CHECK(nlohmann::json::parse(refused->body).at("error").get<std::string>().find("behind NAT") != std::string::npos);
+}
