@@ -24,6 +24,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <random>
 #include <string>
 #include <thread>
 #include <unordered_map>
@@ -139,6 +140,15 @@ void parallel_for(std::size_t n, std::size_t concurrency, Fn fn) {
 
 inline std::chrono::milliseconds ms(std::uint32_t v) { return std::chrono::milliseconds(v); }
 
+// `n` random hex digits (from the system's entropy source).
+inline std::string random_hex(std::size_t n) {
+    static const char digits[] = "0123456789abcdef";
+    std::random_device rd;
+    std::string out;
+    for (std::size_t i = 0; i < n; ++i) out += digits[rd() & 15u];
+    return out;
+}
+
 // Token buckets per caller address for POST /dialback: `burst` requests at once, then one
 // per `every`. Remembers at most `max_callers` addresses (the least recent is forgotten, and
 // a forgotten caller starts with a full bucket: a flood of addresses gains one burst each,
@@ -203,7 +213,7 @@ public:
     // Relay candidates re-measured before a choice (the nearest by the table's figures).
     static constexpr std::size_t relay_candidates_measured = 4;
 
-    explicit Node(Config config) : config_(std::move(config)) {}
+    explicit Node(Config config) : config_(std::move(config)), instance_id_(detail::random_hex(16)) {}
     ~Node() { stop(); }
     Node(const Node&) = delete;
     Node& operator=(const Node&) = delete;
@@ -522,7 +532,7 @@ public:
         for (const auto& p : t.peers()) {
             if (p.nat || !p.latency_ms) continue;
             auto e = p.endpoint();
-            if (!e || skip.count(*e)) continue;
+            if (!e || skip.count(*e) || distrusted(*e)) continue;
             listed.push_back({*p.latency_ms, RelayCandidate{p.label(), *e, *p.latency_ms}});
         }
         std::stable_sort(listed.begin(), listed.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
@@ -687,6 +697,20 @@ public:
         else if (bind && bind->is_v6()) eo.local_host = IpAddress::from_string("::1");
         try {
             report.exposure = expose_port(port(), eo, true);
+            // Before advertising it: does the endpoint the relay gave lead back here? A
+            // relay that lies about it would send every peer somewhere else.
+            if (auto wrong = leads_elsewhere(report.exposure->public_endpoint)) {
+                const Exposure bad = *report.exposure;
+                report.exposure.reset();
+                {
+                    std::lock_guard<std::mutex> lock(distrust_mu_);
+                    distrusted_relays_.insert(bad.relay);
+                }
+                unexpose(port());
+                report.reason = "relay " + bad.relay.to_string() + " gave " + bad.public_endpoint.to_string() +
+                                ", which does not lead to this node (" + *wrong + "); that relay is not used again";
+                return report;
+            }
             std::lock_guard<std::mutex> lock(tunnels_mu_);
             if (tunnels_.count(port())) self_tunnel_port_ = port();  // unless stop() ran meanwhile
         } catch (const error& e) {
@@ -695,7 +719,27 @@ public:
         return report;
     }
 
+    // A random identity of this node object, answered on GET /whoami: tells whether an
+    // endpoint leads to this very node.
+    const std::string& instance_id() const noexcept { return instance_id_; }
+
 private:
+    bool distrusted(const Endpoint& relay) const {
+        std::lock_guard<std::mutex> lock(distrust_mu_);
+        return distrusted_relays_.count(relay) > 0;
+    }
+
+    // Why `endpoint` does not lead to this node's server, or nullopt when it does.
+    std::optional<std::string> leads_elsewhere(const Endpoint& endpoint) const {
+        auto call = detail::http_call(endpoint, "GET", "/whoami", {}, "", std::chrono::milliseconds(5000));
+        if (!call.answered) return call.reason;
+        auto j = nlohmann::json::parse(call.body, nullptr, false);
+        if (call.status != 200 || !j.is_object() || !j.contains("node") || !j["node"].is_string())
+            return "GET /whoami there answered HTTP " + std::to_string(call.status) + " without a node identity";
+        if (j["node"].get<std::string>() != instance_id_) return std::string("another node answers there");
+        return std::nullopt;
+    }
+
     std::optional<double> measure_relay(const Endpoint& e) const {
         LatencyOptions lo;
         lo.samples = 3;
@@ -864,7 +908,7 @@ private:
 
     void handle_whoami(const HttpRequest& q, HttpResponse& r) {
         if (!q.remote) return r.error(400, "cannot tell the sender's address");
-        r.json({{"address", q.remote->address.to_string()}, {"port", q.remote->port}});
+        r.json({{"address", q.remote->address.to_string()}, {"port", q.remote->port}, {"node", instance_id_}});
         r.headers.emplace_back(observed_address_header, q.remote->address.to_string());
     }
 
@@ -883,6 +927,9 @@ private:
     std::atomic<int> reachable_{-1};      // dialback verdict: -1 none, 0 no, 1 yes
     detail::CallerRateLimit dialback_limit_{3, std::chrono::milliseconds(2000)};
     std::atomic<int> dialing_{0};
+    const std::string instance_id_;
+    mutable std::mutex distrust_mu_;
+    std::unordered_set<Endpoint> distrusted_relays_;  // gave an endpoint that led elsewhere
 };
 
 }  // namespace p2prc

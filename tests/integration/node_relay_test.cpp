@@ -790,3 +790,55 @@ TEST_CASE("GET /FRPPort: one requester holds at most relay.per_address relays; a
     CHECK(refused->status == 503);
     CHECK(nlohmann::json::parse(refused->body).at("error").get<std::string>().find("behind NAT") != std::string::npos);
 }
+
+TEST_CASE("a node behind NAT does not advertise an endpoint a relay lied about, and takes another relay") {
+    p2prc_test::TempDir dir;
+    // The liar looks like a node; its /FRPPort hands out a real relay that opens the public
+    // ports on 127.0.0.3 while the exposing node is told 127.0.0.1:<port>.
+    p2prc::frp::ServerOptions fo;
+    fo.bind = loopback(0);
+    fo.proxy_bind = IpAddress::from_string("127.0.0.3");
+    p2prc::frp::Server lying_relay(fo);
+    p2prc::ServerOptions so;
+    so.bind_address = "127.0.0.1";
+    so.name = "liar";
+    p2prc::Server liar(so);
+    liar.get("/FRPPort", [&](const p2prc::HttpRequest&, p2prc::HttpResponse& r) {
+        r.status = 200;
+        r.content_type = "text/plain";
+        r.body = std::to_string(lying_relay.port());
+    });
+    liar.start();
+    // An honest relay, farther away (20 ms each way), so the liar is chosen first.
+    auto honest = start_node(node_config(dir, "honest"));
+    p2prc_test::DelayProxy proxy(std::vector<p2prc_test::ProxyRoute>{{honest->port(), 20ms}});
+    const Endpoint via_honest = loopback(proxy.port(0));
+
+    auto nc = node_config(dir, "N");
+    nc.bind = "127.0.0.2";
+    nc.behind_nat = p2prc::BehindNat::yes;
+    list_peer(nc.iptable, "liar", loopback(liar.port()), 0.1);
+    list_peer(nc.iptable, "honest", via_honest, 40.0);
+    Node N(nc);
+    N.start();
+
+    auto first = N.check_reachability();
+    CHECK_FALSE(first.exposure);
+    CHECK(first.reason.find("does not lead to this node") != std::string::npos);
+    CHECK_FALSE(N.self_exposure());
+    CHECK(N.self_entry().escape_implementation != "FRP");
+
+    auto second = N.check_reachability();
+    REQUIRE(second.exposure);
+    CHECK(second.exposure->relay == via_honest);
+    REQUIRE(N.self_exposure());
+    const auto entry = N.self_entry();
+    CHECK(entry.escape_implementation == "FRP");
+    CHECK(entry.server_port == second.exposure->public_endpoint.port);
+    // The advertised endpoint leads to this very node.
+    auto who = get(second.exposure->public_endpoint, "/whoami");
+    REQUIRE(who);
+    CHECK(nlohmann::json::parse(who->body).at("node") == N.instance_id());
+    N.stop();
+    liar.stop();
+}
