@@ -27,7 +27,9 @@
 #include <cstring>
 #include <memory>
 #include <optional>
+#include <functional>
 #include <string>
+#include <utility>
 
 namespace p2prc::detail {
 
@@ -40,6 +42,17 @@ inline int millis_until(Clock::time_point deadline) {
     if (left <= 0) return 0;
     if (left > 0x7fffffff) return 0x7fffffff;
     return static_cast<int>(left);
+}
+
+// Calls a user's callback, if set, from one of the library's threads: an exception it
+// throws is dropped, since it must not take that thread (or the process) down.
+template <class... Params, class... Args>
+inline void notify(const std::function<void(Params...)>& callback, Args&&... args) noexcept {
+    if (!callback) return;
+    try {
+        callback(std::forward<Args>(args)...);
+    } catch (...) {
+    }
 }
 
 // now + timeout, saturated so that a huge timeout means "practically forever".

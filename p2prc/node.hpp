@@ -140,6 +140,21 @@ void parallel_for(std::size_t n, std::size_t concurrency, Fn fn) {
 
 inline std::chrono::milliseconds ms(std::uint32_t v) { return std::chrono::milliseconds(v); }
 
+// Counts one caller into `in_flight` for its lifetime; held() tells whether it came in
+// within `limit` (when not, the caller backs off: the count is undone on destruction).
+class InFlightSlot {
+  public:
+    InFlightSlot(std::atomic<int>& in_flight, int limit) : n_(in_flight), held_(++in_flight <= limit) {}
+    ~InFlightSlot() { --n_; }
+    InFlightSlot(const InFlightSlot&) = delete;
+    InFlightSlot& operator=(const InFlightSlot&) = delete;
+    bool held() const noexcept { return held_; }
+
+  private:
+    std::atomic<int>& n_;
+    const bool held_;
+};
+
 // `n` random hex digits (from the system's entropy source).
 inline std::string random_hex(std::size_t n) {
     static const char digits[] = "0123456789abcdef";
@@ -240,17 +255,6 @@ public:
         server->get("/whoami", [this](const HttpRequest& q, HttpResponse& r) { handle_whoami(q, r); });
         server->get("/FRPPort", [this](const HttpRequest& q, HttpResponse& r) { handle_frp_port(q, r); });
         server->post("/dialback", [this](const HttpRequest& q, HttpResponse& r) { handle_dialback(q, r); });
-        if (config_.relay.cap > 0) {
-            RelayPoolOptions ro;
-            auto bind = IpAddress::parse(config_.bind);
-            if (bind) ro.bind = *bind;
-            ro.cap = config_.relay.cap;
-            ro.login_timeout = std::chrono::seconds(config_.relay.login_timeout_s);
-            ro.idle_timeout = std::chrono::seconds(config_.relay.idle_timeout_s);
-            ro.token = config_.token;
-            ro.per_requester = config_.relay.per_address;
-            relays_ = std::make_unique<RelayPool>(ro);
-        }
         server->start();
         bound_port_ = server->port();
         server_ = std::move(server);
@@ -271,9 +275,13 @@ public:
         for (auto& [port, t] : tunnels)
             if (t) t->stop();
         if (server_) server_->stop();
-        if (relays_) relays_->stop();
+        std::shared_ptr<RelayPool> relays;
+        {
+            std::lock_guard<std::mutex> rl(relays_mu_);
+            relays.swap(relays_);
+        }
+        if (relays) relays->stop();
         server_.reset();
-        relays_.reset();
     }
 
     bool running() const noexcept { return running_; }
@@ -468,13 +476,8 @@ public:
         out.new_servers = fresh.size();
         // At most two learn() calls probe at once in the whole node: a flood of tables
         // cannot turn the node into a prober of addresses its senders pick.
-        struct Slot {
-            std::atomic<int>& n;
-            bool held;
-            explicit Slot(std::atomic<int>& c) : n(c), held(++c <= max_concurrent_learning) {}
-            ~Slot() { --n; }
-        } slot(learning_);
-        if (!slot.held) {
+        detail::InFlightSlot slot(learning_, max_concurrent_learning);
+        if (!slot.held()) {
             out.unchecked = fresh.size();
             return out;
         }
@@ -521,31 +524,37 @@ public:
 
     // ---- NAT traversal ----------------------------------------------------------------
 
-    // The peers that may relay for this node, nearest first: reachable now, measured in the
-    // table, not behind NAT themselves, not this node. The nearest few by the table's
-    // figures are measured again, so the choice rests on fresh numbers.
-    std::vector<RelayCandidate> relay_candidates(const std::vector<Endpoint>& exclude = {}) const {
+    // The peers of the table that may relay for this node, nearest first by the table's
+    // figures (nothing is probed): measured, not behind NAT themselves, not this node.
+    std::vector<RelayCandidate> listed_relays(const std::vector<Endpoint>& exclude = {}) const {
         IpTable t = table();
         t.remove_self(own_endpoints());
         std::unordered_set<Endpoint> skip(exclude.begin(), exclude.end());
-        std::vector<std::pair<double, RelayCandidate>> listed;
+        std::vector<RelayCandidate> listed;
         for (const auto& p : t.peers()) {
             if (p.nat || !p.latency_ms) continue;
             auto e = p.endpoint();
             if (!e || skip.count(*e) || distrusted(*e)) continue;
-            listed.push_back({*p.latency_ms, RelayCandidate{p.label(), *e, *p.latency_ms}});
+            listed.push_back(RelayCandidate{p.label(), *e, *p.latency_ms});
         }
-        std::stable_sort(listed.begin(), listed.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
+        by_latency(listed);
+        return listed;
+    }
+
+    // The listed relays that answer now, nearest first: the nearest few by the table's
+    // figures are measured again, so the choice rests on fresh numbers.
+    std::vector<RelayCandidate> relay_candidates(const std::vector<Endpoint>& exclude = {}) const {
+        auto listed = listed_relays(exclude);
         if (listed.size() > relay_candidates_measured) listed.resize(relay_candidates_measured);
         std::vector<std::optional<double>> fresh(listed.size());
-        detail::parallel_for(listed.size(), listed.size(), [&](std::size_t i) { fresh[i] = measure_relay(listed[i].second.http); });
+        detail::parallel_for(listed.size(), listed.size(), [&](std::size_t i) { fresh[i] = measure_relay(listed[i].http); });
         std::vector<RelayCandidate> out;
         for (std::size_t i = 0; i < listed.size(); ++i) {
             if (!fresh[i]) continue;
-            listed[i].second.latency_ms = *fresh[i];
-            out.push_back(listed[i].second);
+            listed[i].latency_ms = *fresh[i];
+            out.push_back(listed[i]);
         }
-        std::stable_sort(out.begin(), out.end(), [](const auto& a, const auto& b) { return a.latency_ms < b.latency_ms; });
+        by_latency(out);
         return out;
     }
 
@@ -689,7 +698,7 @@ public:
         }
         // The relay is chosen among measured peers: a table that was only added to (never
         // probed) is measured first.
-        if (relay_candidates().empty()) update();
+        if (listed_relays().empty()) update();
         ExposeOptions eo;
         eo.proxy_name = config_.name + "-server";
         auto bind = IpAddress::parse(config_.bind);
@@ -724,6 +733,10 @@ public:
     const std::string& instance_id() const noexcept { return instance_id_; }
 
 private:
+    static void by_latency(std::vector<RelayCandidate>& v) {
+        std::stable_sort(v.begin(), v.end(), [](const auto& a, const auto& b) { return a.latency_ms < b.latency_ms; });
+    }
+
     bool distrusted(const Endpoint& relay) const {
         std::lock_guard<std::mutex> lock(distrust_mu_);
         return distrusted_relays_.count(relay) > 0;
@@ -831,6 +844,24 @@ private:
         }
     }
 
+    // The relays served on GET /FRPPort, made on first use: a node nobody asks runs no
+    // relay bookkeeping. Throws state_error once the node is stopping.
+    std::shared_ptr<RelayPool> relay_pool() {
+        std::lock_guard<std::mutex> lock(relays_mu_);
+        if (!running_) throw error(errc::state_error, "the node is stopping");
+        if (!relays_) {
+            RelayPoolOptions ro;
+            if (auto bind = IpAddress::parse(config_.bind)) ro.bind = *bind;
+            ro.cap = config_.relay.cap;
+            ro.login_timeout = std::chrono::seconds(config_.relay.login_timeout_s);
+            ro.idle_timeout = std::chrono::seconds(config_.relay.idle_timeout_s);
+            ro.token = config_.token;
+            ro.per_requester = config_.relay.per_address;
+            relays_ = std::make_shared<RelayPool>(ro);
+        }
+        return relays_;
+    }
+
     bool token_ok(const HttpRequest& q) const {
         if (config_.token.empty()) return true;
         std::string given = q.header(token_header);
@@ -847,11 +878,11 @@ private:
         auto udp = q.params.find("udp");
         if (udp != q.params.end() && udp->second == "true")
             return r.error(501, "UDP relays are not supported: only TCP proxies");
-        if (!relays_) return r.error(503, "this node does not relay (relay.cap is 0)");
+        if (config_.relay.cap == 0) return r.error(503, "this node does not relay (relay.cap is 0)");
         // A relay opened behind NAT would be out of reach of the very peers that need it.
         if (behind_nat()) return r.error(503, "this node is behind NAT: it cannot relay for others");
         try {
-            const auto port = relays_->allocate(q.remote ? std::optional<IpAddress>(q.remote->address) : std::nullopt);
+            const auto port = relay_pool()->allocate(q.remote ? std::optional<IpAddress>(q.remote->address) : std::nullopt);
             r.status = 200;
             r.content_type = "text/plain";
             r.body = std::to_string(port);
@@ -883,13 +914,8 @@ private:
             return r.error(429, "too many dialback requests from " + caller.to_string() + "; retry in " +
                                     std::to_string(wait) + " ms");
         }
-        struct Slot {
-            std::atomic<int>& n;
-            bool held;
-            explicit Slot(std::atomic<int>& c) : n(c), held(++c <= max_concurrent_dialbacks) {}
-            ~Slot() { --n; }
-        } slot(dialing_);
-        if (!slot.held) return r.error(503, "too many dialbacks in progress; retry shortly");
+        detail::InFlightSlot slot(dialing_, max_concurrent_dialbacks);
+        if (!slot.held()) return r.error(503, "too many dialbacks in progress; retry shortly");
         const Endpoint target{caller, *port};
         nlohmann::json answer{{"address", caller.to_string()}, {"port", *port}};
         const auto t0 = std::chrono::steady_clock::now();
@@ -919,7 +945,8 @@ private:
     std::atomic<bool> running_{false};
     std::atomic<int> learning_{0};  // learn() calls probing right now
     ObservedAddress observed_;
-    std::unique_ptr<RelayPool> relays_;  // the relays served on GET /FRPPort
+    std::mutex relays_mu_;
+    std::shared_ptr<RelayPool> relays_;  // the relays served on GET /FRPPort (see relay_pool)
     mutable std::mutex tunnels_mu_;
     // By local port; shared with an expose() that is still bringing its tunnel up.
     std::map<std::uint16_t, std::shared_ptr<RelayTunnel>> tunnels_;

@@ -247,13 +247,7 @@ class RelayPool {
         return IpAddress::from_v6(prefix).to_string() + "/64";
     }
 
-    void log(const std::string& line) {
-        if (!opt_.log) return;
-        try {
-            opt_.log(line);
-        } catch (...) {
-        }
-    }
+    void log(const std::string& line) { p2prc::detail::notify(opt_.log, line); }
 
     void sweep_loop() {
         std::unique_lock<std::mutex> lock(mu_);
@@ -452,13 +446,7 @@ class RelayTunnel {
         Exposure exposure;
     };
 
-    void log(const std::string& line) {
-        if (!opt_.log) return;
-        try {
-            opt_.log(line);
-        } catch (...) {
-        }
-    }
+    void log(const std::string& line) { p2prc::detail::notify(opt_.log, line); }
 
     bool stopping() const {
         std::lock_guard<std::mutex> lock(mu_);
@@ -590,12 +578,7 @@ class RelayTunnel {
         if (now.public_endpoint.port == 0) return;
         log("exposed " + local_.to_string() + " at " + now.public_endpoint.to_string() + " via relay " +
             now.relay.to_string());
-        if (opt_.on_change) {
-            try {
-                opt_.on_change(now);
-            } catch (...) {
-            }
-        }
+        p2prc::detail::notify(opt_.on_change, now);
     }
 
     void monitor() {
@@ -629,12 +612,7 @@ class RelayTunnel {
                         ++current_->changes;
                         cur = *current_;
                     }
-                    if (opt_.on_change) {
-                        try {
-                            opt_.on_change(cur);
-                        } catch (...) {
-                        }
-                    }
+                    p2prc::detail::notify(opt_.on_change, cur);
                 }
             } else if (!down) {
                 down = true;

@@ -262,12 +262,7 @@ class Client {
             copy = s;
             cv_.notify_all();
         }
-        if (opt_.on_status) {
-            try {
-                opt_.on_status(copy);
-            } catch (...) {
-            }
-        }
+        p2prc::detail::notify(opt_.on_status, copy);
     }
 
     void run() {
@@ -297,14 +292,7 @@ class Client {
                     }
                     cv_.notify_all();
                 }
-                if (opt_.on_status) {
-                    for (const auto& st : changed) {
-                        try {
-                            opt_.on_status(st);
-                        } catch (...) {
-                        }
-                    }
-                }
+                for (const auto& st : changed) p2prc::detail::notify(opt_.on_status, st);
                 return;
             }
             {
