@@ -5064,6 +5064,13 @@ struct NewProxy {
     }
 };
 
+// How logs and errors name a proxy: `proxy [web]`, and `unnamed proxy []` for the empty
+// name (valid in frp; P2PRC's Go nodes register their one proxy without a name).
+inline std::string proxy_label(std::string_view name) {
+    if (name.empty()) return "unnamed proxy []";
+    return "proxy [" + std::string(name) + "]";
+}
+
 // S->C: remote_addr is ":<port>" on success, else error says why.
 struct NewProxyResp {
     static constexpr char type = '2';
@@ -8115,8 +8122,8 @@ class ServerControl : public std::enable_shared_from_this<ServerControl> {
         std::lock_guard<std::mutex> lk(mu_);
         std::vector<ServerProxyInfo> out;
         for (auto& [name, p] : proxies_)
-            out.push_back({name, run_id_, p->port, p->spec.use_encryption,
-                           p->spec.use_compression});
+            out.push_back(
+                {name, run_id_, p->port, p->spec.use_encryption, p->spec.use_compression});
         return out;
     }
 
@@ -8297,8 +8304,8 @@ class ServerCore {
         if (why.empty() && run_id.size() > 64) why = "run_id is too long (at most 64 characters)";
         std::shared_ptr<ServerControl> ctl;
         if (why.empty()) {
-            std::int64_t pool = std::min(std::max<std::int64_t>(login.pool_count, 0),
-                                         opt_.max_pool_count);
+            std::int64_t pool =
+                std::min(std::max<std::int64_t>(login.pool_count, 0), opt_.max_pool_count);
             ctl = std::make_shared<ServerControl>(*this, raw, run_id, pool, mux, key_);
             std::shared_ptr<ServerControl> old;
             {
@@ -8361,8 +8368,8 @@ class ServerCore {
         } catch (const std::exception&) {
             return;
         }
-        std::int64_t pool = std::min(std::max<std::int64_t>(login.pool_count, 0),
-                                     opt_.max_pool_count);
+        std::int64_t pool =
+            std::min(std::max<std::int64_t>(login.pool_count, 0), opt_.max_pool_count);
         for (std::int64_t i = 0; i < pool; ++i)
             if (!ctl->send(ReqWorkConn{})) return;
         MsgReader reader(ctl->control());
@@ -8402,18 +8409,18 @@ class ServerCore {
         resp.proxy_name = np.proxy_name;
         std::string type = np.proxy_type.empty() ? "tcp" : np.proxy_type;
         auto fail = [&](std::string why) {
-            log("proxy [" + np.proxy_name + "] of " + ctl->run_id() + " refused: " + why);
+            log(proxy_label(np.proxy_name) + " of " + ctl->run_id() + " refused: " + why);
             resp.error = std::move(why);
             return resp;
         };
-        if (np.proxy_name.empty()) return fail("proxy name is empty");
+        // An empty name is a name: frps 0.45 accepts it, and P2PRC's Go client sends no
+        // proxy_name at all ({"remote_port":N}). Like frps, names are unique per server.
         if (type == "udp") return fail("udp proxies are not supported");
         if (type == "http" || type == "https" || type == "stcp" || type == "xtcp" ||
             type == "sudp" || type == "tcpmux")
             return fail("proxy [" + np.proxy_name + "] type [" + type +
                         "] is not supported by this server (tcp only)");
-        if (type != "tcp")
-            return fail("proxy [" + np.proxy_name + "] type [" + type + "] error");
+        if (type != "tcp") return fail("proxy [" + np.proxy_name + "] type [" + type + "] error");
         if (ctl->proxy_count() >= opt_.max_proxies_per_client)
             return fail("exceed the max_ports_per_client");
         if (np.remote_port < 0 || np.remote_port > 65535) return fail("port not allowed");
@@ -8452,7 +8459,7 @@ class ServerCore {
             release(name, bound);
             return fail("the control is closed");
         }
-        log("proxy [" + name + "] of " + ctl->run_id() + " listens on port " +
+        log(proxy_label(name) + " of " + ctl->run_id() + " listens on port " +
             std::to_string(bound));
         resp.remote_addr = ":" + std::to_string(bound);
         return resp;
@@ -8469,7 +8476,7 @@ class ServerCore {
         if (!p) return;  // unknown names are ignored
         p->close();
         release(name, p->port);
-        log("proxy [" + name + "] of " + ctl->run_id() + " closed");
+        log(proxy_label(name) + " of " + ctl->run_id() + " closed");
     }
 
     void proxy_accept_loop(p2prc::detail::TcpListener& l, std::weak_ptr<ServerControl> weak,
@@ -8480,15 +8487,14 @@ class ServerCore {
                 c = l.accept(Millis(500));
             } catch (const error& e) {
                 if (e.code() == errc::state_error) return;  // listener closed
-                std::this_thread::sleep_for(Millis(100));  // transient (descriptors...)
+                std::this_thread::sleep_for(Millis(100));   // transient (descriptors...)
                 continue;
             }
             if (!c) continue;
             std::shared_ptr<p2prc::detail::TcpConnection> user(std::move(c));
             auto ctl = weak.lock();
-            if (!ctl || !tasks_.spawn([this, ctl, spec, port, user] {
-                    serve_user(ctl, spec, port, user);
-                }))
+            if (!ctl ||
+                !tasks_.spawn([this, ctl, spec, port, user] { serve_user(ctl, spec, port, user); }))
                 user->close();
         }
     }
@@ -8646,8 +8652,8 @@ class Server {
 // and has local TCP services exposed on public ports of that server.
 //
 // Life of a client: connect (one TCP connection, optionally 0x17 + TLS; with tcp_mux a
-// yamux session on it whose first stream is the control), plain Login, plain LoginResp (run_id), then the control is
-// encrypted (frp/crypto.hpp) and carries NewProxy/NewProxyResp, ReqWorkConn and
+// yamux session on it whose first stream is the control), plain Login, plain LoginResp (run_id),
+// then the control is encrypted (frp/crypto.hpp) and carries NewProxy/NewProxyResp, ReqWorkConn and
 // Ping/Pong. Each ReqWorkConn asks for one work connection (a new yamux stream, or a new
 // TCP connection without tcp_mux) that starts with a plain NewWorkConn and waits for
 // StartWorkConn; then it is piped to a fresh connection to the proxy's local service.
@@ -8674,11 +8680,11 @@ namespace p2prc::frp {
 
 // One local TCP service to expose.
 struct ProxySpec {
-    std::string name;              // unique on the server
-    Endpoint local;                // where the service listens, e.g. 127.0.0.1:8080
+    std::string name;               // unique on the server
+    Endpoint local;                 // where the service listens, e.g. 127.0.0.1:8080
     std::uint16_t remote_port = 0;  // public port on the server; 0 = the server chooses
-    bool use_encryption = false;   // AES-CFB on the work connections (token key)
-    bool use_compression = false;  // snappy framing on the work connections
+    bool use_encryption = false;    // AES-CFB on the work connections (token key)
+    bool use_compression = false;   // snappy framing on the work connections
 };
 
 enum class ProxyState {
@@ -8689,9 +8695,12 @@ enum class ProxyState {
 
 inline const char* to_string(ProxyState s) noexcept {
     switch (s) {
-        case ProxyState::pending: return "pending";
-        case ProxyState::running: return "running";
-        case ProxyState::failed: return "failed";
+        case ProxyState::pending:
+            return "pending";
+        case ProxyState::running:
+            return "running";
+        case ProxyState::failed:
+            return "failed";
     }
     return "unknown";
 }
@@ -8735,7 +8744,7 @@ struct ClientOptions {
     // refusals are retried.
     bool login_fail_exit = true;
     p2prc::detail::Millis idle_timeout{3600000};  // a piped connection idle this long ends
-    std::size_t max_connections = 1024;          // live work-connection threads
+    std::size_t max_connections = 1024;           // live work-connection threads
     // Called (on the client's thread) whenever a proxy's status changes.
     std::function<void(const ProxyStatus&)> on_status;
     std::function<void(const std::string&)> log;
@@ -8782,15 +8791,17 @@ class Client {
                         "frp::Client: timeouts must be > 0, reconnect_max >= reconnect_min, "
                         "max_connections >= 2");
         for (const auto& p : opt_.proxies) {
-            if (p.name.empty() || p.name.size() > 256)
+            // The empty name is valid, as in frp (P2PRC's Go nodes use it); it is sent as
+            // no proxy_name at all.
+            if (p.name.size() > 256)
                 throw error(errc::invalid_argument,
-                            "frp::Client: a proxy name must have 1-256 characters");
+                            "frp::Client: a proxy name must have at most 256 characters");
             if (status_.count(p.name))
                 throw error(errc::invalid_argument,
-                            "frp::Client: proxy name \"" + p.name + "\" is used twice");
+                            "frp::Client: " + proxy_label(p.name) + " is used twice");
             if (p.local.port == 0)
                 throw error(errc::invalid_argument,
-                            "frp::Client: proxy \"" + p.name + "\" needs a local port");
+                            "frp::Client: " + proxy_label(p.name) + " needs a local port");
             ProxyStatus st;
             st.name = p.name;
             status_[p.name] = st;
@@ -8824,7 +8835,7 @@ class Client {
         std::lock_guard<std::mutex> lk(mu_);
         auto it = status_.find(name);
         if (it == status_.end())
-            throw error(errc::invalid_argument, "frp::Client: no proxy named \"" + name + "\"");
+            throw error(errc::invalid_argument, "frp::Client: no " + proxy_label(name));
         return it->second;
     }
 
@@ -8835,12 +8846,12 @@ class Client {
         std::unique_lock<std::mutex> lk(mu_);
         auto it = status_.find(name);
         if (it == status_.end())
-            throw error(errc::invalid_argument, "frp::Client: no proxy named \"" + name + "\"");
+            throw error(errc::invalid_argument, "frp::Client: no " + proxy_label(name));
         cv_.wait_until(lk, p2prc::detail::deadline_after(timeout), [&] {
             const auto& s = it->second;
             return (s.state == ProxyState::running && s.generation > newer_than) ||
-                   s.state == ProxyState::failed ||
-                   state_ == ClientState::failed || state_ == ClientState::stopped;
+                   s.state == ProxyState::failed || state_ == ClientState::failed ||
+                   state_ == ClientState::stopped;
         });
         return it->second;
     }
@@ -8909,8 +8920,7 @@ class Client {
                 ever = true;
                 backoff = opt_.reconnect_min;
             }
-            for (const auto& [name, spec] : specs_)
-                set_status(name, ProxyState::pending, 0, {});
+            for (const auto& [name, spec] : specs_) set_status(name, ProxyState::pending, 0, {});
             if (out == Outcome::stopped || stopping()) break;
             if (out == Outcome::refused && !ever && opt_.login_fail_exit) {
                 // The client and its proxies fail together: a waiter sees both at once.
@@ -9095,11 +9105,11 @@ class Client {
                 } else if (auto* r = std::get_if<NewProxyResp>(&*m)) {
                     if (!specs_.count(r->proxy_name)) continue;
                     if (!r->error.empty()) {
-                        log("proxy [" + r->proxy_name + "] refused: " + r->error);
+                        log(proxy_label(r->proxy_name) + " refused: " + r->error);
                         set_status(r->proxy_name, ProxyState::failed, 0, r->error);
                     } else {
                         std::uint16_t port = parse_remote_port(r->remote_addr);
-                        log("proxy [" + r->proxy_name + "] is public on port " +
+                        log(proxy_label(r->proxy_name) + " is public on port " +
                             std::to_string(port));
                         set_status(r->proxy_name, ProxyState::running, port, {});
                     }
@@ -9187,7 +9197,7 @@ class Client {
         try {
             local = p2prc::detail::TcpConnection::connect(spec.local, Millis(10000));
         } catch (const std::exception& e) {
-            log("proxy [" + spec.name + "]: local service " + spec.local.to_string() + ": " +
+            log(proxy_label(spec.name) + ": local service " + spec.local.to_string() + ": " +
                 e.what());
             w->close();
             return;

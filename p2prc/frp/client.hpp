@@ -2,8 +2,8 @@
 // and has local TCP services exposed on public ports of that server.
 //
 // Life of a client: connect (one TCP connection, optionally 0x17 + TLS; with tcp_mux a
-// yamux session on it whose first stream is the control), plain Login, plain LoginResp (run_id), then the control is
-// encrypted (frp/crypto.hpp) and carries NewProxy/NewProxyResp, ReqWorkConn and
+// yamux session on it whose first stream is the control), plain Login, plain LoginResp (run_id),
+// then the control is encrypted (frp/crypto.hpp) and carries NewProxy/NewProxyResp, ReqWorkConn and
 // Ping/Pong. Each ReqWorkConn asks for one work connection (a new yamux stream, or a new
 // TCP connection without tcp_mux) that starts with a plain NewWorkConn and waits for
 // StartWorkConn; then it is piped to a fresh connection to the proxy's local service.
@@ -40,11 +40,11 @@ namespace p2prc::frp {
 
 // One local TCP service to expose.
 struct ProxySpec {
-    std::string name;              // unique on the server
-    Endpoint local;                // where the service listens, e.g. 127.0.0.1:8080
+    std::string name;               // unique on the server
+    Endpoint local;                 // where the service listens, e.g. 127.0.0.1:8080
     std::uint16_t remote_port = 0;  // public port on the server; 0 = the server chooses
-    bool use_encryption = false;   // AES-CFB on the work connections (token key)
-    bool use_compression = false;  // snappy framing on the work connections
+    bool use_encryption = false;    // AES-CFB on the work connections (token key)
+    bool use_compression = false;   // snappy framing on the work connections
 };
 
 enum class ProxyState {
@@ -55,9 +55,12 @@ enum class ProxyState {
 
 inline const char* to_string(ProxyState s) noexcept {
     switch (s) {
-        case ProxyState::pending: return "pending";
-        case ProxyState::running: return "running";
-        case ProxyState::failed: return "failed";
+        case ProxyState::pending:
+            return "pending";
+        case ProxyState::running:
+            return "running";
+        case ProxyState::failed:
+            return "failed";
     }
     return "unknown";
 }
@@ -101,7 +104,7 @@ struct ClientOptions {
     // refusals are retried.
     bool login_fail_exit = true;
     p2prc::detail::Millis idle_timeout{3600000};  // a piped connection idle this long ends
-    std::size_t max_connections = 1024;          // live work-connection threads
+    std::size_t max_connections = 1024;           // live work-connection threads
     // Called (on the client's thread) whenever a proxy's status changes.
     std::function<void(const ProxyStatus&)> on_status;
     std::function<void(const std::string&)> log;
@@ -148,15 +151,17 @@ class Client {
                         "frp::Client: timeouts must be > 0, reconnect_max >= reconnect_min, "
                         "max_connections >= 2");
         for (const auto& p : opt_.proxies) {
-            if (p.name.empty() || p.name.size() > 256)
+            // The empty name is valid, as in frp (P2PRC's Go nodes use it); it is sent as
+            // no proxy_name at all.
+            if (p.name.size() > 256)
                 throw error(errc::invalid_argument,
-                            "frp::Client: a proxy name must have 1-256 characters");
+                            "frp::Client: a proxy name must have at most 256 characters");
             if (status_.count(p.name))
                 throw error(errc::invalid_argument,
-                            "frp::Client: proxy name \"" + p.name + "\" is used twice");
+                            "frp::Client: " + proxy_label(p.name) + " is used twice");
             if (p.local.port == 0)
                 throw error(errc::invalid_argument,
-                            "frp::Client: proxy \"" + p.name + "\" needs a local port");
+                            "frp::Client: " + proxy_label(p.name) + " needs a local port");
             ProxyStatus st;
             st.name = p.name;
             status_[p.name] = st;
@@ -190,7 +195,7 @@ class Client {
         std::lock_guard<std::mutex> lk(mu_);
         auto it = status_.find(name);
         if (it == status_.end())
-            throw error(errc::invalid_argument, "frp::Client: no proxy named \"" + name + "\"");
+            throw error(errc::invalid_argument, "frp::Client: no " + proxy_label(name));
         return it->second;
     }
 
@@ -201,12 +206,12 @@ class Client {
         std::unique_lock<std::mutex> lk(mu_);
         auto it = status_.find(name);
         if (it == status_.end())
-            throw error(errc::invalid_argument, "frp::Client: no proxy named \"" + name + "\"");
+            throw error(errc::invalid_argument, "frp::Client: no " + proxy_label(name));
         cv_.wait_until(lk, p2prc::detail::deadline_after(timeout), [&] {
             const auto& s = it->second;
             return (s.state == ProxyState::running && s.generation > newer_than) ||
-                   s.state == ProxyState::failed ||
-                   state_ == ClientState::failed || state_ == ClientState::stopped;
+                   s.state == ProxyState::failed || state_ == ClientState::failed ||
+                   state_ == ClientState::stopped;
         });
         return it->second;
     }
@@ -275,8 +280,7 @@ class Client {
                 ever = true;
                 backoff = opt_.reconnect_min;
             }
-            for (const auto& [name, spec] : specs_)
-                set_status(name, ProxyState::pending, 0, {});
+            for (const auto& [name, spec] : specs_) set_status(name, ProxyState::pending, 0, {});
             if (out == Outcome::stopped || stopping()) break;
             if (out == Outcome::refused && !ever && opt_.login_fail_exit) {
                 // The client and its proxies fail together: a waiter sees both at once.
@@ -461,11 +465,11 @@ class Client {
                 } else if (auto* r = std::get_if<NewProxyResp>(&*m)) {
                     if (!specs_.count(r->proxy_name)) continue;
                     if (!r->error.empty()) {
-                        log("proxy [" + r->proxy_name + "] refused: " + r->error);
+                        log(proxy_label(r->proxy_name) + " refused: " + r->error);
                         set_status(r->proxy_name, ProxyState::failed, 0, r->error);
                     } else {
                         std::uint16_t port = parse_remote_port(r->remote_addr);
-                        log("proxy [" + r->proxy_name + "] is public on port " +
+                        log(proxy_label(r->proxy_name) + " is public on port " +
                             std::to_string(port));
                         set_status(r->proxy_name, ProxyState::running, port, {});
                     }
@@ -553,7 +557,7 @@ class Client {
         try {
             local = p2prc::detail::TcpConnection::connect(spec.local, Millis(10000));
         } catch (const std::exception& e) {
-            log("proxy [" + spec.name + "]: local service " + spec.local.to_string() + ": " +
+            log(proxy_label(spec.name) + ": local service " + spec.local.to_string() + ": " +
                 e.what());
             w->close();
             return;

@@ -231,8 +231,8 @@ class ServerControl : public std::enable_shared_from_this<ServerControl> {
         std::lock_guard<std::mutex> lk(mu_);
         std::vector<ServerProxyInfo> out;
         for (auto& [name, p] : proxies_)
-            out.push_back({name, run_id_, p->port, p->spec.use_encryption,
-                           p->spec.use_compression});
+            out.push_back(
+                {name, run_id_, p->port, p->spec.use_encryption, p->spec.use_compression});
         return out;
     }
 
@@ -413,8 +413,8 @@ class ServerCore {
         if (why.empty() && run_id.size() > 64) why = "run_id is too long (at most 64 characters)";
         std::shared_ptr<ServerControl> ctl;
         if (why.empty()) {
-            std::int64_t pool = std::min(std::max<std::int64_t>(login.pool_count, 0),
-                                         opt_.max_pool_count);
+            std::int64_t pool =
+                std::min(std::max<std::int64_t>(login.pool_count, 0), opt_.max_pool_count);
             ctl = std::make_shared<ServerControl>(*this, raw, run_id, pool, mux, key_);
             std::shared_ptr<ServerControl> old;
             {
@@ -477,8 +477,8 @@ class ServerCore {
         } catch (const std::exception&) {
             return;
         }
-        std::int64_t pool = std::min(std::max<std::int64_t>(login.pool_count, 0),
-                                     opt_.max_pool_count);
+        std::int64_t pool =
+            std::min(std::max<std::int64_t>(login.pool_count, 0), opt_.max_pool_count);
         for (std::int64_t i = 0; i < pool; ++i)
             if (!ctl->send(ReqWorkConn{})) return;
         MsgReader reader(ctl->control());
@@ -518,18 +518,18 @@ class ServerCore {
         resp.proxy_name = np.proxy_name;
         std::string type = np.proxy_type.empty() ? "tcp" : np.proxy_type;
         auto fail = [&](std::string why) {
-            log("proxy [" + np.proxy_name + "] of " + ctl->run_id() + " refused: " + why);
+            log(proxy_label(np.proxy_name) + " of " + ctl->run_id() + " refused: " + why);
             resp.error = std::move(why);
             return resp;
         };
-        if (np.proxy_name.empty()) return fail("proxy name is empty");
+        // An empty name is a name: frps 0.45 accepts it, and P2PRC's Go client sends no
+        // proxy_name at all ({"remote_port":N}). Like frps, names are unique per server.
         if (type == "udp") return fail("udp proxies are not supported");
         if (type == "http" || type == "https" || type == "stcp" || type == "xtcp" ||
             type == "sudp" || type == "tcpmux")
             return fail("proxy [" + np.proxy_name + "] type [" + type +
                         "] is not supported by this server (tcp only)");
-        if (type != "tcp")
-            return fail("proxy [" + np.proxy_name + "] type [" + type + "] error");
+        if (type != "tcp") return fail("proxy [" + np.proxy_name + "] type [" + type + "] error");
         if (ctl->proxy_count() >= opt_.max_proxies_per_client)
             return fail("exceed the max_ports_per_client");
         if (np.remote_port < 0 || np.remote_port > 65535) return fail("port not allowed");
@@ -568,7 +568,7 @@ class ServerCore {
             release(name, bound);
             return fail("the control is closed");
         }
-        log("proxy [" + name + "] of " + ctl->run_id() + " listens on port " +
+        log(proxy_label(name) + " of " + ctl->run_id() + " listens on port " +
             std::to_string(bound));
         resp.remote_addr = ":" + std::to_string(bound);
         return resp;
@@ -585,7 +585,7 @@ class ServerCore {
         if (!p) return;  // unknown names are ignored
         p->close();
         release(name, p->port);
-        log("proxy [" + name + "] of " + ctl->run_id() + " closed");
+        log(proxy_label(name) + " of " + ctl->run_id() + " closed");
     }
 
     void proxy_accept_loop(p2prc::detail::TcpListener& l, std::weak_ptr<ServerControl> weak,
@@ -596,15 +596,14 @@ class ServerCore {
                 c = l.accept(Millis(500));
             } catch (const error& e) {
                 if (e.code() == errc::state_error) return;  // listener closed
-                std::this_thread::sleep_for(Millis(100));  // transient (descriptors...)
+                std::this_thread::sleep_for(Millis(100));   // transient (descriptors...)
                 continue;
             }
             if (!c) continue;
             std::shared_ptr<p2prc::detail::TcpConnection> user(std::move(c));
             auto ctl = weak.lock();
-            if (!ctl || !tasks_.spawn([this, ctl, spec, port, user] {
-                    serve_user(ctl, spec, port, user);
-                }))
+            if (!ctl ||
+                !tasks_.spawn([this, ctl, spec, port, user] { serve_user(ctl, spec, port, user); }))
                 user->close();
         }
     }

@@ -131,6 +131,13 @@ struct NewProxy {
     }
 };
 
+// How logs and errors name a proxy: `proxy [web]`, and `unnamed proxy []` for the empty
+// name (valid in frp; P2PRC's Go nodes register their one proxy without a name).
+inline std::string proxy_label(std::string_view name) {
+    if (name.empty()) return "unnamed proxy []";
+    return "proxy [" + std::string(name) + "]";
+}
+
 // S->C: remote_addr is ":<port>" on success, else error says why.
 struct NewProxyResp {
     static constexpr char type = '2';

@@ -182,6 +182,32 @@ TEST_CASE("decode(encode(m)) == m for every message type") {
     CHECK_FALSE(is_known_type('\0'));
 }
 
+TEST_CASE(
+    "every field Go's omitempty may drop: {} decodes to the zero message, which encodes as {}") {
+    // P2PRC's Go client sends NewProxy as {"remote_port":N}: name and type left out. Every
+    // field of every message may be missing in the same way, and reads as its zero value.
+    std::size_t checked = 0;
+    auto check_zero = [&](auto zero) {
+        using M = decltype(zero);
+        CAPTURE(M::name);
+        Message m = decode_body(M::type, "{}");
+        REQUIRE(std::holds_alternative<M>(m));
+        CHECK(std::get<M>(m) == zero);
+        CHECK(encode_body(Message(zero)) == "{}");
+        // Unknown keys alone change nothing either.
+        CHECK(std::get<M>(decode_body(M::type, R"({"x-unknown":[1,{"y":null}]})")) == zero);
+        ++checked;
+    };
+    std::apply([&](auto... zeros) { (check_zero(zeros), ...); },
+               std::tuple<Login, LoginResp, NewProxy, NewProxyResp, CloseProxy, NewWorkConn,
+                          ReqWorkConn, StartWorkConn, NewVisitorConn, NewVisitorConnResp, Ping,
+                          Pong, UdpPacket, NatHoleVisitor, NatHoleClient, NatHoleResp,
+                          NatHoleClientDetectOK, NatHoleSid>{});
+    CHECK(checked == std::variant_size_v<Message>);
+    CHECK(proxy_label("") == "unnamed proxy []");
+    CHECK(proxy_label("web") == "proxy [web]");
+}
+
 TEST_CASE("decoding follows Go: unknown keys, case-insensitive keys, null, integer rules") {
     auto m = std::get<NewProxy>(decode_body(
         'p', R"({"PROXY_NAME":"a","proxy_name":"b","extra":[1,{"x":2}],"Remote_Port":70000,)"
