@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the libFuzzer targets with clang (a separate build, sanitizers on) and runs each
-# for a bounded time on a copy of its seed corpus. Skips, visibly and successfully, when
-# clang++ or the libFuzzer runtime is missing.
+# for a bounded time on a copy of its seed corpus. When clang++ or the libFuzzer runtime is
+# missing it says why and exits 77, which ctest reports as "Skipped" (never as passed).
 # usage: run.sh SOURCE_DIR BINARY_DIR [SECONDS_PER_TARGET]
 set -u
 src=$(cd "$1" && pwd)
@@ -11,7 +11,7 @@ cxx=${P2PRC_FUZZ_CXX:-clang++}
 
 if ! command -v "$cxx" >/dev/null 2>&1; then
     echo "fuzz: skipped because $cxx is not installed"
-    exit 0
+    exit 77
 fi
 probe=$(mktemp -d)
 trap 'rm -rf "$probe"' EXIT
@@ -23,7 +23,7 @@ CPP
 if ! "$cxx" -fsanitize=fuzzer,address,undefined "$probe/t.cpp" -o "$probe/t" >"$probe/err" 2>&1; then
     echo "fuzz: skipped because $cxx cannot link -fsanitize=fuzzer (libFuzzer runtime missing):"
     head -c 400 "$probe/err"
-    exit 0
+    exit 77
 fi
 
 mkdir -p "$bin"

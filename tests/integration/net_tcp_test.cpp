@@ -1,6 +1,8 @@
 // detail::TcpConnection and detail::TcpListener on loopback.
 #include <p2prc.hpp>
 
+#include "support/skip.hpp"
+
 #include <doctest/doctest.h>
 
 #include <chrono>
@@ -50,7 +52,7 @@ TEST_CASE("tcp: IPv6 loopback") {
     try {
         l = std::make_unique<TcpListener>(any_port("::1"));
     } catch (const p2prc::error&) {
-        MESSAGE("no IPv6 loopback here; skipped");
+        p2prc_test::skip_test_case("no IPv6 loopback (::1) on this machine");
         return;
     }
     auto a = TcpConnection::connect(l->local_endpoint(), 2000ms);

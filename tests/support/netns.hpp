@@ -17,6 +17,8 @@
 // All addresses are private (10.199.0.0/16) and exist only inside the lab's namespaces.
 #pragma once
 
+#include "support/skip.hpp"
+
 #include "support/process.hpp"
 
 #include <doctest/doctest.h>
@@ -508,13 +510,13 @@ struct Internet {
     }
 };
 
-// True (after saying why, on stderr and in doctest's log) when this machine cannot run the
-// network-namespace tests; the caller then returns, and the test counts as skipped.
+// True (after recording the skip and why, support/skip.hpp) when this machine cannot run
+// the network-namespace tests; the caller then returns. A suite whose every test case
+// skipped exits 77, which ctest reports as "Skipped".
 inline bool skip_without_netns(const std::string& scratch_dir) {
     const std::string why = NetnsLab::unavailable_reason(scratch_dir);
     if (why.empty()) return false;
-    std::cerr << "e2e: skipped because " << why << "\n";
-    MESSAGE("e2e test skipped: " << why);
+    skip_test_case("e2e needs network namespaces: " + why);
     return true;
 }
 
