@@ -468,7 +468,9 @@ class Client {
                 cv_.notify_all();
             }
             logged_in = true;
-            log("logged in to " + opt_.server.to_string() + " as " + resp->run_id);
+            log("logged in to " + opt_.server.to_string() + " as " + resp->run_id + " (wire " +
+                to_string(codec.wire) +
+                (crypto ? std::string(" ") + to_string(crypto->algorithm) : std::string()) + ")");
         } catch (const std::exception& e) {
             if (stopping()) return Outcome::stopped;
             fail(std::string("login: ") + e.what());

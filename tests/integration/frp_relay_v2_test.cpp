@@ -4,7 +4,10 @@
 #include <p2prc.hpp>
 
 #include "support/bytes.hpp"
+#include "support/node_config.hpp"
+#include "support/process.hpp"
 #include "support/relay.hpp"
+#include "support/tempdir.hpp"
 
 #include <doctest/doctest.h>
 
@@ -16,6 +19,7 @@ using namespace p2prc_test;
 using namespace p2prc::frp;
 using p2prc::detail::Clock;
 using p2prc::detail::TcpConnection;
+using p2prc_test::loopback_node_config;
 
 namespace {
 
@@ -511,3 +515,65 @@ TEST_CASE(
     CHECK(c.closed_within(5000ms));
     CHECK(log.wait_for("record 0 failed authentication", 3000ms));
 }
+
+TEST_CASE("relay v2: Node::expose with ExposeOptions::wire_protocol v2 through a node's relay") {
+    p2prc_test::TempDir dir;
+    auto R = std::make_unique<p2prc::Node>(loopback_node_config(dir, "R"));
+    R->start();
+    auto xc = loopback_node_config(dir, "X");
+    p2prc::IpTable::update(xc.iptable, [&](p2prc::IpTable& t) {
+        p2prc::Peer p;
+        p.name = "R";
+        p.ipv4 = p2prc::IpAddress::from_string("127.0.0.1");
+        p.server_port = R->port();
+        p.latency_ms = 1.0;
+        t.add(p);
+    });
+    EchoServer service;
+    LogSink log;
+    p2prc::ExposeOptions eo;
+    eo.wire_protocol = WireProtocol::v2;
+    eo.log = log.fn();
+    p2prc::Node X(xc);
+    auto ex = X.expose(service.endpoint().port, eo);
+    CHECK(ex.relay == loopback(R->port()));
+    CHECK(log.wait_for("(wire v2 aes-256-gcm)", 1000ms));
+    CHECK(echo_roundtrip(ex.public_endpoint, 3, 200000).matched == 200000);
+}
+
+#ifdef P2PRC_CLI
+TEST_CASE("relay v2: p2prc expose --via --wire v2 logs in with v2 and carries bytes") {
+    p2prc_test::TempDir dir;
+    EchoServer service;
+    Server server(server_options("cli-token"));
+    p2prc_test::ChildProcess expose(
+        {P2PRC_CLI, "--json", "--name", "x", "--table", dir.file("x.json"), "--token", "cli-token",
+         "expose", std::to_string(service.endpoint().port), "--via",
+         "127.0.0.1:" + std::to_string(server.port()), "--wire", "v2"},
+        dir.file("x.out"), dir.file("x.err"));
+    auto line = expose.first_line(20s);
+    INFO("stdout: " << expose.out() << " stderr: " << expose.err());
+    auto j = nlohmann::json::parse(line, nullptr, false);
+    REQUIRE(j.is_object());
+    auto pe = Endpoint::from_string(j.value("public_endpoint", ""));
+    REQUIRE(server.proxies().size() == 1);
+    CHECK(server.proxies()[0].wire == WireProtocol::v2);
+    CHECK(echo_roundtrip(pe, 1, 300000).matched == 300000);
+    expose.signal(SIGTERM);
+    auto code = expose.wait(10s);
+    REQUIRE(code);
+    CHECK(*code == 0);
+
+    p2prc_test::ChildProcess bad(
+        {P2PRC_CLI, "expose", "8080", "--via", "127.0.0.1:1", "--wire", "v3"}, dir.file("b.out"),
+        dir.file("b.err"));
+    auto bad_code = bad.wait(10s);
+    REQUIRE(bad_code);
+    CHECK(*bad_code == 2);
+    CHECK(bad.err().find("invalid --wire \"v3\": expected v1 or v2") != std::string::npos);
+}
+#else
+TEST_CASE("relay v2: p2prc expose --via --wire v2 (skipped: built without the CLI)") {
+    MESSAGE("skipped: P2PRC_CLI is not defined (configure with P2PRC_BUILD_EXAMPLES=ON)");
+}
+#endif
