@@ -88,8 +88,7 @@ inline HttpCall http_call(const Endpoint& peer, const std::string& method, const
     const bool sent = with_deadline(
         *client, ProbeClock::now() + timeout, [&] { return client->send(req, res, err); }, &late);
     if (answer.too_large) {
-        out.reason =
-            peer.to_string() + " answered more than " + std::to_string(max_answer) + " bytes";
+        out.reason = peer.to_string() + " answered more than " + std::to_string(max_answer) + " bytes";
     } else if (late) {
         out.reason = "no answer from " + peer.to_string() + " within " +
                      std::to_string(timeout.count()) + " ms";
@@ -166,8 +165,7 @@ class RelayPool {
     std::uint16_t allocate(const std::optional<IpAddress>& requester = std::nullopt) {
         std::lock_guard<std::mutex> lock(mu_);
         if (stopped_) throw error(errc::state_error, "the relay pool is stopped");
-        if (opt_.cap == 0)
-            throw error(errc::state_error, "this node does not relay (relay.cap is 0)");
+        if (opt_.cap == 0) throw error(errc::state_error, "this node does not relay (relay.cap is 0)");
         if (relays_.size() >= opt_.cap)
             throw error(errc::limit_exceeded, "all " + std::to_string(opt_.cap) +
                                                   " relays of this node are in use; try later");
@@ -176,10 +174,9 @@ class RelayPool {
             std::size_t held = 0;
             for (const auto& [port, e] : relays_) held += e.requester == who;
             if (held >= opt_.per_requester)
-                throw error(errc::limit_exceeded,
-                            who + " already holds " + std::to_string(held) +
-                                " relays of this node (the most one requester may hold); "
-                                "try later");
+                throw error(errc::limit_exceeded, who + " already holds " + std::to_string(held) +
+                                                      " relays of this node (the most one requester may hold); "
+                                                      "try later");
         }
         frp::ServerOptions so;
         so.bind = Endpoint{opt_.bind, 0};
@@ -266,10 +263,8 @@ class RelayPool {
                     e.last_active = now;
                 }
                 const char* why = nullptr;
-                if (!e.logged_in && now - e.created >= opt_.login_timeout)
-                    why = "nobody logged in";
-                else if (e.logged_in && now - e.last_active >= opt_.idle_timeout)
-                    why = "no client left";
+                if (!e.logged_in && now - e.created >= opt_.login_timeout) why = "nobody logged in";
+                else if (e.logged_in && now - e.last_active >= opt_.idle_timeout) why = "no client left";
                 if (why) {
                     log("relay on port " + std::to_string(it->first) + " reclaimed: " + why);
                     doomed.emplace_back(it->first, std::move(e));
@@ -315,8 +310,7 @@ inline bool relay_switch_worthwhile(double current_ms, double candidate_ms) {
 }
 
 // Asks `relay` for a port with GET /FRPPort. Returns the port, or nullopt with *why set.
-inline std::optional<std::uint16_t> request_relay_port(const Endpoint& relay,
-                                                       const std::string& token,
+inline std::optional<std::uint16_t> request_relay_port(const Endpoint& relay, const std::string& token,
                                                        std::chrono::milliseconds timeout,
                                                        std::string* why = nullptr) {
     httplib::Headers h;
@@ -329,15 +323,14 @@ inline std::optional<std::uint16_t> request_relay_port(const Endpoint& relay,
     };
     if (!call.answered) return fail(call.reason);
     if (call.status != 200)
-        return fail(relay.to_string() + " refused a relay port (HTTP " +
-                    std::to_string(call.status) + "): " + detail::answer_error(call));
+        return fail(relay.to_string() + " refused a relay port (HTTP " + std::to_string(call.status) +
+                    "): " + detail::answer_error(call));
     std::string text = call.body;
     while (!text.empty() && (text.back() == '\n' || text.back() == '\r' || text.back() == ' '))
         text.pop_back();
     auto port = parse_port(text);
-    if (!port)
-        return fail(relay.to_string() + " answered /FRPPort with \"" + detail::answer_error(call) +
-                    "\", not a port");
+    if (!port) return fail(relay.to_string() + " answered /FRPPort with \"" + detail::answer_error(call) +
+                           "\", not a port");
     return port;
 }
 
@@ -386,18 +379,12 @@ class RelayTunnel {
     // A fresh latency of one relay, or nullopt when it does not answer.
     using Measure = std::function<std::optional<double>(const Endpoint&)>;
 
-    RelayTunnel(Endpoint local, std::string token, ExposeOptions options, Ranker rank,
-                Measure measure)
-        : local_(local),
-          token_(std::move(token)),
-          opt_(std::move(options)),
-          rank_(std::move(rank)),
-          measure_(std::move(measure)) {
-        if (local_.port == 0)
-            throw error(errc::invalid_argument, "expose: the local port must not be 0");
+    RelayTunnel(Endpoint local, std::string token, ExposeOptions options, Ranker rank, Measure measure)
+        : local_(local), token_(std::move(token)), opt_(std::move(options)),
+          rank_(std::move(rank)), measure_(std::move(measure)) {
+        if (local_.port == 0) throw error(errc::invalid_argument, "expose: the local port must not be 0");
         if (opt_.proxy_name.empty()) opt_.proxy_name = "p2prc-" + std::to_string(local_.port);
-        if (opt_.attempt_timeout.count() <= 0 || opt_.failure_grace.count() <= 0 ||
-            opt_.max_attempts == 0)
+        if (opt_.attempt_timeout.count() <= 0 || opt_.failure_grace.count() <= 0 || opt_.max_attempts == 0)
             throw error(errc::invalid_argument,
                         "expose: attempt_timeout and failure_grace must be > 0, max_attempts >= 1");
     }
@@ -417,8 +404,7 @@ class RelayTunnel {
         std::string why;
         auto up = establish({}, &why);
         if (!up && stopping())
-            throw error(errc::state_error,
-                        "expose " + local_.to_string() + ": stopped while choosing a relay");
+            throw error(errc::state_error, "expose " + local_.to_string() + ": stopped while choosing a relay");
         if (!up) throw error(errc::io_error, "cannot expose " + local_.to_string() + ": " + why);
         Exposure e;
         {
@@ -427,8 +413,7 @@ class RelayTunnel {
             // so starting one now would outlive it (and the client would never be stopped).
             if (stop_) {
                 up->client->stop();
-                throw error(errc::state_error,
-                            "expose " + local_.to_string() + ": stopped while choosing a relay");
+                throw error(errc::state_error, "expose " + local_.to_string() + ": stopped while choosing a relay");
             }
             client_ = std::move(up->client);
             current_ = up->exposure;
@@ -499,9 +484,8 @@ class RelayTunnel {
             return std::nullopt;
         }
         if (ranked.empty()) {
-            *why =
-                "no relay candidate: the table has no reachable, measured peer that is not "
-                "itself behind NAT";
+            *why = "no relay candidate: the table has no reachable, measured peer that is not "
+                   "itself behind NAT";
             // Not the table's fault when the others are only left out for now.
             if (exclude.size() > lost)
                 *why += " (besides " + std::to_string(exclude.size() - lost) +
@@ -528,16 +512,14 @@ class RelayTunnel {
 
     std::optional<Up> try_relay(const RelayCandidate& c, std::string* why) {
         const auto deadline = Clock::now() + opt_.attempt_timeout;
-        auto port = request_relay_port(
-            c.http, token_, std::min(opt_.attempt_timeout, std::chrono::milliseconds(5000)), why);
+        auto port = request_relay_port(c.http, token_, std::min(opt_.attempt_timeout, std::chrono::milliseconds(5000)), why);
         if (!port) return std::nullopt;
         frp::ClientOptions co;
         co.server = Endpoint{c.http.address, *port};
         co.token = token_;
         co.tcp_mux = opt_.tcp_mux;
         co.wire_protocol = opt_.wire_protocol;
-        co.dial_timeout = co.login_timeout =
-            std::min(opt_.attempt_timeout, std::chrono::milliseconds(5000));
+        co.dial_timeout = co.login_timeout = std::min(opt_.attempt_timeout, std::chrono::milliseconds(5000));
         co.heartbeat_interval = co.mux_keepalive_interval = opt_.keepalive_interval;
         co.mux_ping_timeout = opt_.keepalive_timeout;
         co.heartbeat_timeout = opt_.keepalive_interval + opt_.keepalive_timeout;
@@ -554,22 +536,18 @@ class RelayTunnel {
         // deadline).
         frp::ProxyStatus st;
         for (;;) {
-            auto left =
-                std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
+            auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
             st = client->wait_running(ps.name, std::clamp(left, std::chrono::milliseconds(1),
                                                           std::chrono::milliseconds(100)));
             if (st.state == frp::ProxyState::running || st.state == frp::ProxyState::failed ||
-                client->state() == frp::ClientState::failed || Clock::now() >= deadline ||
-                stopping())
+                client->state() == frp::ClientState::failed || Clock::now() >= deadline || stopping())
                 break;
         }
         if (st.state != frp::ProxyState::running) {
-            *why = stopping()          ? "stopped"
+            *why = stopping() ? "stopped"
                    : !st.error.empty() ? st.error
-                   : !client->last_error().empty()
-                       ? "relay port " + std::to_string(*port) + ": " + client->last_error()
-                       : "the tunnel did not come up within " +
-                             std::to_string(opt_.attempt_timeout.count()) + " ms";
+                   : !client->last_error().empty() ? "relay port " + std::to_string(*port) + ": " + client->last_error()
+                   : "the tunnel did not come up within " + std::to_string(opt_.attempt_timeout.count()) + " ms";
             client->stop();
             return std::nullopt;
         }
@@ -602,8 +580,8 @@ class RelayTunnel {
         }
         if (old) old->stop();
         if (now.public_endpoint.port == 0) return;
-        log("exposed " + local_.to_string() + " at " + now.public_endpoint.to_string() +
-            " via relay " + now.relay.to_string());
+        log("exposed " + local_.to_string() + " at " + now.public_endpoint.to_string() + " via relay " +
+            now.relay.to_string());
         p2prc::detail::notify(opt_.on_change, now);
     }
 
@@ -688,9 +666,8 @@ class RelayTunnel {
         }
         const auto& best = others.front();
         if (!relay_switch_worthwhile(*here, best.latency_ms)) return;
-        log("relay " + best.http.to_string() + " (" + std::to_string(best.latency_ms) +
-            " ms) is clearly nearer than " + cur.relay.to_string() + " (" + std::to_string(*here) +
-            " ms); moving");
+        log("relay " + best.http.to_string() + " (" + std::to_string(best.latency_ms) + " ms) is clearly nearer than " +
+            cur.relay.to_string() + " (" + std::to_string(*here) + " ms); moving");
         std::string why;
         if (auto up = try_relay(best, &why)) {
             replace(std::move(*up));
