@@ -19,9 +19,9 @@
 // run_id. After a successful Login both directions of the control are encrypted: v1 with
 // AES-128-CFB keyed by the token (frp/crypto.hpp), v2 with the negotiated AEAD keyed by
 // HKDF(token, transcript) (frp/aead.hpp); a record that fails its tag ends the control.
-// Work connections keep the codec of their own preface. The server keeps each client's pool of
-// idle work connections filled with ReqWorkConn; a user connecting to a proxy's public
-// port takes one, the server writes StartWorkConn on it and then pipes raw bytes.
+// Work connections keep the codec of their own preface. The server keeps each client's
+// pool of idle work connections filled with ReqWorkConn; a user connecting to a proxy's
+// public port takes one, the server writes StartWorkConn on it and then pipes raw bytes.
 //
 // Threads: one accepts, one per logical connection being classified, one per control,
 // one per yamux session, one per proxy listener and two per piped user connection, all
