@@ -430,22 +430,13 @@ class ServerCore {
         }
         out.stream = s;
         out.codec.wire = WireProtocol::v2;
-        V2Frame f = read_v2_frame(*s, left());
-        if (f.type == kV2ClientHello) {
-            ClientHello ch = decode_client_hello(f.payload);
-            ServerHello sh = negotiate(ch);
-            std::string payload = encode_server_hello(sh);
-            std::string frame = encode_v2_frame(kV2ServerHello, payload);
-            s->write_all(frame.data(), frame.size(), Millis(5000));
-            if (!sh.error.empty()) {
-                linger_close(*s);
-                throw error(errc::protocol_error, "v2 ClientHello refused: " + sh.error);
-            }
-            out.crypto =
-                V2Crypto{*parse_aead_algorithm(sh.algorithm), transcript_hash(f.payload, payload)};
-            f = read_v2_frame(*s, left());
+        V2Opening v2 = accept_v2_opening(*s, left());
+        if (!v2.refused.empty()) {
+            linger_close(*s);  // the refusal was sent: a moment for the client to read it
+            throw error(errc::protocol_error, "v2 ClientHello refused: " + v2.refused);
         }
-        out.first = decode_v2_message_frame(f);
+        out.crypto = v2.crypto;
+        out.first = std::move(v2.first);
         return out;
     }
 

@@ -617,4 +617,43 @@ struct V2Crypto {
     }
 };
 
+// ---- the server's side of a v2 connection's opening ----------------------------------------
+
+// What follows the preface of a v2 logical connection, as frps reads it.
+struct V2Opening {
+    std::optional<V2Crypto> crypto;  // set when a ClientHello was accepted
+    Message first;
+    std::string refused;  // frps's text when the ClientHello was refused (then no `first`)
+};
+
+// Reads an optional ClientHello (answered at once with the ServerHello, before the Login
+// is read, as frps does) and the first message frame, within one `timeout`. A refused
+// ClientHello is answered with frps's refusal and returned in `refused`: the caller
+// closes. Malformed input throws, unanswered.
+inline V2Opening accept_v2_opening(p2prc::detail::Stream& s, p2prc::detail::Millis timeout) {
+    auto deadline = p2prc::detail::deadline_after(timeout);
+    auto left = [&] {
+        auto l = std::chrono::duration_cast<p2prc::detail::Millis>(deadline -
+                                                                   p2prc::detail::Clock::now());
+        return l.count() > 0 ? l : p2prc::detail::Millis(0);
+    };
+    V2Opening out;
+    V2Frame f = read_v2_frame(s, left());
+    if (f.type == kV2ClientHello) {
+        ServerHello sh = negotiate(decode_client_hello(f.payload));
+        std::string payload = encode_server_hello(sh);
+        std::string frame = encode_v2_frame(kV2ServerHello, payload);
+        s.write_all(frame.data(), frame.size(), p2prc::detail::Millis(5000));
+        if (!sh.error.empty()) {
+            out.refused = sh.error;
+            return out;
+        }
+        out.crypto =
+            V2Crypto{*parse_aead_algorithm(sh.algorithm), transcript_hash(f.payload, payload)};
+        f = read_v2_frame(s, left());
+    }
+    out.first = decode_v2_message_frame(f);
+    return out;
+}
+
 }  // namespace p2prc::frp
