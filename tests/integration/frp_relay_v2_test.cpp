@@ -35,12 +35,14 @@ class LogSink {
             cv_.notify_all();
         };
     }
-    bool wait_for(const std::string& needle, Millis limit) {
+    // Until `times` lines contain `needle`.
+    bool wait_for(const std::string& needle, Millis limit, std::size_t times = 1) {
         std::unique_lock<std::mutex> lk(mu_);
         return cv_.wait_for(lk, limit, [&] {
+            std::size_t n = 0;
             for (const auto& l : lines_)
-                if (l.find(needle) != std::string::npos) return true;
-            return false;
+                if (l.find(needle) != std::string::npos) ++n;
+            return n >= times;
         });
     }
     std::string all() {
@@ -346,8 +348,10 @@ TEST_CASE("relay v2: a flipped tag byte closes that control with a logged reason
     auto so = server_options("tok");
     so.log = log.fn();
     Server server(so);
+    std::size_t round = 0;
     for (auto alg : {"aes-256-gcm", "xchacha20-poly1305"}) {
         CAPTURE(alg);
+        ++round;
         RawV2 c(server.port());
         auto resp = c.login("tok", {alg});
         REQUIRE(resp.error.empty());
@@ -360,7 +364,7 @@ TEST_CASE("relay v2: a flipped tag byte closes that control with a logged reason
         sealed.back() = char(sealed.back() ^ 0x01);  // the tag's last byte
         c.send(sealed);
         CHECK(c.closed_within(5000ms));
-        CHECK(log.wait_for("failed authentication", 3000ms));
+        CHECK(log.wait_for("record 0 failed authentication", 3000ms, round));
         CHECK(server.proxies().empty());
         CHECK(eventually_zero([&] { return server.client_count(); }));
     }
@@ -423,7 +427,8 @@ TEST_CASE("relay v2: a frame over the 64 KiB limit closes that connection") {
         std::string h = unhex("0010000000010001");
         c.send(c.sealer->seal(h.data(), h.size()));
         CHECK(c.closed_within(5000ms));
-        CHECK(log.wait_for("control", 3000ms));
+        CHECK(log.wait_for("payload length 65537 exceeds the limit of 65536", 3000ms, 2));
+        CHECK(log.wait_for("is gone", 3000ms));
     }
     {
         // Exactly 64 KiB is a valid frame (a Login padded to the limit is accepted).
