@@ -582,3 +582,53 @@ TEST_CASE("relay v2: p2prc expose --via --wire v2 (skipped: built without the CL
     MESSAGE("skipped: P2PRC_CLI is not defined (configure with P2PRC_BUILD_EXAMPLES=ON)");
 }
 #endif
+
+TEST_CASE("relay v2: our client fails the login on a ServerHello refusal, retries a v1-only peer") {
+    EchoServer echo;
+    p2prc::detail::TcpListener fake(loopback());
+    std::thread peer([&] {
+        // Two connections: the first answers frps's refusal, the second is closed at once
+        // after the client's bytes, as frps before 0.69 does with a v2 preface.
+        for (int i = 0; i < 2; ++i) {
+            auto c = fake.accept(10000ms);
+            if (!c) return;
+            char buf[1024];
+            try {
+                c->read_some(buf, sizeof buf, 3000ms);
+                if (i == 0) {
+                    std::string f = encode_v2_frame(
+                        kV2ServerHello,
+                        R"({"selected":{"message":{"codec":"json"},"crypto":{}},"error":"no supported crypto algorithm"})");
+                    c->write_all(f.data(), f.size(), 3000ms);
+                    c->read_some(buf, sizeof buf, 3000ms);
+                }
+            } catch (const p2prc::error&) {
+            }
+            c->close();
+        }
+    });
+    {
+        auto opt = client_options(loopback(fake.port()), echo.endpoint());
+        opt.wire_protocol = WireProtocol::v2;
+        opt.tcp_mux = false;
+        Client client(opt);
+        auto st = client.wait_running("echo", 10000ms);
+        CHECK(st.state == ProxyState::failed);
+        CHECK(client.last_error() == "no supported crypto algorithm");
+        CHECK(client.state() == ClientState::failed);
+    }
+    {
+        auto opt = client_options(loopback(fake.port()), echo.endpoint());
+        opt.wire_protocol = WireProtocol::v2;
+        opt.tcp_mux = false;
+        opt.reconnect_min = opt.reconnect_max = 5000ms;  // one attempt within the test
+        Client client(opt);
+        auto deadline = Clock::now() + 10000ms;
+        while (Clock::now() < deadline && client.last_error().empty())
+            std::this_thread::sleep_for(20ms);
+        CHECK(client.last_error().rfind("login: ", 0) == 0);  // lost, not refused: retried
+        CHECK(client.state() == ClientState::connecting);
+        CHECK(client.status("echo").state == ProxyState::pending);
+    }
+    peer.join();
+}
