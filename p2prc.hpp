@@ -18,6 +18,8 @@
 #include "p2prc/net.hpp"
 #include "p2prc/frp/wire.hpp"
 #include "p2prc/frp/crypto.hpp"
+#include "p2prc/frp/aead.hpp"
+#include "p2prc/frp/wire_v2.hpp"
 #include "p2prc/frp/snappy.hpp"
 #include "p2prc/frp/mux.hpp"
 #include "p2prc/frp/tls.hpp"

@@ -46,7 +46,7 @@ const Command commands[] = {
     {"speedtest", "[HOST:PORT]", "measure throughput to one server, or to every server of the table"},
     {"info", "HOST:PORT", "print a server's /server_info"},
     {"relay", "[--port N] [--token T]", "run a standalone frps-compatible relay (port 7000 unless --port)"},
-    {"expose", "PORT [--via HOST:PORT [--no-mux] [--tls] [--remote-port N]]",
+    {"expose", "PORT [--wire v1|v2] [--via HOST:PORT [--no-mux] [--tls] [--remote-port N]]",
      "expose 127.0.0.1:PORT through the nearest relay of the table (or the frps-compatible relay at HOST:PORT, stock frps too)"},
 };
 
@@ -63,6 +63,7 @@ struct Cli {
     bool no_mux = false;
     bool tls = false;
     std::optional<std::string> remote_port;
+    std::optional<std::string> wire;
 };
 
 void print_help(std::ostream& out, const std::string& command = "") {
@@ -85,6 +86,8 @@ void print_help(std::ostream& out, const std::string& command = "") {
            "  --via HOST:PORT               expose: this frps-compatible relay, not one chosen from the table\n"
            "  --no-mux --tls                expose: tcp_mux off; TLS to the relay (with the 0x17 byte)\n"
            "  --remote-port N               expose: the public port to ask for (default: relay chooses)\n"
+           "  --wire v1|v2                  expose: frp wire protocol towards the relay (default v1; v2 needs\n"
+           "                                a p2prc relay or frps 0.69+)\n"
            "  --help                        this text; `p2prc COMMAND --help` for one command\n";
     for (const auto& f : p2prc::Config::flags()) {
         std::string left = f.flag + (f.metavar.empty() ? "" : " " + f.metavar);
@@ -129,6 +132,8 @@ Cli parse_args(int argc, char** argv) {
             cli.tls = true;
         } else if (name == "--remote-port") {
             cli.remote_port = take_value();
+        } else if (name == "--wire") {
+            cli.wire = take_value();
         } else if (name == "--config") {
             cli.config_path = take_value();
         } else if (const auto* f = p2prc::Config::find_flag(name)) {
@@ -633,6 +638,12 @@ int run(const Cli& cli) {
         want_args(1, 1);
         auto local_port = p2prc::parse_port(cli.args[0]);
         if (!local_port) throw UsageError("invalid port \"" + cli.args[0] + "\": expected 1-65535");
+        auto wire = p2prc::frp::WireProtocol::v1;
+        if (cli.wire) {
+            if (*cli.wire != "v1" && *cli.wire != "v2")
+                throw UsageError("invalid --wire \"" + *cli.wire + "\": expected v1 or v2");
+            wire = p2prc::frp::parse_wire_protocol(*cli.wire);
+        }
         if (!cli.via) {
             if (cli.tls || cli.no_mux || cli.remote_port)
                 throw UsageError("--tls, --no-mux and --remote-port go with --via (a p2prc relay gives its own port)");
@@ -648,6 +659,7 @@ int run(const Cli& cli) {
             };
             p2prc::ExposeOptions eo;
             eo.reevaluate_interval = std::chrono::seconds(60);
+            eo.wire_protocol = wire;
             eo.on_change = print;  // failovers and moves, on the tunnel's thread
             // Signals are awaited on their own thread from the start: one that comes while
             // the relays are still tried stops the node, which ends the attempt at once.
@@ -676,6 +688,7 @@ int run(const Cli& cli) {
         opt.token = config.token;
         opt.tcp_mux = !cli.no_mux;
         opt.tls = cli.tls;
+        opt.wire_protocol = wire;
         p2prc::frp::ProxySpec proxy;
         proxy.name = config.name + "-" + cli.args[0];
         proxy.local = {p2prc::IpAddress::from_string("127.0.0.1"), *local_port};

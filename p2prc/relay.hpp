@@ -349,6 +349,9 @@ struct ExposeOptions {
     IpAddress local_host = IpAddress::from_string("127.0.0.1");
     std::string proxy_name;  // default: "<node name>-<local port>"
     bool tcp_mux = true;
+    // frp's wire protocol towards the relay: v1 (the default, what every relay speaks) or
+    // v2 (p2prc relays of this version and stock frps 0.69+).
+    frp::WireProtocol wire_protocol = frp::WireProtocol::v1;
     // One relay's chance: /FRPPort, frp login and the proxy running.
     std::chrono::milliseconds attempt_timeout{10000};
     // How often a healthy tunnel looks for a clearly better relay (0: never).
@@ -515,6 +518,7 @@ class RelayTunnel {
         co.server = Endpoint{c.http.address, *port};
         co.token = token_;
         co.tcp_mux = opt_.tcp_mux;
+        co.wire_protocol = opt_.wire_protocol;
         co.dial_timeout = co.login_timeout = std::min(opt_.attempt_timeout, std::chrono::milliseconds(5000));
         co.heartbeat_interval = co.mux_keepalive_interval = opt_.keepalive_interval;
         co.mux_ping_timeout = opt_.keepalive_timeout;

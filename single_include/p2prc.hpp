@@ -5904,6 +5904,1042 @@ class CryptoStream final : public p2prc::detail::Stream {
 
 }  // namespace p2prc::frp
 
+// ---- p2prc/frp/aead.hpp ----
+// The AEAD record stream of frp's wire protocol v2: what the control connection becomes,
+// in each direction, once Login/LoginResp are through (docs: frp-wire-v2.md, section 7).
+//
+//     stream nonce (N bytes, in clear, once, sent with the first record)
+//     record: uint32 L (big-endian) || Seal(nonce_i, plaintext, aad) (L bytes, tag last)
+//
+//  * L = plaintext + 16; a reader refuses L < 16 or L > 65536 + 16 before buffering it.
+//  * nonce_i = stream nonce + i as one N-byte big-endian integer (carry across all bytes);
+//    a wrap to zero ends the stream, and AES-256-GCM stops after 2^32 records.
+//  * aad = the original stream nonce || the record's 4 length bytes, so a record cannot be
+//    moved to another stream, reordered, replayed or cut short without failing its tag.
+//  * aes-256-gcm: N = 12. xchacha20-poly1305: N = 24, key K' = HChaCha20(K, n[0..16)) and
+//    the IETF ChaCha20-Poly1305 with nonce 00000000 || n[16..24) (OpenSSL has no XChaCha).
+//
+// Records are not messages: the plaintext is a byte stream that carries v2 frames, and a
+// frame may span records (Go frp writes a frame's header and payload as two records).
+
+
+#include <openssl/evp.h>
+#include <openssl/rand.h>
+
+#include <algorithm>
+#include <array>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace p2prc::frp {
+
+enum class AeadAlgorithm { aes_256_gcm, xchacha20_poly1305 };
+
+inline const char* to_string(AeadAlgorithm a) noexcept {
+    return a == AeadAlgorithm::aes_256_gcm ? "aes-256-gcm" : "xchacha20-poly1305";
+}
+// The algorithm named exactly as frp names it, or nullopt.
+inline std::optional<AeadAlgorithm> parse_aead_algorithm(std::string_view s) {
+    if (s == "aes-256-gcm") return AeadAlgorithm::aes_256_gcm;
+    if (s == "xchacha20-poly1305") return AeadAlgorithm::xchacha20_poly1305;
+    return std::nullopt;
+}
+inline std::size_t aead_nonce_size(AeadAlgorithm a) noexcept {
+    return a == AeadAlgorithm::aes_256_gcm ? 12 : 24;
+}
+
+inline constexpr std::size_t kAeadTagSize = 16;
+inline constexpr std::size_t kAeadKeySize = 32;
+// Largest plaintext of one record (golib's aeadStreamMaxPayload).
+inline constexpr std::size_t kAeadMaxRecordPlaintext = 64 * 1024;
+using AeadKey = std::array<std::uint8_t, kAeadKeySize>;
+
+namespace detail {
+
+inline std::uint32_t load_le32(const std::uint8_t* p) {
+    return std::uint32_t(p[0]) | std::uint32_t(p[1]) << 8 | std::uint32_t(p[2]) << 16 |
+           std::uint32_t(p[3]) << 24;
+}
+inline std::uint32_t rotl32(std::uint32_t x, int n) {
+    return (x << n) | (x >> (32 - n));
+}
+
+}  // namespace detail
+
+// HChaCha20 (draft-irtf-cfrg-xchacha): the ChaCha20 block function on (constants, key,
+// 16-byte nonce), 20 rounds, without the final addition; out = words 0-3 and 12-15.
+inline AeadKey hchacha20(const AeadKey& key, const std::uint8_t* nonce16) {
+    std::uint32_t s[16] = {0x61707865, 0x3320646e, 0x79622d32, 0x6b206574};
+    for (int i = 0; i < 8; ++i) s[4 + i] = detail::load_le32(key.data() + 4 * i);
+    for (int i = 0; i < 4; ++i) s[12 + i] = detail::load_le32(nonce16 + 4 * i);
+    auto qr = [&](int a, int b, int c, int d) {
+        s[a] += s[b], s[d] ^= s[a], s[d] = detail::rotl32(s[d], 16);
+        s[c] += s[d], s[b] ^= s[c], s[b] = detail::rotl32(s[b], 12);
+        s[a] += s[b], s[d] ^= s[a], s[d] = detail::rotl32(s[d], 8);
+        s[c] += s[d], s[b] ^= s[c], s[b] = detail::rotl32(s[b], 7);
+    };
+    for (int round = 0; round < 10; ++round) {
+        qr(0, 4, 8, 12), qr(1, 5, 9, 13), qr(2, 6, 10, 14), qr(3, 7, 11, 15);
+        qr(0, 5, 10, 15), qr(1, 6, 11, 12), qr(2, 7, 8, 13), qr(3, 4, 9, 14);
+    }
+    AeadKey out{};
+    const int words[8] = {0, 1, 2, 3, 12, 13, 14, 15};
+    for (int i = 0; i < 8; ++i)
+        for (int b = 0; b < 4; ++b)
+            out[std::size_t(4 * i + b)] = std::uint8_t(s[words[i]] >> (8 * b));
+    return out;
+}
+
+// One AEAD (key fixed) sealing and opening single records with explicit nonces.
+class Aead {
+  public:
+    Aead(AeadAlgorithm alg, const AeadKey& key)
+        : alg_(alg), key_(key), ctx_(EVP_CIPHER_CTX_new(), &EVP_CIPHER_CTX_free) {
+        if (!ctx_) throw error(errc::io_error, "frp AEAD: no cipher context from OpenSSL");
+    }
+    AeadAlgorithm algorithm() const noexcept { return alg_; }
+    std::size_t nonce_size() const noexcept { return aead_nonce_size(alg_); }
+
+    // ciphertext || tag.
+    std::string seal(const std::uint8_t* nonce, std::string_view aad, const void* pt,
+                     std::size_t n) {
+        std::string out(n + kAeadTagSize, '\0');
+        auto* o = reinterpret_cast<unsigned char*>(out.data());
+        init(nonce, 1);
+        int len = 0;
+        bool ok =
+            update(nullptr, reinterpret_cast<const unsigned char*>(aad.data()), aad.size()) &&
+            update(o, static_cast<const unsigned char*>(pt), n) &&
+            EVP_CipherFinal_ex(ctx_.get(), o + n, &len) == 1 &&
+            EVP_CIPHER_CTX_ctrl(ctx_.get(), EVP_CTRL_AEAD_GET_TAG, int(kAeadTagSize), o + n) == 1;
+        if (!ok)
+            throw error(errc::io_error,
+                        std::string("frp AEAD: ") + to_string(alg_) + " seal failed in OpenSSL");
+        return out;
+    }
+
+    // The plaintext, or nullopt when the tag does not authenticate (ct_tag >= 16 bytes).
+    std::optional<std::string> open(const std::uint8_t* nonce, std::string_view aad,
+                                    std::string_view ct_tag) {
+        if (ct_tag.size() < kAeadTagSize) return std::nullopt;
+        std::size_t n = ct_tag.size() - kAeadTagSize;
+        std::string out(n, '\0');
+        auto* o = reinterpret_cast<unsigned char*>(out.data());
+        unsigned char tag[kAeadTagSize];
+        std::memcpy(tag, ct_tag.data() + n, kAeadTagSize);
+        init(nonce, 0);
+        int len = 0;
+        if (!update(nullptr, reinterpret_cast<const unsigned char*>(aad.data()), aad.size()) ||
+            !update(o, reinterpret_cast<const unsigned char*>(ct_tag.data()), n) ||
+            EVP_CIPHER_CTX_ctrl(ctx_.get(), EVP_CTRL_AEAD_SET_TAG, int(kAeadTagSize), tag) != 1)
+            throw error(errc::io_error,
+                        std::string("frp AEAD: ") + to_string(alg_) + " open failed in OpenSSL");
+        if (EVP_CipherFinal_ex(ctx_.get(), o + n, &len) != 1) return std::nullopt;
+        return out;
+    }
+
+  private:
+    void init(const std::uint8_t* nonce, int enc) {
+        const EVP_CIPHER* cipher = nullptr;
+        AeadKey key = key_;
+        std::uint8_t iv[12] = {};
+        if (alg_ == AeadAlgorithm::aes_256_gcm) {
+            cipher = EVP_aes_256_gcm();
+            std::memcpy(iv, nonce, 12);
+        } else {
+            cipher = EVP_chacha20_poly1305();
+            key = hchacha20(key_, nonce);
+            std::memcpy(iv + 4, nonce + 16, 8);
+        }
+        if (EVP_CipherInit_ex(ctx_.get(), cipher, nullptr, nullptr, nullptr, enc) != 1 ||
+            EVP_CIPHER_CTX_ctrl(ctx_.get(), EVP_CTRL_AEAD_SET_IVLEN, 12, nullptr) != 1 ||
+            EVP_CipherInit_ex(ctx_.get(), nullptr, nullptr, key.data(), iv, enc) != 1)
+            throw error(errc::io_error,
+                        std::string("frp AEAD: ") + to_string(alg_) + " init failed in OpenSSL");
+    }
+    bool update(unsigned char* out, const unsigned char* in, std::size_t n) {
+        while (n > 0) {
+            int chunk = n > (1u << 30) ? (1 << 30) : int(n);
+            int outl = 0;
+            if (EVP_CipherUpdate(ctx_.get(), out, &outl, in, chunk) != 1) return false;
+            if (out) out += outl;
+            in += chunk, n -= std::size_t(chunk);
+        }
+        return true;
+    }
+
+    AeadAlgorithm alg_;
+    AeadKey key_;
+    std::unique_ptr<EVP_CIPHER_CTX, decltype(&EVP_CIPHER_CTX_free)> ctx_;
+};
+
+namespace detail {
+
+// nonce += 1 as a big-endian integer; false when it wrapped to all zeros.
+inline bool increment_nonce(std::uint8_t* n, std::size_t size) {
+    for (std::size_t i = size; i-- > 0;)
+        if (++n[i] != 0) return true;
+    return false;
+}
+
+inline std::string aead_aad(const std::string& stream_nonce, std::uint32_t len) {
+    std::string aad = stream_nonce;
+    for (int shift = 24; shift >= 0; shift -= 8) aad += char((len >> shift) & 0xff);
+    return aad;
+}
+
+}  // namespace detail
+
+// The writing half of one direction. seal() returns the bytes to send for a plaintext
+// (the stream nonce first, the first time), split into records of at most 64 KiB.
+class AeadSealer {
+  public:
+    // `stream_nonce` fixes the nonce (tests); by default it is random.
+    AeadSealer(AeadAlgorithm alg, const AeadKey& key,
+               std::optional<std::string> stream_nonce = std::nullopt)
+        : aead_(alg, key) {
+        std::size_t n = aead_.nonce_size();
+        if (stream_nonce) {
+            if (stream_nonce->size() != n)
+                throw error(errc::invalid_argument, "frp AEAD: the stream nonce of " +
+                                                        std::string(to_string(alg)) + " has " +
+                                                        std::to_string(n) + " bytes");
+            base_ = *stream_nonce;
+        } else {
+            base_.assign(n, '\0');
+            if (RAND_bytes(reinterpret_cast<unsigned char*>(base_.data()), int(n)) != 1)
+                throw error(errc::io_error, "frp AEAD: no random bytes for a nonce from OpenSSL");
+        }
+        next_.assign(base_.begin(), base_.end());
+    }
+
+    std::string seal(const void* data, std::size_t n) {
+        std::string out;
+        if (!sent_nonce_) {
+            out = base_;
+            sent_nonce_ = true;
+        }
+        const auto* p = static_cast<const char*>(data);
+        do {
+            std::size_t k = std::min(n, kAeadMaxRecordPlaintext);
+            if (exhausted_ ||
+                (aead_.algorithm() == AeadAlgorithm::aes_256_gcm && records_ >= (1ULL << 32)))
+                throw error(errc::limit_exceeded, "frp AEAD stream: record counter exhausted");
+            auto len = std::uint32_t(k + kAeadTagSize);
+            for (int shift = 24; shift >= 0; shift -= 8) out += char((len >> shift) & 0xff);
+            out += aead_.seal(next_.data(), detail::aead_aad(base_, len), p, k);
+            ++records_;
+            exhausted_ = !detail::increment_nonce(next_.data(), next_.size());
+            p += k, n -= k;
+        } while (n > 0);
+        return out;
+    }
+
+  private:
+    Aead aead_;
+    std::string base_;
+    std::vector<std::uint8_t> next_;
+    std::uint64_t records_ = 0;
+    bool sent_nonce_ = false, exhausted_ = false;
+};
+
+// The reading half: feed() the received bytes, read() the authenticated plaintext. It
+// holds at most one record (4 + 65552 bytes) and refuses a bad length as soon as its 4
+// bytes arrive. After an error it stays failed.
+class AeadOpener {
+  public:
+    AeadOpener(AeadAlgorithm alg, const AeadKey& key) : aead_(alg, key) {}
+
+    void feed(const void* data, std::size_t n) {
+        if (!why_.empty())
+            throw error(errc::state_error, "frp AEAD stream: failed earlier: " + why_);
+        const auto* p = static_cast<const char*>(data);
+        try {
+            while (n > 0) {
+                std::size_t ns = aead_.nonce_size();
+                if (base_.size() < ns) {
+                    std::size_t k = std::min(n, ns - base_.size());
+                    base_.append(p, k);
+                    p += k, n -= k;
+                    if (base_.size() == ns) next_.assign(base_.begin(), base_.end());
+                    continue;
+                }
+                if (head_.size() < 4) {
+                    std::size_t k = std::min(n, 4 - head_.size());
+                    head_.append(p, k);
+                    p += k, n -= k;
+                    if (head_.size() < 4) continue;
+                    auto* h = reinterpret_cast<const unsigned char*>(head_.data());
+                    want_ = std::uint32_t(h[0]) << 24 | std::uint32_t(h[1]) << 16 |
+                            std::uint32_t(h[2]) << 8 | h[3];
+                    if (want_ < kAeadTagSize || want_ > kAeadMaxRecordPlaintext + kAeadTagSize)
+                        throw error(errc::protocol_error, "frp AEAD stream: record length " +
+                                                              std::to_string(want_) +
+                                                              " outside 16-65552");
+                    body_.clear();
+                    body_.reserve(want_);
+                }
+                std::size_t k = std::min(n, std::size_t(want_) - body_.size());
+                body_.append(p, k);
+                p += k, n -= k;
+                if (body_.size() < want_) continue;
+                if (exhausted_ ||
+                    (aead_.algorithm() == AeadAlgorithm::aes_256_gcm && records_ >= (1ULL << 32)))
+                    throw error(errc::protocol_error, "frp AEAD stream: record counter exhausted");
+                auto pt = aead_.open(next_.data(), detail::aead_aad(base_, want_), body_);
+                if (!pt)
+                    throw error(errc::protocol_error,
+                                "frp AEAD stream: record " + std::to_string(records_) +
+                                    " failed authentication (bad tag, wrong key, or a "
+                                    "replayed, reordered or altered record)");
+                ++records_;
+                exhausted_ = !detail::increment_nonce(next_.data(), next_.size());
+                plain_ += *pt;
+                head_.clear();
+                body_.clear();
+            }
+        } catch (const error& e) {
+            why_ = e.what();
+            throw;
+        }
+    }
+
+    // Takes up to n bytes of plaintext; returns how many.
+    std::size_t read(void* out, std::size_t n) {
+        std::size_t k = std::min(n, plain_.size() - pos_);
+        std::memcpy(out, plain_.data() + pos_, k);
+        pos_ += k;
+        if (pos_ == plain_.size()) plain_.clear(), pos_ = 0;
+        return k;
+    }
+    std::size_t available() const noexcept { return plain_.size() - pos_; }
+    // True between records (a clean place for the stream to end).
+    bool at_boundary() const noexcept {
+        return (base_.empty() || base_.size() == aead_.nonce_size()) && head_.empty();
+    }
+    std::size_t records() const noexcept { return records_; }
+
+  private:
+    Aead aead_;
+    std::string base_, head_, body_, plain_;
+    std::vector<std::uint8_t> next_;
+    std::uint32_t want_ = 0;
+    std::size_t pos_ = 0;
+    std::uint64_t records_ = 0;
+    bool exhausted_ = false;
+    std::string why_;
+};
+
+// A stream that seals what it writes and opens what it reads, over another stream: the
+// v2 control connection after login. Each write_all becomes whole records. A read that
+// times out mid-record loses nothing (the partial record stays in the opener).
+class AeadStream final : public p2prc::detail::Stream {
+  public:
+    AeadStream(std::shared_ptr<p2prc::detail::Stream> inner, AeadAlgorithm alg,
+               const AeadKey& write_key, const AeadKey& read_key,
+               std::optional<std::string> write_nonce = std::nullopt)
+        : inner_(std::move(inner)),
+          sealer_(alg, write_key, std::move(write_nonce)),
+          opener_(alg, read_key) {
+        if (!inner_) throw error(errc::invalid_argument, "AeadStream: no inner stream");
+    }
+
+    std::size_t read_some(void* buf, std::size_t n, p2prc::detail::Millis timeout) override {
+        if (n == 0) return 0;
+        auto deadline = p2prc::detail::deadline_after(timeout);
+        while (opener_.available() == 0) {
+            auto left = std::chrono::duration_cast<p2prc::detail::Millis>(
+                deadline - p2prc::detail::Clock::now());
+            if (left.count() < 0) left = p2prc::detail::Millis(0);
+            std::size_t k = inner_->read_some(buf_, sizeof buf_, left);
+            if (k == 0) {
+                if (opener_.at_boundary()) return 0;
+                throw error(errc::io_error, describe() + ": end of stream inside a record");
+            }
+            opener_.feed(buf_, k);
+        }
+        return opener_.read(buf, n);
+    }
+
+    void write_all(const void* buf, std::size_t n, p2prc::detail::Millis timeout) override {
+        std::string out = sealer_.seal(buf, n);
+        inner_->write_all(out.data(), out.size(), timeout);
+    }
+
+    void shutdown_write() override { inner_->shutdown_write(); }
+    void close() noexcept override { inner_->close(); }
+    std::string describe() const override { return "AEAD " + inner_->describe(); }
+
+  private:
+    std::shared_ptr<p2prc::detail::Stream> inner_;
+    AeadSealer sealer_;
+    AeadOpener opener_;
+    char buf_[4096];
+};
+
+}  // namespace p2prc::frp
+
+// ---- p2prc/frp/wire_v2.hpp ----
+// frp's wire protocol v2 (frp 0.69+): the preface, the frames, ClientHello/ServerHello and
+// the key schedule of the control connection. The message bodies are the v1 JSON bodies
+// (frp/wire.hpp); only their framing differs. docs: frp-wire-v2.md.
+//
+// Every logical connection a v2 client opens (control, work; per yamux stream with
+// tcp_mux, inside TLS with TLS) starts with the 7-byte preface "FRP" 00 02 "\r\n". No v1
+// message starts with 'F' and none is shorter than 9 bytes, so a server reads 7 bytes and
+// replays them to the v1 reader when they are not the preface.
+//
+// A frame (all integers big-endian):
+//
+//     +-------------+--------------+----------------+---------------------------+
+//     | type uint16 | flags uint16 | length uint32  | payload (length bytes)    |
+//     | 1 CH, 2 SH, |  must be 0   |  <= 65536      | hello JSON, or for type   |
+//     | 16 message  |              |                | 16: uint16 message ID+JSON|
+//     +-------------+--------------+----------------+---------------------------+
+//
+// e.g. ReqWorkConn: 00 10 00 00 00 00 00 04 00 07 7b 7d.
+//
+// The control connection: C->S preface, ClientHello, Login; S->C ServerHello, LoginResp
+// (all in clear). Then each direction is an AEAD stream (frp/aead.hpp) keyed by
+//     HKDF-SHA256(ikm = token, salt = transcript, info = "frp wire v2 control aead <alg> <dir>")
+// where the transcript hashes the exact hello payloads. Work connections stay in clear.
+
+
+#include <nlohmann/json.hpp>
+#include <openssl/evp.h>
+#include <openssl/kdf.h>
+#include <openssl/rand.h>
+
+#include <array>
+#include <cstdint>
+#include <deque>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <variant>
+#include <vector>
+
+namespace p2prc::frp {
+
+enum class WireProtocol { v1, v2 };
+
+inline const char* to_string(WireProtocol w) noexcept {
+    return w == WireProtocol::v2 ? "v2" : "v1";
+}
+// "v1" or "v2" (frp's transport.wireProtocol values; empty means v1, as in frp).
+inline WireProtocol parse_wire_protocol(std::string_view s) {
+    if (s.empty() || s == "v1") return WireProtocol::v1;
+    if (s == "v2") return WireProtocol::v2;
+    throw error(errc::invalid_argument,
+                "wire protocol \"" + std::string(s) + "\": expected \"v1\" or \"v2\"");
+}
+
+inline constexpr char kV2Preface[7] = {'F', 'R', 'P', 0x00, 0x02, '\r', '\n'};
+inline constexpr std::size_t kV2PrefaceSize = 7;
+inline constexpr std::size_t kV2FrameHeaderSize = 8;
+// Largest frame payload (frp's DefaultMaxFramePayloadSize); exactly 65536 is allowed.
+inline constexpr std::size_t kV2MaxPayload = 64 * 1024;
+inline constexpr std::uint16_t kV2ClientHello = 1;
+inline constexpr std::uint16_t kV2ServerHello = 2;
+inline constexpr std::uint16_t kV2Message = 16;
+inline constexpr std::size_t kV2RandomSize = 32;
+
+inline std::string_view v2_preface() {
+    return std::string_view(kV2Preface, kV2PrefaceSize);
+}
+
+// A frame as read: its type and payload (the flags are always 0).
+struct V2Frame {
+    std::uint16_t type = 0;
+    std::string payload;
+};
+
+namespace detail {
+
+// v2 message IDs 1..18 in order, as v1 type bytes. NatHoleReport (18, '6') has no struct
+// here: it is only sent for xtcp, which this relay does not serve.
+inline constexpr char kV2MessageTypes[18] = {'o', '1', 'p', '2', 'c', 'w', 'r', 's', 'v',
+                                             '3', 'h', '4', 'u', 'i', 'n', 'm', '5', '6'};
+
+inline std::uint16_t v2_id_of(char type) {
+    for (std::uint16_t i = 0; i < 18; ++i)
+        if (kV2MessageTypes[i] == type) return std::uint16_t(i + 1);
+    return 0;
+}
+
+inline std::string v2_frame_header(std::uint16_t type, std::size_t len) {
+    std::string h(kV2FrameHeaderSize, '\0');
+    h[0] = char(type >> 8), h[1] = char(type & 0xff);
+    for (int i = 0; i < 4; ++i) h[std::size_t(4 + i)] = char((len >> (24 - 8 * i)) & 0xff);
+    return h;
+}
+
+// ---- base64 (standard alphabet, padded: Go's encoding of []byte in JSON) -------------
+
+inline std::string base64_encode(std::string_view in) {
+    static const char* a = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    std::string out;
+    std::size_t i = 0;
+    auto b = [&](std::size_t k) { return static_cast<unsigned char>(in[k]); };
+    for (; i + 3 <= in.size(); i += 3) {
+        std::uint32_t v = std::uint32_t(b(i)) << 16 | std::uint32_t(b(i + 1)) << 8 | b(i + 2);
+        out += a[v >> 18], out += a[(v >> 12) & 63], out += a[(v >> 6) & 63], out += a[v & 63];
+    }
+    if (in.size() - i == 1) {
+        std::uint32_t v = std::uint32_t(b(i)) << 16;
+        out += a[v >> 18], out += a[(v >> 12) & 63], out += "==";
+    } else if (in.size() - i == 2) {
+        std::uint32_t v = std::uint32_t(b(i)) << 16 | std::uint32_t(b(i + 1)) << 8;
+        out += a[v >> 18], out += a[(v >> 12) & 63], out += a[(v >> 6) & 63], out += '=';
+    }
+    return out;
+}
+
+// nullopt for anything but padded base64 (as Go's StdEncoding: \r and \n skipped,
+// stray bits after the last byte ignored).
+inline std::optional<std::string> base64_decode(std::string_view in) {
+    std::string s;
+    for (char c : in)
+        if (c != '\r' && c != '\n') s += c;
+    if (s.size() % 4) return std::nullopt;
+    auto val = [](char c) -> int {
+        if (c >= 'A' && c <= 'Z') return c - 'A';
+        if (c >= 'a' && c <= 'z') return c - 'a' + 26;
+        if (c >= '0' && c <= '9') return c - '0' + 52;
+        if (c == '+') return 62;
+        if (c == '/') return 63;
+        return -1;
+    };
+    std::string out;
+    for (std::size_t i = 0; i < s.size(); i += 4) {
+        bool last = i + 4 == s.size();
+        int pad = (s[i + 3] == '=') + (s[i + 2] == '=' && s[i + 3] == '=');
+        if (pad && !last) return std::nullopt;
+        int v[4];
+        for (int k = 0; k < 4 - pad; ++k)
+            if ((v[k] = val(s[i + std::size_t(k)])) < 0) return std::nullopt;
+        std::uint32_t x = std::uint32_t(v[0]) << 18 | std::uint32_t(v[1]) << 12;
+        if (pad < 2) x |= std::uint32_t(v[2]) << 6;
+        if (pad < 1) x |= std::uint32_t(v[3]);
+        out += char(x >> 16);
+        if (pad < 2) out += char((x >> 8) & 0xff);
+        if (pad < 1) out += char(x & 0xff);
+    }
+    return out;
+}
+
+}  // namespace detail
+
+// ---- frames -----------------------------------------------------------------------------
+
+// Header + payload. Throws errc::limit_exceeded for a payload over 65536 bytes.
+inline std::string encode_v2_frame(std::uint16_t type, std::string_view payload) {
+    if (payload.size() > kV2MaxPayload)
+        throw error(errc::limit_exceeded, "frp v2 frame: payload of " +
+                                              std::to_string(payload.size()) +
+                                              " bytes exceeds the limit of 65536");
+    std::string out = detail::v2_frame_header(type, payload.size());
+    out.append(payload);
+    return out;
+}
+
+// Checks an 8-byte header and returns the payload length, before any payload is read.
+inline std::size_t check_v2_frame_header(const unsigned char* h) {
+    std::uint16_t flags = std::uint16_t(h[2] << 8 | h[3]);
+    std::uint32_t len =
+        std::uint32_t(h[4]) << 24 | std::uint32_t(h[5]) << 16 | std::uint32_t(h[6]) << 8 | h[7];
+    if (flags != 0)
+        throw error(errc::protocol_error,
+                    "frp v2 frame: flags " + std::to_string(flags) + " (must be 0)");
+    if (len > kV2MaxPayload)
+        throw error(errc::limit_exceeded, "frp v2 frame: payload length " + std::to_string(len) +
+                                              " exceeds the limit of 65536");
+    return len;
+}
+
+// A message frame's payload: uint16 ID + the v1 JSON body.
+inline std::string encode_v2_message_payload(const Message& m) {
+    std::uint16_t id = detail::v2_id_of(type_of(m));
+    if (id == 0)
+        throw error(errc::unsupported,
+                    std::string("frp v2: message ") + name_of(m) + " has no v2 message ID");
+    std::string out;
+    out += char(id >> 8), out += char(id & 0xff);
+    out += encode_body(m);
+    return out;
+}
+
+inline std::string encode_v2_message(const Message& m) {
+    std::string payload = encode_v2_message_payload(m);
+    if (payload.size() > kV2MaxPayload)
+        throw error(errc::limit_exceeded, std::string("frp v2 message ") + name_of(m) +
+                                              ": payload of " + std::to_string(payload.size()) +
+                                              " bytes exceeds the limit of 65536");
+    return encode_v2_frame(kV2Message, payload);
+}
+
+inline Message decode_v2_message_payload(std::string_view payload) {
+    if (payload.size() < 2)
+        throw error(errc::protocol_error, "frp v2 message: payload of " +
+                                              std::to_string(payload.size()) +
+                                              " bytes has no message ID");
+    unsigned id = unsigned(static_cast<unsigned char>(payload[0])) << 8 |
+                  static_cast<unsigned char>(payload[1]);
+    if (id == 0 || id > 18)
+        throw error(errc::protocol_error,
+                    "frp v2 message: unknown message ID " + std::to_string(id));
+    char type = detail::kV2MessageTypes[id - 1];
+    if (!is_known_type(type))
+        throw error(errc::unsupported,
+                    "frp v2 message: message ID " + std::to_string(id) + " is not supported");
+    return decode_body(type, payload.substr(2));
+}
+
+// A frame that must be a message (type 16): its message.
+inline Message decode_v2_message_frame(const V2Frame& f) {
+    if (f.type != kV2Message)
+        throw error(errc::protocol_error, "frp v2: expected a message frame (type 16), got type " +
+                                              std::to_string(f.type));
+    return decode_v2_message_payload(f.payload);
+}
+
+// Incremental frame decoder: feed() any slices, take() whole frames. Holds at most one
+// partial frame (8 + 65536 bytes); the length is checked before the payload is buffered.
+// After an error it stays failed.
+class V2FrameDecoder {
+  public:
+    void feed(const void* data, std::size_t n) {
+        if (failed_)
+            throw error(errc::state_error, "frp v2 frame decoder: failed earlier: " + why_);
+        const auto* p = static_cast<const char*>(data);
+        try {
+            while (n > 0) {
+                if (header_.size() < kV2FrameHeaderSize) {
+                    std::size_t k = std::min(n, kV2FrameHeaderSize - header_.size());
+                    header_.append(p, k);
+                    p += k, n -= k;
+                    if (header_.size() < kV2FrameHeaderSize) continue;
+                    want_ = check_v2_frame_header(
+                        reinterpret_cast<const unsigned char*>(header_.data()));
+                    payload_.clear();
+                    payload_.reserve(want_);
+                }
+                std::size_t k = std::min(n, want_ - payload_.size());
+                payload_.append(p, k);
+                p += k, n -= k;
+                if (payload_.size() == want_) {
+                    auto h = reinterpret_cast<const unsigned char*>(header_.data());
+                    ready_.push_back(V2Frame{std::uint16_t(h[0] << 8 | h[1]), std::move(payload_)});
+                    header_.clear();
+                    payload_.clear();
+                }
+            }
+        } catch (const error& e) {
+            failed_ = true;
+            why_ = e.what();
+            throw;
+        }
+    }
+    std::optional<V2Frame> take() {
+        if (ready_.empty()) return std::nullopt;
+        V2Frame f = std::move(ready_.front());
+        ready_.pop_front();
+        return f;
+    }
+    std::size_t pending() const noexcept { return header_.size() + payload_.size(); }
+
+  private:
+    std::string header_, payload_;
+    std::size_t want_ = 0;
+    std::deque<V2Frame> ready_;
+    bool failed_ = false;
+    std::string why_;
+};
+
+// Reads exactly one frame from `s` (never a byte past it). One deadline for the frame.
+inline V2Frame read_v2_frame(p2prc::detail::Stream& s, p2prc::detail::Millis timeout) {
+    auto deadline = p2prc::detail::deadline_after(timeout);
+    auto left = [&] {
+        auto l = std::chrono::duration_cast<p2prc::detail::Millis>(deadline -
+                                                                   p2prc::detail::Clock::now());
+        return l.count() > 0 ? l : p2prc::detail::Millis(0);
+    };
+    unsigned char h[kV2FrameHeaderSize];
+    s.read_exact(h, sizeof h, left());
+    std::size_t len = check_v2_frame_header(h);
+    V2Frame f;
+    f.type = std::uint16_t(h[0] << 8 | h[1]);
+    f.payload.assign(len, '\0');
+    if (len) s.read_exact(f.payload.data(), len, left());
+    return f;
+}
+
+// ---- one codec per logical connection -----------------------------------------------------
+
+// How messages are framed on one logical connection: v1 (type byte + int64 length) or v2
+// (frames with message IDs). Chosen per connection, so the roles' code is written once.
+struct Codec {
+    WireProtocol wire = WireProtocol::v1;
+
+    std::string encode(const Message& m) const {
+        return wire == WireProtocol::v2 ? encode_v2_message(m) : encode_frame(m);
+    }
+    // Exactly one message, never a byte past it.
+    Message read(p2prc::detail::Stream& s, p2prc::detail::Millis timeout) const {
+        if (wire == WireProtocol::v1) return read_msg(s, timeout);
+        return decode_v2_message_frame(read_v2_frame(s, timeout));
+    }
+    void write(p2prc::detail::Stream& s, const Message& m, p2prc::detail::Millis timeout) const {
+        std::string f = encode(m);
+        s.write_all(f.data(), f.size(), timeout);
+    }
+};
+
+// Incremental message decoder for either codec (the control's byte stream).
+class MessageDecoder {
+  public:
+    explicit MessageDecoder(Codec codec) {
+        if (codec.wire == WireProtocol::v2) dec_.emplace<V2FrameDecoder>();
+    }
+    void feed(const void* data, std::size_t n) {
+        if (auto* v1 = std::get_if<FrameDecoder>(&dec_)) return v1->feed(data, n);
+        auto& v2 = std::get<V2FrameDecoder>(dec_);
+        v2.feed(data, n);
+        while (auto f = v2.take()) ready_.push_back(decode_v2_message_frame(*f));
+    }
+    std::optional<Message> take() {
+        if (auto* v1 = std::get_if<FrameDecoder>(&dec_)) return v1->take();
+        if (ready_.empty()) return std::nullopt;
+        Message m = std::move(ready_.front());
+        ready_.pop_front();
+        return m;
+    }
+
+  private:
+    std::variant<FrameDecoder, V2FrameDecoder> dec_;
+    std::deque<Message> ready_;
+};
+
+// ---- hellos -------------------------------------------------------------------------------
+
+// C->S, frame type 1. Every field is optional on the wire (omitempty); nested objects are
+// always written, as Go writes struct values.
+struct ClientHello {
+    std::string transport;  // bootstrap: informational, frps reads none of it
+    bool tls = false, tcp_mux = false;
+    std::vector<std::string> codecs;
+    std::vector<std::string> algorithms;
+    std::string client_random;  // raw bytes (base64 in JSON)
+};
+
+// S->C, frame type 2.
+struct ServerHello {
+    std::string codec;
+    std::string algorithm;
+    std::string server_random;  // raw bytes
+    std::string error;
+};
+
+namespace detail {
+
+inline void json_list(std::string& out, const std::vector<std::string>& v) {
+    out += '[';
+    for (std::size_t i = 0; i < v.size(); ++i) {
+        if (i) out += ',';
+        go_quote(out, v[i]);
+    }
+    out += ']';
+}
+
+// Writes `"key":` with a comma when needed.
+struct ObjWriter {
+    std::string& out;
+    bool first = true;
+    void key(const char* k) {
+        if (!first) out += ',';
+        first = false;
+        go_quote(out, k);
+        out += ':';
+    }
+};
+
+inline const Json& hello_object(const Json& j, const char* key, const char* what) {
+    static const Json empty = Json::object();
+    const Json* f = find_key(j, key);
+    if (!f || f->is_null()) return empty;
+    if (!f->is_object())
+        throw error(errc::parse_error, std::string(what) + ": \"" + key + "\" is not an object");
+    return *f;
+}
+inline std::string hello_string(const Json& j, const char* key, const char* what) {
+    const Json* f = find_key(j, key);
+    if (!f || f->is_null()) return {};
+    if (!f->is_string())
+        throw error(errc::parse_error, std::string(what) + ": \"" + key + "\" is not a string");
+    return f->get<std::string>();
+}
+inline bool hello_bool(const Json& j, const char* key, const char* what) {
+    const Json* f = find_key(j, key);
+    if (!f || f->is_null()) return false;
+    if (!f->is_boolean())
+        throw error(errc::parse_error, std::string(what) + ": \"" + key + "\" is not a boolean");
+    return f->get<bool>();
+}
+inline std::vector<std::string> hello_list(const Json& j, const char* key, const char* what) {
+    std::vector<std::string> out;
+    const Json* f = find_key(j, key);
+    if (!f || f->is_null()) return out;
+    if (!f->is_array())
+        throw error(errc::parse_error, std::string(what) + ": \"" + key + "\" is not a list");
+    for (const auto& e : *f) {
+        if (e.is_null()) {
+            out.emplace_back();
+        } else if (e.is_string()) {
+            out.push_back(e.get<std::string>());
+        } else {
+            throw error(errc::parse_error,
+                        std::string(what) + ": \"" + key + "\" is not a list of strings");
+        }
+    }
+    return out;
+}
+inline std::string hello_bytes(const Json& j, const char* key, const char* what) {
+    std::string s = hello_string(j, key, what);
+    auto b = base64_decode(s);
+    if (!b) throw error(errc::parse_error, std::string(what) + ": \"" + key + "\" is not base64");
+    return *b;
+}
+inline Json hello_parse(std::string_view payload, const char* what) {
+    Json j = Json::parse(payload.begin(), payload.end(), nullptr, false);
+    if (j.is_discarded()) throw error(errc::parse_error, std::string(what) + ": not valid JSON");
+    if (j.is_null()) return Json::object();
+    if (!j.is_object()) throw error(errc::parse_error, std::string(what) + ": not a JSON object");
+    return j;
+}
+
+}  // namespace detail
+
+// The JSON payload exactly as Go frp writes it.
+inline std::string encode_client_hello(const ClientHello& h) {
+    std::string out = "{\"bootstrap\":{";
+    detail::ObjWriter b{out};
+    if (!h.transport.empty()) b.key("transport"), detail::go_quote(out, h.transport);
+    if (h.tls) b.key("tls"), out += "true";
+    if (h.tcp_mux) b.key("tcpMux"), out += "true";
+    out += "},\"capabilities\":{\"message\":{";
+    if (!h.codecs.empty()) out += "\"codecs\":", detail::json_list(out, h.codecs);
+    out += "},\"crypto\":{";
+    detail::ObjWriter c{out};
+    if (!h.algorithms.empty()) c.key("algorithms"), detail::json_list(out, h.algorithms);
+    if (!h.client_random.empty())
+        c.key("clientRandom"), detail::go_quote(out, detail::base64_encode(h.client_random));
+    out += "}}}";
+    return out;
+}
+
+inline std::string encode_server_hello(const ServerHello& h) {
+    std::string out = "{\"selected\":{\"message\":{";
+    if (!h.codec.empty()) out += "\"codec\":", detail::go_quote(out, h.codec);
+    out += "},\"crypto\":{";
+    detail::ObjWriter c{out};
+    if (!h.algorithm.empty()) c.key("algorithm"), detail::go_quote(out, h.algorithm);
+    if (!h.server_random.empty())
+        c.key("serverRandom"), detail::go_quote(out, detail::base64_encode(h.server_random));
+    out += "}}";
+    if (!h.error.empty()) out += ",\"error\":", detail::go_quote(out, h.error);
+    out += '}';
+    return out;
+}
+
+// Throws errc::parse_error naming what is wrong. Unknown keys are ignored.
+inline ClientHello decode_client_hello(std::string_view payload) {
+    const char* what = "frp v2 ClientHello";
+    detail::Json j = detail::hello_parse(payload, what);
+    ClientHello h;
+    const detail::Json& boot = detail::hello_object(j, "bootstrap", what);
+    h.transport = detail::hello_string(boot, "transport", what);
+    h.tls = detail::hello_bool(boot, "tls", what);
+    h.tcp_mux = detail::hello_bool(boot, "tcpMux", what);
+    const detail::Json& caps = detail::hello_object(j, "capabilities", what);
+    h.codecs = detail::hello_list(detail::hello_object(caps, "message", what), "codecs", what);
+    const detail::Json& crypto = detail::hello_object(caps, "crypto", what);
+    h.algorithms = detail::hello_list(crypto, "algorithms", what);
+    h.client_random = detail::hello_bytes(crypto, "clientRandom", what);
+    return h;
+}
+
+inline ServerHello decode_server_hello(std::string_view payload) {
+    const char* what = "frp v2 ServerHello";
+    detail::Json j = detail::hello_parse(payload, what);
+    ServerHello h;
+    const detail::Json& sel = detail::hello_object(j, "selected", what);
+    h.codec = detail::hello_string(detail::hello_object(sel, "message", what), "codec", what);
+    const detail::Json& crypto = detail::hello_object(sel, "crypto", what);
+    h.algorithm = detail::hello_string(crypto, "algorithm", what);
+    h.server_random = detail::hello_bytes(crypto, "serverRandom", what);
+    h.error = detail::hello_string(j, "error", what);
+    return h;
+}
+
+inline std::string random_bytes(std::size_t n) {
+    std::string out(n, '\0');
+    if (RAND_bytes(reinterpret_cast<unsigned char*>(out.data()), int(n)) != 1)
+        throw error(errc::io_error, "frp v2: no random bytes from OpenSSL");
+    return out;
+}
+
+// What frps 0.70 does with a ClientHello: the ServerHello to send. On a refusal the
+// answer carries only the codec and `error` (frps's exact texts), and the caller closes.
+// The algorithm is the first of the client's list that we support: the client decides.
+inline ServerHello negotiate(const ClientHello& ch) {
+    ServerHello sh;
+    sh.codec = "json";
+    bool json = false;
+    for (const auto& c : ch.codecs) json = json || c == "json";
+    if (!json) {
+        sh.error = "unsupported message codec";
+        return sh;
+    }
+    if (ch.client_random.size() != kV2RandomSize) {
+        sh.error = "invalid crypto client random length " +
+                   std::to_string(ch.client_random.size()) + ", want 32";
+        return sh;
+    }
+    for (const auto& a : ch.algorithms) {
+        if (parse_aead_algorithm(a)) {
+            sh.algorithm = a;
+            sh.server_random = random_bytes(kV2RandomSize);
+            return sh;
+        }
+    }
+    sh.error = "no supported crypto algorithm";
+    return sh;
+}
+
+// frpc's checks of a ServerHello for its ClientHello: the algorithm, or an error text.
+inline std::variant<AeadAlgorithm, std::string> check_server_hello(const ClientHello& ch,
+                                                                   const ServerHello& sh) {
+    if (!sh.error.empty()) return sh.error;
+    if (sh.codec != "json") return "unsupported selected message codec: " + sh.codec;
+    auto alg = parse_aead_algorithm(sh.algorithm);
+    if (!alg) return "unknown selected crypto algorithm: " + sh.algorithm;
+    bool offered = false;
+    for (const auto& a : ch.algorithms) offered = offered || a == sh.algorithm;
+    if (!offered) return "selected crypto algorithm was not advertised by client: " + sh.algorithm;
+    if (sh.server_random.size() != kV2RandomSize)
+        return "invalid crypto server random length " + std::to_string(sh.server_random.size()) +
+               ", want 32";
+    return *alg;
+}
+
+// ---- key schedule -------------------------------------------------------------------------
+
+using TranscriptHash = std::array<std::uint8_t, 32>;
+
+// SHA-256 over the exact hello payloads as sent (section 5.1 of the spec).
+inline TranscriptHash transcript_hash(std::string_view client_hello,
+                                      std::string_view server_hello) {
+    std::string in = "frp wire v2 crypto transcript";
+    auto part = [&](const char* label, std::string_view payload) {
+        in += '\0';
+        in += label;
+        in += '\0';
+        std::uint64_t n = payload.size();
+        for (int shift = 56; shift >= 0; shift -= 8) in += char((n >> shift) & 0xff);
+        in.append(payload);
+    };
+    part("client hello", client_hello);
+    part("server hello", server_hello);
+    TranscriptHash out{};
+    unsigned int len = 0;
+    if (EVP_Digest(in.data(), in.size(), out.data(), &len, EVP_sha256(), nullptr) != 1 ||
+        len != out.size())
+        throw error(errc::io_error, "frp v2 transcript: SHA-256 failed in OpenSSL");
+    return out;
+}
+
+enum class AeadDirection { client_to_server, server_to_client };
+
+// HKDF-SHA256(ikm = token, salt = transcript, info = "frp wire v2 control aead <alg> <dir>").
+inline AeadKey derive_control_key(std::string_view token, const TranscriptHash& transcript,
+                                  AeadAlgorithm alg, AeadDirection dir) {
+    std::string info =
+        std::string("frp wire v2 control aead ") + to_string(alg) + " " +
+        (dir == AeadDirection::client_to_server ? "client-to-server" : "server-to-client");
+    AeadKey out{};
+    std::unique_ptr<EVP_PKEY_CTX, decltype(&EVP_PKEY_CTX_free)> ctx(
+        EVP_PKEY_CTX_new_id(EVP_PKEY_HKDF, nullptr), &EVP_PKEY_CTX_free);
+    // An empty token is valid (frp's default): OpenSSL wants a non-null key pointer.
+    static const unsigned char none = 0;
+    const auto* ikm = token.empty() ? &none : reinterpret_cast<const unsigned char*>(token.data());
+    std::size_t len = out.size();
+    if (!ctx || EVP_PKEY_derive_init(ctx.get()) <= 0 ||
+        EVP_PKEY_CTX_set_hkdf_md(ctx.get(), EVP_sha256()) <= 0 ||
+        EVP_PKEY_CTX_set1_hkdf_salt(ctx.get(), transcript.data(), int(transcript.size())) <= 0 ||
+        EVP_PKEY_CTX_set1_hkdf_key(ctx.get(), ikm, int(token.size())) <= 0 ||
+        EVP_PKEY_CTX_add1_hkdf_info(ctx.get(), reinterpret_cast<const unsigned char*>(info.data()),
+                                    int(info.size())) <= 0 ||
+        EVP_PKEY_derive(ctx.get(), out.data(), &len) <= 0 || len != out.size())
+        throw error(errc::io_error, "frp v2 key schedule: HKDF-SHA256 failed in OpenSSL");
+    return out;
+}
+
+// The negotiated crypto of one control connection.
+struct V2Crypto {
+    AeadAlgorithm algorithm = AeadAlgorithm::aes_256_gcm;
+    TranscriptHash transcript{};
+
+    AeadKey key(std::string_view token, AeadDirection dir) const {
+        return derive_control_key(token, transcript, algorithm, dir);
+    }
+};
+
+// ---- the server's side of a v2 connection's opening ----------------------------------------
+
+// What follows the preface of a v2 logical connection, as frps reads it.
+struct V2Opening {
+    std::optional<V2Crypto> crypto;  // set when a ClientHello was accepted
+    Message first;
+    std::string refused;  // frps's text when the ClientHello was refused (then no `first`)
+};
+
+// Reads an optional ClientHello (answered at once with the ServerHello, before the Login
+// is read, as frps does) and the first message frame, within one `timeout`. A refused
+// ClientHello is answered with frps's refusal and returned in `refused`: the caller
+// closes. Malformed input throws, unanswered.
+inline V2Opening accept_v2_opening(p2prc::detail::Stream& s, p2prc::detail::Millis timeout) {
+    auto deadline = p2prc::detail::deadline_after(timeout);
+    auto left = [&] {
+        auto l = std::chrono::duration_cast<p2prc::detail::Millis>(deadline -
+                                                                   p2prc::detail::Clock::now());
+        return l.count() > 0 ? l : p2prc::detail::Millis(0);
+    };
+    V2Opening out;
+    V2Frame f = read_v2_frame(s, left());
+    if (f.type == kV2ClientHello) {
+        ServerHello sh = negotiate(decode_client_hello(f.payload));
+        std::string payload = encode_server_hello(sh);
+        std::string frame = encode_v2_frame(kV2ServerHello, payload);
+        s.write_all(frame.data(), frame.size(), p2prc::detail::Millis(5000));
+        if (!sh.error.empty()) {
+            out.refused = sh.error;
+            return out;
+        }
+        out.crypto =
+            V2Crypto{*parse_aead_algorithm(sh.algorithm), transcript_hash(f.payload, payload)};
+        f = read_v2_frame(s, left());
+    }
+    out.first = decode_v2_message_frame(f);
+    return out;
+}
+
+}  // namespace p2prc::frp
+
 // ---- p2prc/frp/snappy.hpp ----
 // frp's use_compression: the snappy *framing* format (google/snappy framing_format.txt)
 // over a work connection, inside the cipher (write: compress, then encrypt).
@@ -7758,7 +8794,8 @@ class StreamRegistry {
 // the first byte of a connection to tell yamux from frp messages, then puts it back).
 class ReplayStream final : public Stream {
   public:
-    ReplayStream(StreamPtr inner, std::string head) : inner_(std::move(inner)), head_(std::move(head)) {}
+    ReplayStream(StreamPtr inner, std::string head)
+        : inner_(std::move(inner)), head_(std::move(head)) {}
     std::size_t read_some(void* buf, std::size_t n, Millis timeout) override {
         if (n == 0) return 0;
         if (pos_ < head_.size()) {
@@ -7783,10 +8820,11 @@ class ReplayStream final : public Stream {
 };
 
 // Reads messages from a stream that carries nothing but frames (the encrypted control),
-// through a FrameDecoder, so a read that times out mid-frame loses nothing.
+// through an incremental decoder of the connection's codec, so a read that times out
+// mid-frame loses nothing.
 class MsgReader {
   public:
-    explicit MsgReader(Stream& s) : s_(s) {}
+    explicit MsgReader(Stream& s, Codec codec = {}) : s_(s), dec_(codec) {}
 
     // The next message, or nullopt when none completed within `timeout`. Throws
     // errc::io_error at end of stream, and the decoder's errors for bad frames.
@@ -7803,7 +8841,8 @@ class MsgReader {
                 if (e.code() == errc::timeout) return std::nullopt;
                 throw;
             }
-            if (k == 0) throw error(errc::io_error, s_.describe() + ": the peer closed the control");
+            if (k == 0)
+                throw error(errc::io_error, s_.describe() + ": the peer closed the control");
             dec_.feed(buf_, k);
             if (auto m = dec_.take()) return m;
         }
@@ -7811,7 +8850,7 @@ class MsgReader {
 
   private:
     Stream& s_;
-    FrameDecoder dec_;
+    MessageDecoder dec_;
     char buf_[4096];
 };
 
@@ -7904,18 +8943,25 @@ inline std::array<long, 3> parse_version(const std::string& v) {
 //
 // One port serves everything. Each accepted connection is told apart by its first byte:
 // 0x00 is a yamux header (a tcp_mux client: the connection is a yamux session whose
-// streams are logical connections), an frp message type byte is a plain logical
-// connection (tcp_mux off), 0x17 is frpc's TLS marker (dropped; a TLS handshake
-// follows) and 0x16 a bare TLS ClientHello. Inside TLS the same first-byte test tells
-// yamux from plain. So clients with tcp_mux on or off, with TLS or without, work against
-// the same server without any setting, unlike stock frps.
+// streams are logical connections), an frp message type byte or the 'F' of the v2
+// preface is a plain logical connection (tcp_mux off), 0x17 is frpc's TLS marker
+// (dropped; a TLS handshake follows) and 0x16 a bare TLS ClientHello. Inside TLS the
+// same first-byte test tells yamux from plain. So clients with tcp_mux on or off, with
+// TLS or without, work against the same server without any setting, unlike stock frps.
+//
+// Each logical connection then picks its wire protocol by its first 7 bytes, as frps
+// 0.69+ does: the v2 preface (frp/wire_v2.hpp) makes it v2, anything else is replayed to
+// the v1 reader. A v2 control may start with a ClientHello, answered at once with a
+// ServerHello (or frps's refusal text, then closed).
 //
 // A logical connection's first message decides its role (10 s to send it): Login makes
 // it a control connection, NewWorkConn a pooled work connection of the control with that
-// run_id. After a successful Login both directions of the control are AES-128-CFB
-// streams keyed by the token (frp/crypto.hpp). The server keeps each client's pool of
-// idle work connections filled with ReqWorkConn; a user connecting to a proxy's public
-// port takes one, the server writes StartWorkConn on it and then pipes raw bytes.
+// run_id. After a successful Login both directions of the control are encrypted: v1 with
+// AES-128-CFB keyed by the token (frp/crypto.hpp), v2 with the negotiated AEAD keyed by
+// HKDF(token, transcript) (frp/aead.hpp); a record that fails its tag ends the control.
+// Work connections keep the codec of their own preface. The server keeps each client's
+// pool of idle work connections filled with ReqWorkConn; a user connecting to a proxy's
+// public port takes one, the server writes StartWorkConn on it and then pipes raw bytes.
 //
 // Threads: one accepts, one per logical connection being classified, one per control,
 // one per yamux session, one per proxy listener and two per piped user connection, all
@@ -7983,9 +9029,25 @@ struct ServerProxyInfo {
     std::string run_id;
     std::uint16_t port = 0;
     bool use_encryption = false, use_compression = false;
+    WireProtocol wire = WireProtocol::v1;  // of the control that registered it
 };
 
 namespace detail {
+
+// The bytes that opened a logical connection: its codec, the v2 crypto it negotiated (a
+// v2 control only) and its first message.
+struct LogicalStart {
+    StreamPtr stream;
+    Codec codec;
+    std::optional<V2Crypto> crypto;
+    Message first;
+};
+
+// A pooled work connection and the codec its StartWorkConn must use.
+struct PooledWork {
+    StreamPtr stream;
+    Codec codec;
+};
 
 class ServerCore;
 
@@ -8021,25 +9083,28 @@ struct ServerProxy {
 // A logged-in client: its encrypted control, its proxies and its work-connection pool.
 class ServerControl : public std::enable_shared_from_this<ServerControl> {
   public:
-    ServerControl(ServerCore& core, StreamPtr raw, std::string run_id, std::int64_t pool_count,
-                  bool mux, const CipherKey& key)
+    // `control` is `raw` with the control's encryption on top (v1 CFB or v2 AEAD).
+    ServerControl(ServerCore& core, StreamPtr raw, StreamPtr control, Codec codec,
+                  std::string run_id, std::int64_t pool_count, bool mux)
         : core_(core),
           raw_(std::move(raw)),
-          crypto_(std::make_shared<CryptoStream>(raw_, key)),
+          crypto_(std::move(control)),
+          codec_(codec),
           run_id_(std::move(run_id)),
           pool_count_(pool_count),
           mux_(mux) {}
 
     const std::string& run_id() const { return run_id_; }
     bool mux() const { return mux_; }
-    CryptoStream& control() { return *crypto_; }
+    const Codec& codec() const { return codec_; }
+    Stream& control() { return *crypto_; }
     StreamPtr raw() const { return raw_; }
 
     // Encrypted message on the control; a failure closes the control.
     bool send(const Message& m) {
         std::lock_guard<std::mutex> lk(write_mu_);
         try {
-            write_msg(*crypto_, m, Millis(10000));
+            codec_.write(*crypto_, m, Millis(10000));
             return true;
         } catch (const std::exception&) {
             raw_->close();
@@ -8048,10 +9113,10 @@ class ServerControl : public std::enable_shared_from_this<ServerControl> {
     }
 
     // Parks an idle work connection; false when the pool is full or the control gone.
-    bool park(StreamPtr w) {
+    bool park(StreamPtr w, Codec codec) {
         std::lock_guard<std::mutex> lk(mu_);
         if (closed_ || std::int64_t(pool_.size()) >= pool_count_ + 10) return false;
-        pool_.push_back(std::move(w));
+        pool_.push_back(PooledWork{std::move(w), codec});
         pool_cv_.notify_one();
         return true;
     }
@@ -8060,7 +9125,7 @@ class ServerControl : public std::enable_shared_from_this<ServerControl> {
     // within `wait`, or the control is gone). Refills the pool after each take.
     StreamPtr take_work_conn(const StartWorkConn& start, Millis wait) {
         for (std::int64_t attempt = 0; attempt <= pool_count_; ++attempt) {
-            StreamPtr w;
+            PooledWork w;
             {
                 std::unique_lock<std::mutex> lk(mu_);
                 if (closed_) return nullptr;
@@ -8077,10 +9142,10 @@ class ServerControl : public std::enable_shared_from_this<ServerControl> {
             }
             send(ReqWorkConn{});  // refill, as frps does after every use
             try {
-                write_msg(*w, start, Millis(10000));
-                return w;
+                w.codec.write(*w.stream, start, Millis(10000));
+                return w.stream;
             } catch (const std::exception&) {
-                w->close();  // a stale pooled connection: try the next one
+                w.stream->close();  // a stale pooled connection: try the next one
             }
         }
         return nullptr;
@@ -8122,22 +9187,23 @@ class ServerControl : public std::enable_shared_from_this<ServerControl> {
         std::lock_guard<std::mutex> lk(mu_);
         std::vector<ServerProxyInfo> out;
         for (auto& [name, p] : proxies_)
-            out.push_back(
-                {name, run_id_, p->port, p->spec.use_encryption, p->spec.use_compression});
+            out.push_back({name, run_id_, p->port, p->spec.use_encryption, p->spec.use_compression,
+                           codec_.wire});
         return out;
     }
 
   private:
     ServerCore& core_;
     StreamPtr raw_;
-    std::shared_ptr<CryptoStream> crypto_;
+    StreamPtr crypto_;
+    Codec codec_;
     std::string run_id_;
     std::int64_t pool_count_;
     bool mux_;
     std::mutex write_mu_;
     std::mutex mu_;
     std::condition_variable pool_cv_;
-    std::deque<StreamPtr> pool_;
+    std::deque<PooledWork> pool_;
     std::map<std::string, std::unique_ptr<ServerProxy>> proxies_;
     bool closed_ = false;
 };
@@ -8209,7 +9275,7 @@ class ServerCore {
         }
         if (first == 0x00) {
             run_mux_session(s);
-        } else if (first >= 0 && is_known_type(char(first))) {
+        } else if (first >= 0 && (is_known_type(char(first)) || first == kV2Preface[0])) {
             handle_logical(s, false);
         } else {
             tcp->close();
@@ -8253,21 +9319,67 @@ class ServerCore {
 
     // The first message decides: Login (a control) or NewWorkConn (a pooled work conn).
     void handle_logical(StreamPtr s, bool mux) {
-        Message m;
+        LogicalStart start;
         try {
-            m = read_msg(*s, opt_.login_timeout);
-        } catch (const std::exception&) {
+            start = start_logical(s);
+        } catch (const std::exception& e) {
+            log("connection " + s->describe() + " closed before its first message: " + e.what());
             s->close();
             return;
         }
-        if (auto* login = std::get_if<Login>(&m)) {
-            run_control(s, std::move(*login), mux);
-        } else if (auto* nwc = std::get_if<NewWorkConn>(&m)) {
+        if (auto* login = std::get_if<Login>(&start.first)) {
+            run_control(start, std::move(*login), mux);
+        } else if (auto* nwc = std::get_if<NewWorkConn>(&start.first)) {
             auto ctl = find_control(nwc->run_id);
-            if (!ctl || !ctl->park(s)) s->close();
+            if (!ctl || !ctl->park(start.stream, start.codec)) start.stream->close();
         } else {
-            s->close();
+            log("connection " + s->describe() + " closed: its first message is " +
+                name_of(start.first) + ", not Login or NewWorkConn");
+            start.stream->close();
         }
+    }
+
+    // The preface (7 bytes: v2, else replayed to the v1 reader), a v2 ClientHello if one
+    // comes, and the first message, all within login_timeout (frps: 10 s). Throws with
+    // the reason on anything malformed; a refused ClientHello is answered first.
+    LogicalStart start_logical(const StreamPtr& s) {
+        auto deadline = p2prc::detail::deadline_after(opt_.login_timeout);
+        auto left = [&] {
+            auto l = std::chrono::duration_cast<Millis>(deadline - Clock::now());
+            return l.count() > 0 ? l : Millis(0);
+        };
+        LogicalStart out;
+        char head[kV2PrefaceSize];
+        s->read_exact(head, sizeof head, left());
+        if (std::string_view(head, sizeof head) != v2_preface()) {
+            out.stream = std::make_shared<ReplayStream>(s, std::string(head, sizeof head));
+            out.first = read_msg(*out.stream, left());
+            return out;
+        }
+        out.stream = s;
+        out.codec.wire = WireProtocol::v2;
+        V2Opening v2 = accept_v2_opening(*s, left());
+        if (!v2.refused.empty()) {
+            linger_close(*s);  // the refusal was sent: a moment for the client to read it
+            throw error(errc::protocol_error, "v2 ClientHello refused: " + v2.refused);
+        }
+        out.crypto = v2.crypto;
+        out.first = std::move(v2.first);
+        return out;
+    }
+
+    // Ends a connection after a last answer: half-close, a moment for the client to read
+    // it (what it sent meanwhile is drained, so the close does not reset the answer away).
+    static void linger_close(Stream& s) {
+        try {
+            s.shutdown_write();
+            char sink[256];
+            auto until = p2prc::detail::deadline_after(Millis(1000));
+            while (Clock::now() < until && s.read_some(sink, sizeof sink, Millis(200)) > 0) {
+            }
+        } catch (const std::exception&) {
+        }
+        s.close();
     }
 
     // ---- controls -------------------------------------------------------------------
@@ -8298,15 +9410,28 @@ class ServerCore {
         return {};
     }
 
-    void run_control(StreamPtr raw, Login login, bool mux) {
+    void run_control(const LogicalStart& start, Login login, bool mux) {
+        const StreamPtr& raw = start.stream;
+        const Codec codec = start.codec;
         std::string run_id = login.run_id.empty() ? new_run_id() : login.run_id;
-        std::string why = check_login(login);
+        // frps checks the negotiation before the token (its control needs the keys first).
+        std::string why = codec.wire == WireProtocol::v2 && !start.crypto
+                              ? "missing v2 crypto negotiation"
+                              : check_login(login);
         if (why.empty() && run_id.size() > 64) why = "run_id is too long (at most 64 characters)";
         std::shared_ptr<ServerControl> ctl;
         if (why.empty()) {
             std::int64_t pool =
                 std::min(std::max<std::int64_t>(login.pool_count, 0), opt_.max_pool_count);
-            ctl = std::make_shared<ServerControl>(*this, raw, run_id, pool, mux, key_);
+            StreamPtr control;
+            if (codec.wire == WireProtocol::v2)
+                control = std::make_shared<AeadStream>(
+                    raw, start.crypto->algorithm,
+                    start.crypto->key(opt_.token, AeadDirection::server_to_client),
+                    start.crypto->key(opt_.token, AeadDirection::client_to_server));
+            else
+                control = std::make_shared<CryptoStream>(raw, key_);
+            ctl = std::make_shared<ServerControl>(*this, raw, control, codec, run_id, pool, mux);
             std::shared_ptr<ServerControl> old;
             {
                 std::lock_guard<std::mutex> lk(mu_);
@@ -8336,18 +9461,15 @@ class ServerCore {
                 LoginResp resp;
                 resp.version = kProtocolVersion;
                 resp.error = why;
-                write_msg(*raw, resp, Millis(5000));
-                raw->shutdown_write();
-                // Give the client a moment to read the answer before the close.
-                char sink[64];
-                raw->read_some(sink, sizeof sink, Millis(1000));
+                codec.write(*raw, resp, Millis(5000));
             } catch (const std::exception&) {
             }
-            raw->close();
+            linger_close(*raw);
             return;
         }
         log("client " + run_id + " logged in from " + raw->describe() +
-            (mux ? " (tcp_mux)" : " (no tcp_mux)"));
+            (mux ? " (tcp_mux" : " (no tcp_mux") + ", wire " + to_string(codec.wire) +
+            (start.crypto ? std::string(" ") + to_string(start.crypto->algorithm) : "") + ")");
         serve_control(ctl, login);
         ctl->shutdown();
         {
@@ -8364,7 +9486,7 @@ class ServerCore {
             LoginResp resp;
             resp.version = kProtocolVersion;
             resp.run_id = ctl->run_id();
-            write_msg(*ctl->raw(), resp, Millis(10000));
+            ctl->codec().write(*ctl->raw(), resp, Millis(10000));
         } catch (const std::exception&) {
             return;
         }
@@ -8372,7 +9494,7 @@ class ServerCore {
             std::min(std::max<std::int64_t>(login.pool_count, 0), opt_.max_pool_count);
         for (std::int64_t i = 0; i < pool; ++i)
             if (!ctl->send(ReqWorkConn{})) return;
-        MsgReader reader(ctl->control());
+        MsgReader reader(ctl->control(), ctl->codec());
         auto last_ping = Clock::now();
         bool heartbeat = !ctl->mux() && opt_.heartbeat_timeout.count() > 0;
         while (!stopping_.load() && !ctl->closed()) {
@@ -8581,7 +9703,7 @@ class ServerCore {
 
 inline void ServerControl::shutdown() {
     std::map<std::string, std::unique_ptr<ServerProxy>> proxies;
-    std::deque<StreamPtr> pool;
+    std::deque<PooledWork> pool;
     {
         std::lock_guard<std::mutex> lk(mu_);
         if (closed_) return;
@@ -8591,7 +9713,7 @@ inline void ServerControl::shutdown() {
         pool_cv_.notify_all();
     }
     raw_->close();
-    for (auto& w : pool) w->close();
+    for (auto& w : pool) w.stream->close();
     for (auto& [name, p] : proxies) {
         p->close();
         core_.release(name, p->port);
@@ -8660,6 +9782,11 @@ class Server {
 // When the control is lost the client logs in again with the same run_id (so the server
 // replaces its stale control) after a growing pause, and registers its proxies again.
 //
+// With wire_protocol v2 (frp 0.69+, frp/wire_v2.hpp) every logical connection starts with
+// the v2 preface and uses v2 frames; the control sends a ClientHello before its Login, and
+// after LoginResp it is an AEAD stream keyed by HKDF(token, hello transcript) instead of
+// AES-128-CFB. Everything else is the same.
+//
 // Threads: one runs the control, one per work connection (two while piping), all owned by
 // the Client and joined by stop().
 
@@ -8727,6 +9854,12 @@ struct ClientOptions {
     bool tls_first_byte = true;
     // Encrypt every proxy's work connections (in addition to ProxySpec::use_encryption).
     bool use_encryption = false;
+    // frp's transport.wireProtocol. v1 is the default, as in frp 0.70; v2 needs frps 0.69+
+    // or p2prc::frp::Server (stock frps before 0.69 closes a v2 connection).
+    WireProtocol wire_protocol = WireProtocol::v1;
+    // v2: the AEAD algorithms offered, preferred first (the server takes the first it
+    // supports). frpc lists aes-256-gcm first on CPUs with AES instructions.
+    std::vector<std::string> aead_algorithms{"aes-256-gcm", "xchacha20-poly1305"};
     std::vector<ProxySpec> proxies;
     std::int64_t pool_count = 1;  // idle work connections the server keeps
     p2prc::detail::Millis dial_timeout{10000};
@@ -8790,6 +9923,16 @@ class Client {
             throw error(errc::invalid_argument,
                         "frp::Client: timeouts must be > 0, reconnect_max >= reconnect_min, "
                         "max_connections >= 2");
+        if (opt_.wire_protocol == WireProtocol::v2) {
+            if (opt_.aead_algorithms.empty())
+                throw error(errc::invalid_argument,
+                            "frp::Client: wire protocol v2 needs at least one AEAD algorithm");
+            for (const auto& a : opt_.aead_algorithms)
+                if (!parse_aead_algorithm(a))
+                    throw error(errc::invalid_argument,
+                                "frp::Client: unknown AEAD algorithm \"" + a +
+                                    "\" (expected aes-256-gcm or xchacha20-poly1305)");
+        }
         for (const auto& p : opt_.proxies) {
             // The empty name is valid, as in frp (P2PRC's Go nodes use it); it is sent as
             // no proxy_name at all.
@@ -9000,6 +10143,8 @@ class Client {
 
         std::shared_ptr<MuxSession> mux;
         StreamPtr ctl;
+        const Codec codec{opt_.wire_protocol};
+        std::optional<V2Crypto> crypto;  // v2: negotiated by the hellos
         // Idle work connections of this login: closed with it.
         auto pooled = std::make_shared<detail::StreamRegistry>();
         struct Closer {
@@ -9032,8 +10177,38 @@ class Client {
             login.privilege_key = privilege_key(opt_.token, login.timestamp);
             login.run_id = run_id();
             login.pool_count = opt_.pool_count;
-            write_msg(*ctl, login, opt_.login_timeout);
-            Message m = read_msg(*ctl, opt_.login_timeout);
+            if (codec.wire == WireProtocol::v2) {
+                // Preface, ClientHello and Login in one write, as frpc does (it does not
+                // wait for the ServerHello before sending its Login).
+                ClientHello ch;
+                ch.transport = "tcp";
+                ch.tls = tls_ != nullptr;
+                ch.tcp_mux = opt_.tcp_mux;
+                ch.codecs = {"json"};
+                ch.algorithms = opt_.aead_algorithms;
+                ch.client_random = random_bytes(kV2RandomSize);
+                std::string hello = encode_client_hello(ch);
+                std::string out(v2_preface());
+                out += encode_v2_frame(kV2ClientHello, hello);
+                out += codec.encode(login);
+                ctl->write_all(out.data(), out.size(), opt_.login_timeout);
+                V2Frame f = read_v2_frame(*ctl, opt_.login_timeout);
+                if (f.type != kV2ServerHello) {
+                    fail("login: expected a v2 ServerHello, got frame type " +
+                         std::to_string(f.type));
+                    return Outcome::lost;
+                }
+                auto checked = check_server_hello(ch, decode_server_hello(f.payload));
+                if (auto* why = std::get_if<std::string>(&checked)) {
+                    fail(*why);
+                    return Outcome::refused;
+                }
+                crypto =
+                    V2Crypto{std::get<AeadAlgorithm>(checked), transcript_hash(hello, f.payload)};
+            } else {
+                codec.write(*ctl, login, opt_.login_timeout);
+            }
+            Message m = codec.read(*ctl, opt_.login_timeout);
             auto* resp = std::get_if<LoginResp>(&m);
             if (!resp) {
                 fail(std::string("login: expected LoginResp, got ") + name_of(m));
@@ -9055,20 +10230,31 @@ class Client {
                 cv_.notify_all();
             }
             logged_in = true;
-            log("logged in to " + opt_.server.to_string() + " as " + resp->run_id);
+            log("logged in to " + opt_.server.to_string() + " as " + resp->run_id + " (wire " +
+                to_string(codec.wire) +
+                (crypto ? std::string(" ") + to_string(crypto->algorithm) : std::string()) + ")");
         } catch (const std::exception& e) {
             if (stopping()) return Outcome::stopped;
             fail(std::string("login: ") + e.what());
             return Outcome::lost;
         }
-        return control(ctl, mux, pooled);
+        return control(ctl, mux, pooled, codec, crypto);
     }
 
     Outcome control(const StreamPtr& raw, const std::shared_ptr<MuxSession>& mux,
-                    const std::shared_ptr<detail::StreamRegistry>& pooled) {
-        CryptoStream ctl(raw, key_);
+                    const std::shared_ptr<detail::StreamRegistry>& pooled, const Codec& codec,
+                    const std::optional<V2Crypto>& crypto) {
         std::string run_id = this->run_id();
         try {
+            StreamPtr encrypted;
+            if (crypto)
+                encrypted = std::make_shared<AeadStream>(
+                    raw, crypto->algorithm,
+                    crypto->key(opt_.token, AeadDirection::client_to_server),
+                    crypto->key(opt_.token, AeadDirection::server_to_client));
+            else
+                encrypted = std::make_shared<CryptoStream>(raw, key_);
+            p2prc::detail::Stream& ctl = *encrypted;
             for (const auto& [name, spec] : specs_) {
                 NewProxy np;
                 np.proxy_name = name;
@@ -9076,9 +10262,9 @@ class Client {
                 np.use_encryption = spec.use_encryption;
                 np.use_compression = spec.use_compression;
                 np.remote_port = spec.remote_port;
-                write_msg(ctl, np, Millis(10000));
+                codec.write(ctl, np, Millis(10000));
             }
-            detail::MsgReader reader(ctl);
+            detail::MsgReader reader(ctl, codec);
             auto last_pong = Clock::now();
             auto next_ping = Clock::now() + opt_.heartbeat_interval;
             bool heartbeat = opt_.heartbeat_interval.count() > 0;
@@ -9087,7 +10273,7 @@ class Client {
                 auto m = reader.next(Millis(200));
                 auto now = Clock::now();
                 if (heartbeat && now >= next_ping) {
-                    write_msg(ctl, Ping{}, Millis(10000));
+                    codec.write(ctl, Ping{}, Millis(10000));
                     next_ping = now + opt_.heartbeat_interval;
                 }
                 if (check_pong && now - last_pong > opt_.heartbeat_timeout) {
@@ -9098,8 +10284,8 @@ class Client {
                 if (!m) continue;
                 if (std::holds_alternative<ReqWorkConn>(*m)) {
                     std::weak_ptr<MuxSession> weak_mux = mux;
-                    bool ok = tasks_.spawn([this, weak_mux, pooled, run_id] {
-                        work_connection(weak_mux, pooled, run_id);
+                    bool ok = tasks_.spawn([this, weak_mux, pooled, run_id, codec] {
+                        work_connection(weak_mux, pooled, run_id, codec);
                     });
                     if (!ok) log("work connection refused: too many live connections");
                 } else if (auto* r = std::get_if<NewProxyResp>(&*m)) {
@@ -9145,7 +10331,8 @@ class Client {
     // Answers one ReqWorkConn: opens a work connection, waits for StartWorkConn, pipes it
     // to a new connection to the proxy's local service.
     void work_connection(std::weak_ptr<MuxSession> weak_mux,
-                         std::shared_ptr<detail::StreamRegistry> pooled, std::string run_id) {
+                         std::shared_ptr<detail::StreamRegistry> pooled, std::string run_id,
+                         Codec codec) {
         StreamPtr w;
         try {
             if (opt_.tcp_mux) {
@@ -9171,10 +10358,13 @@ class Client {
             try {
                 NewWorkConn nwc;
                 nwc.run_id = run_id;
-                write_msg(*w, nwc, Millis(10000));
+                std::string out;
+                if (codec.wire == WireProtocol::v2) out = std::string(v2_preface());
+                out += codec.encode(nwc);
+                w->write_all(out.data(), out.size(), Millis(10000));
                 // An idle pooled connection waits as long as its login lives (the
                 // registry closes it then); the deadline is only a backstop.
-                Message m = read_msg(*w, Millis(24LL * 3600 * 1000));
+                Message m = codec.read(*w, Millis(24LL * 3600 * 1000));
                 auto* s = std::get_if<StartWorkConn>(&m);
                 if (!s || !s->error.empty()) {
                     w->close();
@@ -9581,6 +10771,9 @@ struct ExposeOptions {
     IpAddress local_host = IpAddress::from_string("127.0.0.1");
     std::string proxy_name;  // default: "<node name>-<local port>"
     bool tcp_mux = true;
+    // frp's wire protocol towards the relay: v1 (the default, what every relay speaks) or
+    // v2 (p2prc relays of this version and stock frps 0.69+).
+    frp::WireProtocol wire_protocol = frp::WireProtocol::v1;
     // One relay's chance: /FRPPort, frp login and the proxy running.
     std::chrono::milliseconds attempt_timeout{10000};
     // How often a healthy tunnel looks for a clearly better relay (0: never).
@@ -9747,6 +10940,7 @@ class RelayTunnel {
         co.server = Endpoint{c.http.address, *port};
         co.token = token_;
         co.tcp_mux = opt_.tcp_mux;
+        co.wire_protocol = opt_.wire_protocol;
         co.dial_timeout = co.login_timeout = std::min(opt_.attempt_timeout, std::chrono::milliseconds(5000));
         co.heartbeat_interval = co.mux_keepalive_interval = opt_.keepalive_interval;
         co.mux_ping_timeout = opt_.keepalive_timeout;

@@ -10,6 +10,11 @@
 // When the control is lost the client logs in again with the same run_id (so the server
 // replaces its stale control) after a growing pause, and registers its proxies again.
 //
+// With wire_protocol v2 (frp 0.69+, frp/wire_v2.hpp) every logical connection starts with
+// the v2 preface and uses v2 frames; the control sends a ClientHello before its Login, and
+// after LoginResp it is an AEAD stream keyed by HKDF(token, hello transcript) instead of
+// AES-128-CFB. Everything else is the same.
+//
 // Threads: one runs the control, one per work connection (two while piping), all owned by
 // the Client and joined by stop().
 #pragma once
@@ -22,7 +27,9 @@
 #include "pipe.hpp"
 #include "snappy.hpp"
 #include "tls.hpp"
+#include "aead.hpp"
 #include "wire.hpp"
+#include "wire_v2.hpp"
 
 #include <atomic>
 #include <chrono>
@@ -87,6 +94,12 @@ struct ClientOptions {
     bool tls_first_byte = true;
     // Encrypt every proxy's work connections (in addition to ProxySpec::use_encryption).
     bool use_encryption = false;
+    // frp's transport.wireProtocol. v1 is the default, as in frp 0.70; v2 needs frps 0.69+
+    // or p2prc::frp::Server (stock frps before 0.69 closes a v2 connection).
+    WireProtocol wire_protocol = WireProtocol::v1;
+    // v2: the AEAD algorithms offered, preferred first (the server takes the first it
+    // supports). frpc lists aes-256-gcm first on CPUs with AES instructions.
+    std::vector<std::string> aead_algorithms{"aes-256-gcm", "xchacha20-poly1305"};
     std::vector<ProxySpec> proxies;
     std::int64_t pool_count = 1;  // idle work connections the server keeps
     p2prc::detail::Millis dial_timeout{10000};
@@ -150,6 +163,16 @@ class Client {
             throw error(errc::invalid_argument,
                         "frp::Client: timeouts must be > 0, reconnect_max >= reconnect_min, "
                         "max_connections >= 2");
+        if (opt_.wire_protocol == WireProtocol::v2) {
+            if (opt_.aead_algorithms.empty())
+                throw error(errc::invalid_argument,
+                            "frp::Client: wire protocol v2 needs at least one AEAD algorithm");
+            for (const auto& a : opt_.aead_algorithms)
+                if (!parse_aead_algorithm(a))
+                    throw error(errc::invalid_argument,
+                                "frp::Client: unknown AEAD algorithm \"" + a +
+                                    "\" (expected aes-256-gcm or xchacha20-poly1305)");
+        }
         for (const auto& p : opt_.proxies) {
             // The empty name is valid, as in frp (P2PRC's Go nodes use it); it is sent as
             // no proxy_name at all.
@@ -360,6 +383,8 @@ class Client {
 
         std::shared_ptr<MuxSession> mux;
         StreamPtr ctl;
+        const Codec codec{opt_.wire_protocol};
+        std::optional<V2Crypto> crypto;  // v2: negotiated by the hellos
         // Idle work connections of this login: closed with it.
         auto pooled = std::make_shared<detail::StreamRegistry>();
         struct Closer {
@@ -392,8 +417,38 @@ class Client {
             login.privilege_key = privilege_key(opt_.token, login.timestamp);
             login.run_id = run_id();
             login.pool_count = opt_.pool_count;
-            write_msg(*ctl, login, opt_.login_timeout);
-            Message m = read_msg(*ctl, opt_.login_timeout);
+            if (codec.wire == WireProtocol::v2) {
+                // Preface, ClientHello and Login in one write, as frpc does (it does not
+                // wait for the ServerHello before sending its Login).
+                ClientHello ch;
+                ch.transport = "tcp";
+                ch.tls = tls_ != nullptr;
+                ch.tcp_mux = opt_.tcp_mux;
+                ch.codecs = {"json"};
+                ch.algorithms = opt_.aead_algorithms;
+                ch.client_random = random_bytes(kV2RandomSize);
+                std::string hello = encode_client_hello(ch);
+                std::string out(v2_preface());
+                out += encode_v2_frame(kV2ClientHello, hello);
+                out += codec.encode(login);
+                ctl->write_all(out.data(), out.size(), opt_.login_timeout);
+                V2Frame f = read_v2_frame(*ctl, opt_.login_timeout);
+                if (f.type != kV2ServerHello) {
+                    fail("login: expected a v2 ServerHello, got frame type " +
+                         std::to_string(f.type));
+                    return Outcome::lost;
+                }
+                auto checked = check_server_hello(ch, decode_server_hello(f.payload));
+                if (auto* why = std::get_if<std::string>(&checked)) {
+                    fail(*why);
+                    return Outcome::refused;
+                }
+                crypto =
+                    V2Crypto{std::get<AeadAlgorithm>(checked), transcript_hash(hello, f.payload)};
+            } else {
+                codec.write(*ctl, login, opt_.login_timeout);
+            }
+            Message m = codec.read(*ctl, opt_.login_timeout);
             auto* resp = std::get_if<LoginResp>(&m);
             if (!resp) {
                 fail(std::string("login: expected LoginResp, got ") + name_of(m));
@@ -415,20 +470,31 @@ class Client {
                 cv_.notify_all();
             }
             logged_in = true;
-            log("logged in to " + opt_.server.to_string() + " as " + resp->run_id);
+            log("logged in to " + opt_.server.to_string() + " as " + resp->run_id + " (wire " +
+                to_string(codec.wire) +
+                (crypto ? std::string(" ") + to_string(crypto->algorithm) : std::string()) + ")");
         } catch (const std::exception& e) {
             if (stopping()) return Outcome::stopped;
             fail(std::string("login: ") + e.what());
             return Outcome::lost;
         }
-        return control(ctl, mux, pooled);
+        return control(ctl, mux, pooled, codec, crypto);
     }
 
     Outcome control(const StreamPtr& raw, const std::shared_ptr<MuxSession>& mux,
-                    const std::shared_ptr<detail::StreamRegistry>& pooled) {
-        CryptoStream ctl(raw, key_);
+                    const std::shared_ptr<detail::StreamRegistry>& pooled, const Codec& codec,
+                    const std::optional<V2Crypto>& crypto) {
         std::string run_id = this->run_id();
         try {
+            StreamPtr encrypted;
+            if (crypto)
+                encrypted = std::make_shared<AeadStream>(
+                    raw, crypto->algorithm,
+                    crypto->key(opt_.token, AeadDirection::client_to_server),
+                    crypto->key(opt_.token, AeadDirection::server_to_client));
+            else
+                encrypted = std::make_shared<CryptoStream>(raw, key_);
+            p2prc::detail::Stream& ctl = *encrypted;
             for (const auto& [name, spec] : specs_) {
                 NewProxy np;
                 np.proxy_name = name;
@@ -436,9 +502,9 @@ class Client {
                 np.use_encryption = spec.use_encryption;
                 np.use_compression = spec.use_compression;
                 np.remote_port = spec.remote_port;
-                write_msg(ctl, np, Millis(10000));
+                codec.write(ctl, np, Millis(10000));
             }
-            detail::MsgReader reader(ctl);
+            detail::MsgReader reader(ctl, codec);
             auto last_pong = Clock::now();
             auto next_ping = Clock::now() + opt_.heartbeat_interval;
             bool heartbeat = opt_.heartbeat_interval.count() > 0;
@@ -447,7 +513,7 @@ class Client {
                 auto m = reader.next(Millis(200));
                 auto now = Clock::now();
                 if (heartbeat && now >= next_ping) {
-                    write_msg(ctl, Ping{}, Millis(10000));
+                    codec.write(ctl, Ping{}, Millis(10000));
                     next_ping = now + opt_.heartbeat_interval;
                 }
                 if (check_pong && now - last_pong > opt_.heartbeat_timeout) {
@@ -458,8 +524,8 @@ class Client {
                 if (!m) continue;
                 if (std::holds_alternative<ReqWorkConn>(*m)) {
                     std::weak_ptr<MuxSession> weak_mux = mux;
-                    bool ok = tasks_.spawn([this, weak_mux, pooled, run_id] {
-                        work_connection(weak_mux, pooled, run_id);
+                    bool ok = tasks_.spawn([this, weak_mux, pooled, run_id, codec] {
+                        work_connection(weak_mux, pooled, run_id, codec);
                     });
                     if (!ok) log("work connection refused: too many live connections");
                 } else if (auto* r = std::get_if<NewProxyResp>(&*m)) {
@@ -505,7 +571,8 @@ class Client {
     // Answers one ReqWorkConn: opens a work connection, waits for StartWorkConn, pipes it
     // to a new connection to the proxy's local service.
     void work_connection(std::weak_ptr<MuxSession> weak_mux,
-                         std::shared_ptr<detail::StreamRegistry> pooled, std::string run_id) {
+                         std::shared_ptr<detail::StreamRegistry> pooled, std::string run_id,
+                         Codec codec) {
         StreamPtr w;
         try {
             if (opt_.tcp_mux) {
@@ -531,10 +598,13 @@ class Client {
             try {
                 NewWorkConn nwc;
                 nwc.run_id = run_id;
-                write_msg(*w, nwc, Millis(10000));
+                std::string out;
+                if (codec.wire == WireProtocol::v2) out = std::string(v2_preface());
+                out += codec.encode(nwc);
+                w->write_all(out.data(), out.size(), Millis(10000));
                 // An idle pooled connection waits as long as its login lives (the
                 // registry closes it then); the deadline is only a backstop.
-                Message m = read_msg(*w, Millis(24LL * 3600 * 1000));
+                Message m = codec.read(*w, Millis(24LL * 3600 * 1000));
                 auto* s = std::get_if<StartWorkConn>(&m);
                 if (!s || !s->error.empty()) {
                     w->close();

@@ -6,6 +6,7 @@
 #include "../error.hpp"
 #include "../net.hpp"
 #include "wire.hpp"
+#include "wire_v2.hpp"
 
 #include <algorithm>
 #include <array>
@@ -160,7 +161,8 @@ class StreamRegistry {
 // the first byte of a connection to tell yamux from frp messages, then puts it back).
 class ReplayStream final : public Stream {
   public:
-    ReplayStream(StreamPtr inner, std::string head) : inner_(std::move(inner)), head_(std::move(head)) {}
+    ReplayStream(StreamPtr inner, std::string head)
+        : inner_(std::move(inner)), head_(std::move(head)) {}
     std::size_t read_some(void* buf, std::size_t n, Millis timeout) override {
         if (n == 0) return 0;
         if (pos_ < head_.size()) {
@@ -185,10 +187,11 @@ class ReplayStream final : public Stream {
 };
 
 // Reads messages from a stream that carries nothing but frames (the encrypted control),
-// through a FrameDecoder, so a read that times out mid-frame loses nothing.
+// through an incremental decoder of the connection's codec, so a read that times out
+// mid-frame loses nothing.
 class MsgReader {
   public:
-    explicit MsgReader(Stream& s) : s_(s) {}
+    explicit MsgReader(Stream& s, Codec codec = {}) : s_(s), dec_(codec) {}
 
     // The next message, or nullopt when none completed within `timeout`. Throws
     // errc::io_error at end of stream, and the decoder's errors for bad frames.
@@ -205,7 +208,8 @@ class MsgReader {
                 if (e.code() == errc::timeout) return std::nullopt;
                 throw;
             }
-            if (k == 0) throw error(errc::io_error, s_.describe() + ": the peer closed the control");
+            if (k == 0)
+                throw error(errc::io_error, s_.describe() + ": the peer closed the control");
             dec_.feed(buf_, k);
             if (auto m = dec_.take()) return m;
         }
@@ -213,7 +217,7 @@ class MsgReader {
 
   private:
     Stream& s_;
-    FrameDecoder dec_;
+    MessageDecoder dec_;
     char buf_[4096];
 };
 

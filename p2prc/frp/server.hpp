@@ -3,18 +3,25 @@
 //
 // One port serves everything. Each accepted connection is told apart by its first byte:
 // 0x00 is a yamux header (a tcp_mux client: the connection is a yamux session whose
-// streams are logical connections), an frp message type byte is a plain logical
-// connection (tcp_mux off), 0x17 is frpc's TLS marker (dropped; a TLS handshake
-// follows) and 0x16 a bare TLS ClientHello. Inside TLS the same first-byte test tells
-// yamux from plain. So clients with tcp_mux on or off, with TLS or without, work against
-// the same server without any setting, unlike stock frps.
+// streams are logical connections), an frp message type byte or the 'F' of the v2
+// preface is a plain logical connection (tcp_mux off), 0x17 is frpc's TLS marker
+// (dropped; a TLS handshake follows) and 0x16 a bare TLS ClientHello. Inside TLS the
+// same first-byte test tells yamux from plain. So clients with tcp_mux on or off, with
+// TLS or without, work against the same server without any setting, unlike stock frps.
+//
+// Each logical connection then picks its wire protocol by its first 7 bytes, as frps
+// 0.69+ does: the v2 preface (frp/wire_v2.hpp) makes it v2, anything else is replayed to
+// the v1 reader. A v2 control may start with a ClientHello, answered at once with a
+// ServerHello (or frps's refusal text, then closed).
 //
 // A logical connection's first message decides its role (10 s to send it): Login makes
 // it a control connection, NewWorkConn a pooled work connection of the control with that
-// run_id. After a successful Login both directions of the control are AES-128-CFB
-// streams keyed by the token (frp/crypto.hpp). The server keeps each client's pool of
-// idle work connections filled with ReqWorkConn; a user connecting to a proxy's public
-// port takes one, the server writes StartWorkConn on it and then pipes raw bytes.
+// run_id. After a successful Login both directions of the control are encrypted: v1 with
+// AES-128-CFB keyed by the token (frp/crypto.hpp), v2 with the negotiated AEAD keyed by
+// HKDF(token, transcript) (frp/aead.hpp); a record that fails its tag ends the control.
+// Work connections keep the codec of their own preface. The server keeps each client's
+// pool of idle work connections filled with ReqWorkConn; a user connecting to a proxy's
+// public port takes one, the server writes StartWorkConn on it and then pipes raw bytes.
 //
 // Threads: one accepts, one per logical connection being classified, one per control,
 // one per yamux session, one per proxy listener and two per piped user connection, all
@@ -29,7 +36,9 @@
 #include "pipe.hpp"
 #include "snappy.hpp"
 #include "tls.hpp"
+#include "aead.hpp"
 #include "wire.hpp"
+#include "wire_v2.hpp"
 
 #include <atomic>
 #include <condition_variable>
@@ -92,9 +101,25 @@ struct ServerProxyInfo {
     std::string run_id;
     std::uint16_t port = 0;
     bool use_encryption = false, use_compression = false;
+    WireProtocol wire = WireProtocol::v1;  // of the control that registered it
 };
 
 namespace detail {
+
+// The bytes that opened a logical connection: its codec, the v2 crypto it negotiated (a
+// v2 control only) and its first message.
+struct LogicalStart {
+    StreamPtr stream;
+    Codec codec;
+    std::optional<V2Crypto> crypto;
+    Message first;
+};
+
+// A pooled work connection and the codec its StartWorkConn must use.
+struct PooledWork {
+    StreamPtr stream;
+    Codec codec;
+};
 
 class ServerCore;
 
@@ -130,25 +155,28 @@ struct ServerProxy {
 // A logged-in client: its encrypted control, its proxies and its work-connection pool.
 class ServerControl : public std::enable_shared_from_this<ServerControl> {
   public:
-    ServerControl(ServerCore& core, StreamPtr raw, std::string run_id, std::int64_t pool_count,
-                  bool mux, const CipherKey& key)
+    // `control` is `raw` with the control's encryption on top (v1 CFB or v2 AEAD).
+    ServerControl(ServerCore& core, StreamPtr raw, StreamPtr control, Codec codec,
+                  std::string run_id, std::int64_t pool_count, bool mux)
         : core_(core),
           raw_(std::move(raw)),
-          crypto_(std::make_shared<CryptoStream>(raw_, key)),
+          crypto_(std::move(control)),
+          codec_(codec),
           run_id_(std::move(run_id)),
           pool_count_(pool_count),
           mux_(mux) {}
 
     const std::string& run_id() const { return run_id_; }
     bool mux() const { return mux_; }
-    CryptoStream& control() { return *crypto_; }
+    const Codec& codec() const { return codec_; }
+    Stream& control() { return *crypto_; }
     StreamPtr raw() const { return raw_; }
 
     // Encrypted message on the control; a failure closes the control.
     bool send(const Message& m) {
         std::lock_guard<std::mutex> lk(write_mu_);
         try {
-            write_msg(*crypto_, m, Millis(10000));
+            codec_.write(*crypto_, m, Millis(10000));
             return true;
         } catch (const std::exception&) {
             raw_->close();
@@ -157,10 +185,10 @@ class ServerControl : public std::enable_shared_from_this<ServerControl> {
     }
 
     // Parks an idle work connection; false when the pool is full or the control gone.
-    bool park(StreamPtr w) {
+    bool park(StreamPtr w, Codec codec) {
         std::lock_guard<std::mutex> lk(mu_);
         if (closed_ || std::int64_t(pool_.size()) >= pool_count_ + 10) return false;
-        pool_.push_back(std::move(w));
+        pool_.push_back(PooledWork{std::move(w), codec});
         pool_cv_.notify_one();
         return true;
     }
@@ -169,7 +197,7 @@ class ServerControl : public std::enable_shared_from_this<ServerControl> {
     // within `wait`, or the control is gone). Refills the pool after each take.
     StreamPtr take_work_conn(const StartWorkConn& start, Millis wait) {
         for (std::int64_t attempt = 0; attempt <= pool_count_; ++attempt) {
-            StreamPtr w;
+            PooledWork w;
             {
                 std::unique_lock<std::mutex> lk(mu_);
                 if (closed_) return nullptr;
@@ -186,10 +214,10 @@ class ServerControl : public std::enable_shared_from_this<ServerControl> {
             }
             send(ReqWorkConn{});  // refill, as frps does after every use
             try {
-                write_msg(*w, start, Millis(10000));
-                return w;
+                w.codec.write(*w.stream, start, Millis(10000));
+                return w.stream;
             } catch (const std::exception&) {
-                w->close();  // a stale pooled connection: try the next one
+                w.stream->close();  // a stale pooled connection: try the next one
             }
         }
         return nullptr;
@@ -231,22 +259,23 @@ class ServerControl : public std::enable_shared_from_this<ServerControl> {
         std::lock_guard<std::mutex> lk(mu_);
         std::vector<ServerProxyInfo> out;
         for (auto& [name, p] : proxies_)
-            out.push_back(
-                {name, run_id_, p->port, p->spec.use_encryption, p->spec.use_compression});
+            out.push_back({name, run_id_, p->port, p->spec.use_encryption, p->spec.use_compression,
+                           codec_.wire});
         return out;
     }
 
   private:
     ServerCore& core_;
     StreamPtr raw_;
-    std::shared_ptr<CryptoStream> crypto_;
+    StreamPtr crypto_;
+    Codec codec_;
     std::string run_id_;
     std::int64_t pool_count_;
     bool mux_;
     std::mutex write_mu_;
     std::mutex mu_;
     std::condition_variable pool_cv_;
-    std::deque<StreamPtr> pool_;
+    std::deque<PooledWork> pool_;
     std::map<std::string, std::unique_ptr<ServerProxy>> proxies_;
     bool closed_ = false;
 };
@@ -318,7 +347,7 @@ class ServerCore {
         }
         if (first == 0x00) {
             run_mux_session(s);
-        } else if (first >= 0 && is_known_type(char(first))) {
+        } else if (first >= 0 && (is_known_type(char(first)) || first == kV2Preface[0])) {
             handle_logical(s, false);
         } else {
             tcp->close();
@@ -362,21 +391,67 @@ class ServerCore {
 
     // The first message decides: Login (a control) or NewWorkConn (a pooled work conn).
     void handle_logical(StreamPtr s, bool mux) {
-        Message m;
+        LogicalStart start;
         try {
-            m = read_msg(*s, opt_.login_timeout);
-        } catch (const std::exception&) {
+            start = start_logical(s);
+        } catch (const std::exception& e) {
+            log("connection " + s->describe() + " closed before its first message: " + e.what());
             s->close();
             return;
         }
-        if (auto* login = std::get_if<Login>(&m)) {
-            run_control(s, std::move(*login), mux);
-        } else if (auto* nwc = std::get_if<NewWorkConn>(&m)) {
+        if (auto* login = std::get_if<Login>(&start.first)) {
+            run_control(start, std::move(*login), mux);
+        } else if (auto* nwc = std::get_if<NewWorkConn>(&start.first)) {
             auto ctl = find_control(nwc->run_id);
-            if (!ctl || !ctl->park(s)) s->close();
+            if (!ctl || !ctl->park(start.stream, start.codec)) start.stream->close();
         } else {
-            s->close();
+            log("connection " + s->describe() + " closed: its first message is " +
+                name_of(start.first) + ", not Login or NewWorkConn");
+            start.stream->close();
         }
+    }
+
+    // The preface (7 bytes: v2, else replayed to the v1 reader), a v2 ClientHello if one
+    // comes, and the first message, all within login_timeout (frps: 10 s). Throws with
+    // the reason on anything malformed; a refused ClientHello is answered first.
+    LogicalStart start_logical(const StreamPtr& s) {
+        auto deadline = p2prc::detail::deadline_after(opt_.login_timeout);
+        auto left = [&] {
+            auto l = std::chrono::duration_cast<Millis>(deadline - Clock::now());
+            return l.count() > 0 ? l : Millis(0);
+        };
+        LogicalStart out;
+        char head[kV2PrefaceSize];
+        s->read_exact(head, sizeof head, left());
+        if (std::string_view(head, sizeof head) != v2_preface()) {
+            out.stream = std::make_shared<ReplayStream>(s, std::string(head, sizeof head));
+            out.first = read_msg(*out.stream, left());
+            return out;
+        }
+        out.stream = s;
+        out.codec.wire = WireProtocol::v2;
+        V2Opening v2 = accept_v2_opening(*s, left());
+        if (!v2.refused.empty()) {
+            linger_close(*s);  // the refusal was sent: a moment for the client to read it
+            throw error(errc::protocol_error, "v2 ClientHello refused: " + v2.refused);
+        }
+        out.crypto = v2.crypto;
+        out.first = std::move(v2.first);
+        return out;
+    }
+
+    // Ends a connection after a last answer: half-close, a moment for the client to read
+    // it (what it sent meanwhile is drained, so the close does not reset the answer away).
+    static void linger_close(Stream& s) {
+        try {
+            s.shutdown_write();
+            char sink[256];
+            auto until = p2prc::detail::deadline_after(Millis(1000));
+            while (Clock::now() < until && s.read_some(sink, sizeof sink, Millis(200)) > 0) {
+            }
+        } catch (const std::exception&) {
+        }
+        s.close();
     }
 
     // ---- controls -------------------------------------------------------------------
@@ -407,15 +482,28 @@ class ServerCore {
         return {};
     }
 
-    void run_control(StreamPtr raw, Login login, bool mux) {
+    void run_control(const LogicalStart& start, Login login, bool mux) {
+        const StreamPtr& raw = start.stream;
+        const Codec codec = start.codec;
         std::string run_id = login.run_id.empty() ? new_run_id() : login.run_id;
-        std::string why = check_login(login);
+        // frps checks the negotiation before the token (its control needs the keys first).
+        std::string why = codec.wire == WireProtocol::v2 && !start.crypto
+                              ? "missing v2 crypto negotiation"
+                              : check_login(login);
         if (why.empty() && run_id.size() > 64) why = "run_id is too long (at most 64 characters)";
         std::shared_ptr<ServerControl> ctl;
         if (why.empty()) {
             std::int64_t pool =
                 std::min(std::max<std::int64_t>(login.pool_count, 0), opt_.max_pool_count);
-            ctl = std::make_shared<ServerControl>(*this, raw, run_id, pool, mux, key_);
+            StreamPtr control;
+            if (codec.wire == WireProtocol::v2)
+                control = std::make_shared<AeadStream>(
+                    raw, start.crypto->algorithm,
+                    start.crypto->key(opt_.token, AeadDirection::server_to_client),
+                    start.crypto->key(opt_.token, AeadDirection::client_to_server));
+            else
+                control = std::make_shared<CryptoStream>(raw, key_);
+            ctl = std::make_shared<ServerControl>(*this, raw, control, codec, run_id, pool, mux);
             std::shared_ptr<ServerControl> old;
             {
                 std::lock_guard<std::mutex> lk(mu_);
@@ -445,18 +533,15 @@ class ServerCore {
                 LoginResp resp;
                 resp.version = kProtocolVersion;
                 resp.error = why;
-                write_msg(*raw, resp, Millis(5000));
-                raw->shutdown_write();
-                // Give the client a moment to read the answer before the close.
-                char sink[64];
-                raw->read_some(sink, sizeof sink, Millis(1000));
+                codec.write(*raw, resp, Millis(5000));
             } catch (const std::exception&) {
             }
-            raw->close();
+            linger_close(*raw);
             return;
         }
         log("client " + run_id + " logged in from " + raw->describe() +
-            (mux ? " (tcp_mux)" : " (no tcp_mux)"));
+            (mux ? " (tcp_mux" : " (no tcp_mux") + ", wire " + to_string(codec.wire) +
+            (start.crypto ? std::string(" ") + to_string(start.crypto->algorithm) : "") + ")");
         serve_control(ctl, login);
         ctl->shutdown();
         {
@@ -473,7 +558,7 @@ class ServerCore {
             LoginResp resp;
             resp.version = kProtocolVersion;
             resp.run_id = ctl->run_id();
-            write_msg(*ctl->raw(), resp, Millis(10000));
+            ctl->codec().write(*ctl->raw(), resp, Millis(10000));
         } catch (const std::exception&) {
             return;
         }
@@ -481,7 +566,7 @@ class ServerCore {
             std::min(std::max<std::int64_t>(login.pool_count, 0), opt_.max_pool_count);
         for (std::int64_t i = 0; i < pool; ++i)
             if (!ctl->send(ReqWorkConn{})) return;
-        MsgReader reader(ctl->control());
+        MsgReader reader(ctl->control(), ctl->codec());
         auto last_ping = Clock::now();
         bool heartbeat = !ctl->mux() && opt_.heartbeat_timeout.count() > 0;
         while (!stopping_.load() && !ctl->closed()) {
@@ -690,7 +775,7 @@ class ServerCore {
 
 inline void ServerControl::shutdown() {
     std::map<std::string, std::unique_ptr<ServerProxy>> proxies;
-    std::deque<StreamPtr> pool;
+    std::deque<PooledWork> pool;
     {
         std::lock_guard<std::mutex> lk(mu_);
         if (closed_) return;
@@ -700,7 +785,7 @@ inline void ServerControl::shutdown() {
         pool_cv_.notify_all();
     }
     raw_->close();
-    for (auto& w : pool) w->close();
+    for (auto& w : pool) w.stream->close();
     for (auto& [name, p] : proxies) {
         p->close();
         core_.release(name, p->port);

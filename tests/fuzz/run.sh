@@ -35,7 +35,8 @@ cmake --build "$bin" -j 2 >"$bin/build.log" 2>&1 || { tail -n 40 "$bin/build.log
 
 status=0
 # target:seconds (the snappy decoder is optional machinery: half the time)
-for entry in "fuzz_frame_decoder:$secs" "fuzz_yamux_parser:$secs" "fuzz_snappy_decoder:$(( (secs + 1) / 2 ))"; do
+for entry in "fuzz_frame_decoder:$secs" "fuzz_yamux_parser:$secs" "fuzz_snappy_decoder:$(( (secs + 1) / 2 ))" \
+             "fuzz_v2_frame_decoder:$secs" "fuzz_v2_handshake:$secs"; do
     t=${entry%%:*}
     tsecs=${entry##*:}
     corpus="$bin/corpus-$t"
