@@ -14,6 +14,7 @@
 #include "error.hpp"
 #include "frp/client.hpp"
 #include "frp/server.hpp"
+#include "identity.hpp"
 #include "probe.hpp"
 
 #include <httplib.h>
@@ -111,6 +112,28 @@ inline std::string answer_error(const HttpCall& c) {
     std::string s;
     for (char ch : c.body.substr(0, 120)) s += (ch >= 32 && ch < 127) ? ch : '?';
     return s;
+}
+
+// Asks the server at `at` to prove it holds the key of identity `expected` (GET /whoami with
+// a fresh nonce; see identity.hpp). nullopt when it does; else why not.
+inline std::optional<std::string> whoami_refutes(const Endpoint& at, const std::string& expected,
+                                                 std::chrono::milliseconds timeout) {
+    const std::string nonce = random_nonce(16);
+    auto call = http_call(at, "GET", "/whoami?nonce=" + nonce, {}, "", timeout);
+    if (!call.answered) return call.reason;
+    auto j = nlohmann::json::parse(call.body, nullptr, false);
+    if (call.status != 200 || !j.is_object() || !j.contains("identity") || !j["identity"].is_string())
+        return "GET /whoami at " + at.to_string() + " answered HTTP " + std::to_string(call.status) +
+               " without an identity";
+    const std::string id = j["identity"].get<std::string>();
+    if (id != expected)
+        return "another node answers there (identity " + short_identity(id) + ", expected " + short_identity(expected) +
+               ")";
+    if (!j.contains("signature") || !j["signature"].is_string() ||
+        !verify_signature_hex(expected, whoami_message(nonce), j["signature"].get<std::string>()))
+        return "the server at " + at.to_string() + " claims identity " + short_identity(id) +
+               " but does not prove it (no valid signature of the nonce)";
+    return std::nullopt;
 }
 
 }  // namespace detail
@@ -299,6 +322,9 @@ struct RelayCandidate {
     std::string name;
     Endpoint http;
     double latency_ms = 0;
+    // Its identity, when the table knows it: the relay must prove it (GET /whoami) before
+    // it is used, so an address that now leads to somebody else is not trusted.
+    std::string identity;
 };
 
 // Whether moving from a relay at `current_ms` to one at `candidate_ms` is worth breaking a
@@ -365,6 +391,10 @@ struct ExposeOptions {
     // Called on the tunnel's own thread after every change of relay (not for the first).
     // It must not stop or unexpose this tunnel (the thread would wait for itself).
     std::function<void(const Exposure&)> on_change;
+    // Checks every relay after the first (failover, move) once its tunnel runs, before it
+    // replaces the old one: a reason refuses that relay. (The first one is the caller's to
+    // check: start() returns it.) Runs on the tunnel's own thread.
+    std::function<std::optional<std::string>(const Exposure&)> verify_change;
     std::function<void(const std::string&)> log;
 };
 
@@ -399,7 +429,7 @@ class RelayTunnel {
             started_ = true;
         }
         std::string why;
-        auto up = establish({}, &why);
+        auto up = establish({}, &why, false);
         if (!up && stopping())
             throw error(errc::state_error, "expose " + local_.to_string() + ": stopped while choosing a relay");
         if (!up) throw error(errc::io_error, "cannot expose " + local_.to_string() + ": " + why);
@@ -468,7 +498,7 @@ class RelayTunnel {
     }
 
     // Tries the ranked candidates (minus `exclude` and the relays cooling down) in order.
-    std::optional<Up> establish(std::vector<Endpoint> exclude, std::string* why) {
+    std::optional<Up> establish(std::vector<Endpoint> exclude, std::string* why, bool later) {
         const std::size_t lost = exclude.size();
         const auto cool = cooling(Clock::now());
         for (const auto& e : cool)
@@ -495,7 +525,7 @@ class RelayTunnel {
         for (const auto& c : ranked) {
             if (attempts++ >= opt_.max_attempts || stopping()) break;
             std::string reason;
-            if (auto up = try_relay(c, &reason)) return up;
+            if (auto up = try_relay(c, &reason, later)) return up;
             log("relay " + c.http.to_string() + " failed: " + reason);
             {
                 std::lock_guard<std::mutex> lock(mu_);
@@ -507,8 +537,15 @@ class RelayTunnel {
         return std::nullopt;
     }
 
-    std::optional<Up> try_relay(const RelayCandidate& c, std::string* why) {
+    std::optional<Up> try_relay(const RelayCandidate& c, std::string* why, bool later) {
         const auto deadline = Clock::now() + opt_.attempt_timeout;
+        if (!c.identity.empty()) {
+            if (auto bad = detail::whoami_refutes(c.http, c.identity,
+                                                  std::min(opt_.attempt_timeout, std::chrono::milliseconds(5000)))) {
+                *why = "not the relay the table lists: " + *bad;
+                return std::nullopt;
+            }
+        }
         auto port = request_relay_port(c.http, token_, std::min(opt_.attempt_timeout, std::chrono::milliseconds(5000)), why);
         if (!port) return std::nullopt;
         frp::ClientOptions co;
@@ -554,6 +591,19 @@ class RelayTunnel {
         up.exposure.relay_name = c.name;
         up.exposure.relay_latency_ms = c.latency_ms;
         up.exposure.relay_port = *port;
+        if (later && opt_.verify_change) {
+            std::optional<std::string> bad;
+            try {
+                bad = opt_.verify_change(up.exposure);
+            } catch (const std::exception& e) {
+                bad = std::string("cannot check it: ") + e.what();
+            }
+            if (bad) {
+                *why = "the endpoint it gave (" + st.public_endpoint.to_string() + ") failed the check: " + *bad;
+                client->stop();
+                return std::nullopt;
+            }
+        }
         up.client = std::move(client);
         return up;
     }
@@ -625,7 +675,7 @@ class RelayTunnel {
                     failed_[cur.relay] = now;
                 }
                 std::string why;
-                if (auto up = establish({cur.relay}, &why)) {
+                if (auto up = establish({cur.relay}, &why, true)) {
                     replace(std::move(*up));
                     down = false;
                     next_eval = Clock::now() + opt_.reevaluate_interval;
@@ -665,7 +715,7 @@ class RelayTunnel {
         log("relay " + best.http.to_string() + " (" + std::to_string(best.latency_ms) + " ms) is clearly nearer than " +
             cur.relay.to_string() + " (" + std::to_string(*here) + " ms); moving");
         std::string why;
-        if (auto up = try_relay(best, &why)) {
+        if (auto up = try_relay(best, &why, true)) {
             replace(std::move(*up));
             return;
         }
