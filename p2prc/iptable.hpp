@@ -494,6 +494,36 @@ public:
         return before - peers_.size();
     }
 
+    // Removes the node itself, named by its identity: the entries with `own_identity`, and
+    // entries without identity reachable under one of `own` (as remove_self(own) does). An entry
+    // of another identity is another server, even at an endpoint the node also has (two
+    // LANs, one private address): it only loses that endpoint (and goes when none is left).
+    std::size_t remove_self(const std::vector<Endpoint>& own, std::string_view own_identity) {
+        std::unordered_map<Endpoint, bool> mine;
+        for (const auto& e : own) mine[e] = true;
+        return remove_if([&](Peer& p) {
+            if (!own_identity.empty() && p.identity == own_identity) return true;
+            if (p.identity.empty()) {
+                bool self = false;
+                p.for_each_endpoint([&](const Endpoint& e) { self = self || mine.count(e) > 0; });
+                return self;
+            }
+            std::vector<Endpoint> keep;
+            for (const auto& e : p.endpoints())
+                if (!mine.count(e)) keep.push_back(e);
+            if (keep.empty()) return true;
+            if (keep.size() != p.endpoints().size()) {
+                p.alt_endpoints.clear();
+                p.ipv4.reset();
+                p.ipv6.reset();
+                (keep.front().address.is_v4() ? p.ipv4 : p.ipv6) = keep.front().address;
+                p.server_port = keep.front().port;
+                for (std::size_t i = 1; i < keep.size(); ++i) p.add_alt(keep[i]);
+            }
+            return false;
+        });
+    }
+
     // Removes the entries of the server with this identity (the node itself).
     std::size_t remove_identity(std::string_view id) {
         if (id.empty()) return 0;

@@ -487,16 +487,15 @@ public:
                     own->signed_entry->identity == r.identity)
                     answered = *own;
                 answered.alt_endpoints.clear();
-                if (!r.identity.empty() && answered.identity != r.identity) {
-                    answered = Peer();
+                if (!r.identity.empty()) {
+                    if (!answered.identity.empty() && answered.identity != r.identity) answered = Peer();
                     answered.identity = r.identity;
                 }
                 if (answered.signed_entry) {
-                    // Known with a newer word: this one is kept out (the table keeps the newer).
+                    // A forged word, or one older than the table's, is not taken.
                     IpTable one(std::vector<Peer>{answered});
-                    auto check = check_signatures(one, table());
+                    check_signatures(one, table());
                     if (one.empty()) answered.signed_entry.reset();
-                    (void)check;
                     if (answered.signed_entry) {
                         answered.name = answered.signed_entry->name;
                         answered.nat = answered.signed_entry->nat;
@@ -530,7 +529,7 @@ public:
     RefreshReport update(const std::function<void(std::size_t, std::size_t)>& progress = {},
                          bool measure_throughput = false) {
         IpTable snapshot = table();
-        snapshot.remove_self(own_endpoints());
+        snapshot.remove_self(own_endpoints(), identity_.id());
         RefreshOptions ro;
         ro.concurrency = config_.limits.probe_concurrency;
         ro.latency.connect_timeout = std::min(detail::ms(config_.limits.probe_timeout_ms), std::chrono::milliseconds(2000));
@@ -553,8 +552,7 @@ public:
         out.signatures = check_signatures(incoming, current);
         out.filter = filter_learned(incoming, effective_sender(sender), scope_policy(config_),
                                     config_.limits.max_entries);
-        incoming.remove_self(own_endpoints());
-        incoming.remove_identity(identity_.id());
+        incoming.remove_self(own_endpoints(), identity_.id());
         incoming.dedupe();
         std::unordered_set<Endpoint> known;
         std::unordered_map<std::string, std::uint64_t> known_seq;
@@ -665,7 +663,7 @@ public:
     // figures (nothing is probed): measured, not behind NAT themselves, not this node.
     std::vector<RelayCandidate> listed_relays(const std::vector<Endpoint>& exclude = {}) const {
         IpTable t = table();
-        t.remove_self(own_endpoints());
+        t.remove_self(own_endpoints(), identity_.id());
         std::unordered_set<Endpoint> skip(exclude.begin(), exclude.end());
         std::vector<RelayCandidate> listed;
         for (const auto& p : t.peers()) {
@@ -807,7 +805,7 @@ public:
         }
         if (config_.behind_nat == BehindNat::automatic) {
             IpTable t = table();
-            t.remove_self(own_endpoints());
+            t.remove_self(own_endpoints(), identity_.id());
             std::vector<Peer> peers;
             for (const auto& p : t.peers())
                 if (!p.nat && p.endpoint()) peers.push_back(p);
@@ -933,8 +931,7 @@ private:
             [&](IpTable& t) {
                 change(t);
                 t.dedupe();
-                t.remove_self(own);
-                t.remove_identity(identity_.id());
+                t.remove_self(own, identity_.id());
             },
             config_.table_format, std::chrono::seconds(30));
     }
@@ -1004,6 +1001,7 @@ private:
             ro.login_timeout = std::chrono::seconds(config_.relay.login_timeout_s);
             ro.idle_timeout = std::chrono::seconds(config_.relay.idle_timeout_s);
             ro.token = config_.token;
+            ro.tls_key_pem = identity_.private_pem();
             ro.per_requester = config_.relay.per_address;
             relays_ = std::make_shared<RelayPool>(ro);
         }

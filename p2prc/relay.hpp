@@ -149,6 +149,9 @@ struct RelayPoolOptions {
     // keeps its relay: frp's heartbeats flow while the tunnel waits for users.)
     std::chrono::milliseconds idle_timeout{300000};
     std::string token;  // required at frp login; empty: frp's default (no secret)
+    // The relays' TLS certificates are made for this private key (PEM; a node gives its
+    // identity key), so a client that knows the node's identity verifies the relay.
+    std::string tls_key_pem;
     // Bounds for each relay: it serves one node behind NAT, not a crowd.
     std::size_t max_clients_per_relay = 4;
     // Public ports one client may open on a relay: each is a listener and a thread here,
@@ -204,6 +207,7 @@ class RelayPool {
         frp::ServerOptions so;
         so.bind = Endpoint{opt_.bind, 0};
         so.token = opt_.token;
+        so.tls_key_pem = opt_.tls_key_pem;
         so.max_clients = opt_.max_clients_per_relay;
         so.max_proxies_per_client = opt_.max_proxies_per_client;
         so.max_connections = opt_.max_connections_per_relay;
@@ -552,6 +556,12 @@ class RelayTunnel {
         co.server = Endpoint{c.http.address, *port};
         co.token = token_;
         co.tcp_mux = opt_.tcp_mux;
+        if (auto key = parse_identity(c.identity)) {
+            // A p2prc relay whose identity the table knows: TLS to it, its certificate
+            // checked against that identity (a stock frps has none, and stays unverified).
+            co.tls = true;
+            co.tls_expected_key.assign(reinterpret_cast<const char*>(key->data()), key->size());
+        }
         co.dial_timeout = co.login_timeout = std::min(opt_.attempt_timeout, std::chrono::milliseconds(5000));
         co.heartbeat_interval = co.mux_keepalive_interval = opt_.keepalive_interval;
         co.mux_ping_timeout = opt_.keepalive_timeout;
