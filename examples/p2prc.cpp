@@ -199,8 +199,8 @@ void print_table(const p2prc::IpTable& table, bool colour) {
         rows.push_back(r);
     }
     Row head{"NAME", "IDENTITY", "ADDRESS", "LATENCY", "DOWN Mbit/s", "UP Mbit/s", "NAT", ""};
-    std::size_t w[6] = {head.name.size(), head.address.size(), head.latency.size(), head.down.size(), head.up.size(),
-                        head.id.size()};
+    std::size_t w[6] = {head.name.size(), head.address.size(), head.latency.size(),
+                        head.down.size(), head.up.size(),      head.id.size()};
     for (const auto& r : rows) {
         w[5] = std::max(w[5], r.id.size());
         w[0] = std::max(w[0], r.name.size());
@@ -215,7 +215,8 @@ void print_table(const p2prc::IpTable& table, bool colour) {
             std::string fill(n > s.size() ? n - s.size() : 0, ' ');
             return right ? fill + s : s + fill;
         };
-        o << pad(r.name, w[0], false) << "  " << pad(r.id, w[5], false) << "  " << pad(r.address, w[1], false) << "  ";
+        o << pad(r.name, w[0], false) << "  " << pad(r.id, w[5], false) << "  "
+          << pad(r.address, w[1], false) << "  ";
         o << (c ? c : "") << pad(r.latency, w[2], true) << (c ? "\033[0m" : "") << "  ";
         o << pad(r.down, w[3], true) << "  " << pad(r.up, w[4], true) << "  " << r.nat;
         std::cout << o.str() << "\n";
@@ -480,8 +481,14 @@ int run(const Cli& cli) {
         want_args(0, 0);
         const std::string path = config.identity_key_path();
         auto id = p2prc::Identity::load_or_create(path);
-        if (cli.json) std::cout << nlohmann::json{{"identity", id.id()}, {"short", id.short_id()}, {"key_file", path}}.dump() << "\n";
-        else std::cout << id.id() << "\n";
+        if (cli.json)
+            std::cout << nlohmann::json{{"identity", id.id()},
+                                        {"short", id.short_id()},
+                                        {"key_file", path}}
+                             .dump()
+                      << "\n";
+        else
+            std::cout << id.id() << "\n";
         return 0;
     }
     if (cmd == "add") {

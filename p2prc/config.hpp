@@ -202,7 +202,8 @@ public:
     std::string identity_key_path() const {
         if (!identity_key.empty()) return identity_key;
         const std::string ext = ".json";
-        if (iptable.size() > ext.size() && iptable.compare(iptable.size() - ext.size(), ext.size(), ext) == 0)
+        if (iptable.size() > ext.size() &&
+            iptable.compare(iptable.size() - ext.size(), ext.size(), ext) == 0)
             return iptable.substr(0, iptable.size() - ext.size()) + ".key";
         return iptable + ".key";
     }
@@ -366,8 +367,8 @@ inline const std::vector<ConfigKey>& config_keys() {
         }
         v.push_back(string_key(
             "identity_key", "--identity-key", "PATH",
-            "the node's Ed25519 key file (made at first start, mode 0600; \"\": beside the table)", 4096, true,
-            [](auto& c) -> auto& { return c.identity_key; }));
+            "the node's Ed25519 key file (made at first start, mode 0600; \"\": beside the table)",
+            4096, true, [](auto& c) -> auto& { return c.identity_key; }));
         {
             ConfigKey k;
             k.key = "bind";

@@ -157,10 +157,10 @@ inline LearnReport filter_learned(IpTable& incoming, const IpAddress& sender,
 // ---- Signed entries ---------------------------------------------------------------------
 
 struct SignatureReport {
-    std::size_t verified = 0;         // entries with a good signature, taken
-    std::size_t forged = 0;           // bad signature, or an identity other than the signed one
-    std::size_t replayed = 0;         // a good signature, older than what the table holds
-    std::size_t unsigned_claims = 0;  // no signature, an identity the table knows signed
+    std::size_t verified = 0;          // entries with a good signature, taken
+    std::size_t forged = 0;            // bad signature, or an identity other than the signed one
+    std::size_t replayed = 0;          // a good signature, older than what the table holds
+    std::size_t unsigned_claims = 0;   // no signature, an identity the table knows signed
     std::vector<std::string> reasons;  // the first few refusals, for logs and callers
 
     static constexpr std::size_t max_reasons = 16;
@@ -199,20 +199,23 @@ inline SignatureReport check_signatures(IpTable& incoming, const IpTable& curren
         if (p.signed_entry) {
             const SignedEntry& s = *p.signed_entry;
             if (!s.verify()) {
-                refuse(i, p, report.forged, "forged: the signature does not verify for identity " +
-                                                short_identity(s.identity));
+                refuse(i, p, report.forged,
+                       "forged: the signature does not verify for identity " +
+                           short_identity(s.identity));
                 continue;
             }
             if (!p.identity.empty() && p.identity != s.identity) {
-                refuse(i, p, report.forged, "forged: the entry names identity " + short_identity(p.identity) +
-                                                " but is signed by " + short_identity(s.identity));
+                refuse(i, p, report.forged,
+                       "forged: the entry names identity " + short_identity(p.identity) +
+                           " but is signed by " + short_identity(s.identity));
                 continue;
             }
             auto known = known_seq.find(s.identity);
             if (known != known_seq.end() && s.seq < known->second) {
-                refuse(i, p, report.replayed, "replayed: sequence " + std::to_string(s.seq) + " of " +
-                                                  short_identity(s.identity) + " is older than the known " +
-                                                  std::to_string(known->second));
+                refuse(i, p, report.replayed,
+                       "replayed: sequence " + std::to_string(s.seq) + " of " +
+                           short_identity(s.identity) + " is older than the known " +
+                           std::to_string(known->second));
                 continue;
             }
             p.identity = s.identity;
@@ -222,8 +225,9 @@ inline SignatureReport check_signatures(IpTable& incoming, const IpTable& curren
             for (const auto& e : s.endpoints) p.add_alt(e);
             ++report.verified;
         } else if (!p.identity.empty() && known_seq.count(p.identity)) {
-            refuse(i, p, report.unsigned_claims, "unsigned entry claims identity " + short_identity(p.identity) +
-                                                     ", which the table holds a signed entry for");
+            refuse(i, p, report.unsigned_claims,
+                   "unsigned entry claims identity " + short_identity(p.identity) +
+                       ", which the table holds a signed entry for");
             continue;
         }
         kept.push_back(std::move(p));

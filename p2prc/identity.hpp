@@ -69,9 +69,12 @@ inline bool base32_decode(std::string_view text, std::uint8_t* out, std::size_t 
     std::size_t o = 0;
     for (char c : text) {
         int v = -1;
-        if (c >= 'a' && c <= 'z') v = c - 'a';
-        else if (c >= 'A' && c <= 'Z') v = c - 'A';
-        else if (c >= '2' && c <= '7') v = 26 + (c - '2');
+        if (c >= 'a' && c <= 'z')
+            v = c - 'a';
+        else if (c >= 'A' && c <= 'Z')
+            v = c - 'A';
+        else if (c >= '2' && c <= '7')
+            v = 26 + (c - '2');
         if (v < 0) return false;
         buffer = (buffer << 5) | std::uint32_t(v);
         bits += 5;
@@ -154,7 +157,8 @@ inline std::optional<std::string> read_small_file(const std::string& path, std::
         out.append(buf, std::size_t(n));
         if (out.size() > max_bytes) {
             ::close(fd);
-            throw error(errc::parse_error, what + " " + path + ": larger than " + std::to_string(max_bytes) +
+            throw error(errc::parse_error, what + " " + path + ": larger than " +
+                                               std::to_string(max_bytes) +
                                                " bytes: not a key file");
         }
     }
@@ -170,13 +174,15 @@ inline bool create_private_file(const std::string& path, const std::string& data
     std::string tmpl = path + ".tmp.XXXXXX";
     int fd = ::mkstemp(tmpl.data());  // mode 0600
     if (fd < 0)
-        throw error(errc::io_error, "identity key file " + path + ": cannot create a temporary file: " +
-                                        std::strerror(errno));
+        throw error(errc::io_error,
+                    "identity key file " + path +
+                        ": cannot create a temporary file: " + std::strerror(errno));
     auto fail = [&](const char* what) {
         int e = errno;
         ::close(fd);
         ::unlink(tmpl.c_str());
-        throw error(errc::io_error, "identity key file " + path + ": " + what + ": " + std::strerror(e));
+        throw error(errc::io_error,
+                    "identity key file " + path + ": " + what + ": " + std::strerror(e));
     };
     if (::fchmod(fd, 0600) != 0) fail("cannot set mode 0600");
     std::size_t done = 0;
@@ -193,7 +199,8 @@ inline bool create_private_file(const std::string& path, const std::string& data
     ::unlink(tmpl.c_str());
     if (linked != 0) {
         if (e == EEXIST) return false;
-        throw error(errc::io_error, "identity key file " + path + ": cannot create: " + std::strerror(e));
+        throw error(errc::io_error,
+                    "identity key file " + path + ": cannot create: " + std::strerror(e));
     }
     return true;
 }
@@ -212,34 +219,40 @@ inline bool is_identity(std::string_view text) {
 }
 
 // The short form shown in tables and logs.
-inline std::string short_identity(std::string_view id) { return std::string(id.substr(0, 12)); }
-
-// Whether `signature` (64 bytes) signs `message` under the printable identity `id`.
-inline bool verify_signature(std::string_view id, std::string_view message, const std::uint8_t* signature,
-                             std::size_t signature_size) {
-    auto key = parse_identity(id);
-    if (!key || signature_size != 64) return false;
-    detail::PkeyPtr pk(EVP_PKEY_new_raw_public_key(EVP_PKEY_ED25519, nullptr, key->data(), key->size()));
-    if (!pk) return false;
-    std::unique_ptr<EVP_MD_CTX, detail::EvpMdCtxFree> ctx(EVP_MD_CTX_new());
-    if (!ctx || EVP_DigestVerifyInit(ctx.get(), nullptr, nullptr, nullptr, pk.get()) != 1) return false;
-    return EVP_DigestVerify(ctx.get(), signature, signature_size,
-                            reinterpret_cast<const unsigned char*>(message.data()), message.size()) == 1;
+inline std::string short_identity(std::string_view id) {
+    return std::string(id.substr(0, 12));
 }
 
-inline bool verify_signature_hex(std::string_view id, std::string_view message, std::string_view signature_hex) {
+// Whether `signature` (64 bytes) signs `message` under the printable identity `id`.
+inline bool verify_signature(std::string_view id, std::string_view message,
+                             const std::uint8_t* signature, std::size_t signature_size) {
+    auto key = parse_identity(id);
+    if (!key || signature_size != 64) return false;
+    detail::PkeyPtr pk(
+        EVP_PKEY_new_raw_public_key(EVP_PKEY_ED25519, nullptr, key->data(), key->size()));
+    if (!pk) return false;
+    std::unique_ptr<EVP_MD_CTX, detail::EvpMdCtxFree> ctx(EVP_MD_CTX_new());
+    if (!ctx || EVP_DigestVerifyInit(ctx.get(), nullptr, nullptr, nullptr, pk.get()) != 1)
+        return false;
+    return EVP_DigestVerify(ctx.get(), signature, signature_size,
+                            reinterpret_cast<const unsigned char*>(message.data()),
+                            message.size()) == 1;
+}
+
+inline bool verify_signature_hex(std::string_view id, std::string_view message,
+                                 std::string_view signature_hex) {
     auto sig = detail::from_hex(signature_hex);
     return sig && verify_signature(id, message, sig->data(), sig->size());
 }
 
 class Identity {
-public:
+  public:
     static constexpr std::size_t max_key_file_bytes = 16384;
 
     // A fresh key pair (not saved).
     static Identity generate() {
-        std::unique_ptr<EVP_PKEY_CTX, void (*)(EVP_PKEY_CTX*)> ctx(EVP_PKEY_CTX_new_id(EVP_PKEY_ED25519, nullptr),
-                                                                   EVP_PKEY_CTX_free);
+        std::unique_ptr<EVP_PKEY_CTX, void (*)(EVP_PKEY_CTX*)> ctx(
+            EVP_PKEY_CTX_new_id(EVP_PKEY_ED25519, nullptr), EVP_PKEY_CTX_free);
         EVP_PKEY* raw = nullptr;
         if (!ctx || EVP_PKEY_keygen_init(ctx.get()) != 1 || EVP_PKEY_keygen(ctx.get(), &raw) != 1)
             throw error(errc::io_error, "cannot generate an Ed25519 key");
@@ -250,13 +263,17 @@ public:
     // does not exist. A file that exists but is not an Ed25519 private key in PEM is an
     // error naming it (never replaced).
     static Identity load_or_create(const std::string& path) {
-        if (path.empty()) throw error(errc::invalid_argument, "identity key file: the path is empty");
-        if (auto text = detail::read_small_file(path, max_key_file_bytes, "identity key file")) return parse(*text, path);
+        if (path.empty())
+            throw error(errc::invalid_argument, "identity key file: the path is empty");
+        if (auto text = detail::read_small_file(path, max_key_file_bytes, "identity key file"))
+            return parse(*text, path);
         Identity fresh = generate();
         if (detail::create_private_file(path, fresh.private_pem())) return fresh;
         // Another process made it meanwhile: that one is the node's identity.
         auto text = detail::read_small_file(path, max_key_file_bytes, "identity key file");
-        if (!text) throw error(errc::io_error, "identity key file " + path + ": vanished while it was created");
+        if (!text)
+            throw error(errc::io_error,
+                        "identity key file " + path + ": vanished while it was created");
         return parse(*text, path);
     }
 
@@ -264,14 +281,17 @@ public:
     static Identity parse(const std::string& pem, const std::string& origin = "identity key") {
         const std::string where = "identity key file " + origin;
         if (pem.find_first_not_of(" \t\r\n") == std::string::npos)
-            throw error(errc::parse_error, where + ": empty (expected an Ed25519 private key in PEM; "
-                                                   "remove the file to make a new identity)");
+            throw error(errc::parse_error, where +
+                                               ": empty (expected an Ed25519 private key in PEM; "
+                                               "remove the file to make a new identity)");
         std::unique_ptr<BIO, detail::BioFree> bio(BIO_new_mem_buf(pem.data(), int(pem.size())));
         if (!bio) throw error(errc::io_error, where + ": out of memory");
         detail::PkeyPtr k(PEM_read_bio_PrivateKey(bio.get(), nullptr, nullptr, nullptr));
         if (!k)
-            throw error(errc::parse_error, where + ": damaged: not a PEM private key (remove the file only if a "
-                                                   "new identity is wanted: peers will see a different server)");
+            throw error(errc::parse_error,
+                        where +
+                            ": damaged: not a PEM private key (remove the file only if a "
+                            "new identity is wanted: peers will see a different server)");
         if (EVP_PKEY_id(k.get()) != EVP_PKEY_ED25519)
             throw error(errc::parse_error, where + ": the key is not an Ed25519 key");
         return Identity(std::move(k));
@@ -285,7 +305,8 @@ public:
 
     std::string private_pem() const {
         std::unique_ptr<BIO, detail::BioFree> bio(BIO_new(BIO_s_mem()));
-        if (!bio || PEM_write_bio_PrivateKey(bio.get(), key_.get(), nullptr, nullptr, 0, nullptr, nullptr) != 1)
+        if (!bio || PEM_write_bio_PrivateKey(bio.get(), key_.get(), nullptr, nullptr, 0, nullptr,
+                                             nullptr) != 1)
             throw error(errc::io_error, "cannot encode the identity key as PEM");
         char* data = nullptr;
         long n = BIO_get_mem_data(bio.get(), &data);
@@ -298,7 +319,8 @@ public:
         std::size_t len = sig.size();
         std::unique_ptr<EVP_MD_CTX, detail::EvpMdCtxFree> ctx(EVP_MD_CTX_new());
         if (!ctx || EVP_DigestSignInit(ctx.get(), nullptr, nullptr, nullptr, key_.get()) != 1 ||
-            EVP_DigestSign(ctx.get(), sig.data(), &len, reinterpret_cast<const unsigned char*>(message.data()),
+            EVP_DigestSign(ctx.get(), sig.data(), &len,
+                           reinterpret_cast<const unsigned char*>(message.data()),
                            message.size()) != 1 ||
             len != sig.size())
             throw error(errc::io_error, "cannot sign with the identity key");
@@ -309,10 +331,11 @@ public:
         return detail::to_hex(s.data(), s.size());
     }
 
-private:
+  private:
     explicit Identity(detail::PkeyPtr key) : key_(std::move(key)) {
         std::size_t len = public_.size();
-        if (EVP_PKEY_get_raw_public_key(key_.get(), public_.data(), &len) != 1 || len != public_.size())
+        if (EVP_PKEY_get_raw_public_key(key_.get(), public_.data(), &len) != 1 ||
+            len != public_.size())
             throw error(errc::io_error, "cannot read the public half of the identity key");
         id_ = detail::base32_encode(public_.data(), public_.size());
     }
@@ -328,13 +351,16 @@ private:
 // "p2prc-whoami-v1\n" + nonce. Whoever answers holds the key right now: a copied identity
 // string proves nothing, a replayed answer fails on the new nonce.
 
-inline std::string whoami_message(std::string_view nonce) { return "p2prc-whoami-v1\n" + std::string(nonce); }
+inline std::string whoami_message(std::string_view nonce) {
+    return "p2prc-whoami-v1\n" + std::string(nonce);
+}
 
 // A nonce as /whoami accepts it: 16-128 hex digits.
 inline bool valid_nonce(std::string_view nonce) {
     if (nonce.size() < 16 || nonce.size() > 128) return false;
     for (char c : nonce)
-        if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F'))) return false;
+        if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F')))
+            return false;
     return true;
 }
 
@@ -386,8 +412,8 @@ struct SignedEntry {
     bool verify() const { return verify_signature_hex(identity, message(), signature); }
 
     bool same_content(const SignedEntry& o) const {
-        return identity == o.identity && name == o.name && endpoints == o.endpoints && nat == o.nat &&
-               escape_implementation == o.escape_implementation && relay == o.relay;
+        return identity == o.identity && name == o.name && endpoints == o.endpoints &&
+               nat == o.nat && escape_implementation == o.escape_implementation && relay == o.relay;
     }
 };
 

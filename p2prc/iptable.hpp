@@ -236,15 +236,18 @@ inline bool identities_compatible(const Peer& a, const Peer& b) {
 inline void merge_peer(Peer& kept, Peer&& incoming) {
     const bool kept_signed = kept.signed_entry.has_value();
     const bool incoming_newer_word =
-        incoming.signed_entry && (!kept_signed || incoming.signed_entry->seq >= kept.signed_entry->seq);
+        incoming.signed_entry &&
+        (!kept_signed || incoming.signed_entry->seq >= kept.signed_entry->seq);
     const bool take_facts = !kept_signed || incoming_newer_word;
 
     // Endpoints first (before the measurements are merged: they say which side is nearer).
     const bool same_primary = [&] {
         bool any = false;
-        if (incoming.ipv4 && kept.ipv4 && *incoming.ipv4 == *kept.ipv4 && incoming.server_port == kept.server_port)
+        if (incoming.ipv4 && kept.ipv4 && *incoming.ipv4 == *kept.ipv4 &&
+            incoming.server_port == kept.server_port)
             any = true;
-        if (incoming.ipv6 && kept.ipv6 && *incoming.ipv6 == *kept.ipv6 && incoming.server_port == kept.server_port)
+        if (incoming.ipv6 && kept.ipv6 && *incoming.ipv6 == *kept.ipv6 &&
+            incoming.server_port == kept.server_port)
             any = true;
         return any;
     }();
@@ -537,7 +540,9 @@ public:
             if (p.identity == id) return &p;
         return nullptr;
     }
-    const Peer* find_identity(std::string_view id) const { return const_cast<IpTable*>(this)->find_identity(id); }
+    const Peer* find_identity(std::string_view id) const {
+        return const_cast<IpTable*>(this)->find_identity(id);
+    }
 
     // Removes every entry reachable under one of the node's own endpoints.
     std::size_t remove_self(const std::vector<Endpoint>& own) {
@@ -601,8 +606,7 @@ public:
         if (!detail::identities_compatible(a, b)) return false;
         bool shared = false;
         a.for_each_endpoint([&](const Endpoint& e) {
-            if (!shared)
-                b.for_each_endpoint([&](const Endpoint& f) { shared = shared || e == f; });
+            if (!shared) b.for_each_endpoint([&](const Endpoint& f) { shared = shared || e == f; });
         });
         return shared;
     }

@@ -45,8 +45,8 @@ struct LearnOutcome {
                                       // or the node's bound on concurrent checks
     std::vector<Peer> added_peers;    // what was added
     SignatureReport signatures;       // signed entries: verified, forged, replayed, unsigned claims
-    std::size_t wrong_identity = 0;   // addresses dropped: another identity (or none) answered there
-    std::size_t updated = 0;          // known servers whose newer signed entry was taken
+    std::size_t wrong_identity = 0;  // addresses dropped: another identity (or none) answered there
+    std::size_t updated = 0;         // known servers whose newer signed entry was taken
 };
 
 struct DiscoverReport {
@@ -238,7 +238,8 @@ public:
     // Reads the node's identity key (config.identity_key_path()), or makes it at the first
     // start. Throws p2prc::error naming the file when it exists but is damaged.
     explicit Node(Config config)
-        : config_(std::move(config)), identity_(Identity::load_or_create(config_.identity_key_path())),
+        : config_(std::move(config)),
+          identity_(Identity::load_or_create(config_.identity_key_path())),
           instance_id_(identity_.id()) {}
     ~Node() { stop(); }
     Node(const Node&) = delete;
@@ -331,12 +332,14 @@ public:
         // A server bound to every address is reachable at each of them (peers keep the ones
         // they reach, after checking them): listed so one server is one entry everywhere.
         auto bind = IpAddress::parse(config_.bind);
-        if (!self_exposure() && config_.public_addresses.empty() && bind && bind->scope() == Scope::unspecified) {
+        if (!self_exposure() && config_.public_addresses.empty() && bind &&
+            bind->scope() == Scope::unspecified) {
             try {
                 for (const auto& a : local_interface_addresses()) {
                     const auto sc = a.scope();
-                    if (sc == Scope::loopback || sc == Scope::link_local || sc == Scope::unspecified ||
-                        sc == Scope::reserved || (bind->is_v4() && a.is_v6()))
+                    if (sc == Scope::loopback || sc == Scope::link_local ||
+                        sc == Scope::unspecified || sc == Scope::reserved ||
+                        (bind->is_v4() && a.is_v6()))
                         continue;
                     const Endpoint e{a, p.server_port};
                     if (s.endpoints.size() < SignedEntry::max_endpoints &&
@@ -355,9 +358,10 @@ public:
             if (last_signed_ && last_signed_->same_content(s)) {
                 s = *last_signed_;
             } else {
-                const auto now = static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(
-                                                                std::chrono::system_clock::now().time_since_epoch())
-                                                                .count());
+                const auto now = static_cast<std::uint64_t>(
+                    std::chrono::duration_cast<std::chrono::milliseconds>(
+                        std::chrono::system_clock::now().time_since_epoch())
+                        .count());
                 s.seq = std::max(now, last_signed_ ? last_signed_->seq + 1 : 0);
                 s.sign(identity_);
                 last_signed_ = s;
@@ -404,7 +408,6 @@ public:
     }
 
   public:
-
     // Whether this node is behind NAT: as configured, or (auto) when two peers agree on
     // an address that is none of this machine's.
     bool behind_nat() const {
@@ -488,7 +491,8 @@ public:
                     answered = *own;
                 answered.alt_endpoints.clear();
                 if (!r.identity.empty()) {
-                    if (!answered.identity.empty() && answered.identity != r.identity) answered = Peer();
+                    if (!answered.identity.empty() && answered.identity != r.identity)
+                        answered = Peer();
                     answered.identity = r.identity;
                 }
                 if (answered.signed_entry) {
@@ -499,7 +503,8 @@ public:
                     if (answered.signed_entry) {
                         answered.name = answered.signed_entry->name;
                         answered.nat = answered.signed_entry->nat;
-                        answered.escape_implementation = answered.signed_entry->escape_implementation;
+                        answered.escape_implementation =
+                            answered.signed_entry->escape_implementation;
                     }
                 }
                 answered.ipv4.reset();
@@ -511,7 +516,10 @@ public:
                 answered.upload_mbps.reset();
                 answered.measured_at.reset();
                 answered.extra = nlohmann::json();
-                r.table.remove(r.peer.to_string());
+                // A peer with an identity keeps its own entry in what is learned: its other
+                // endpoints are checked there (they must answer as that identity) and join
+                // the entry as alternatives. Without one, the address rules stay as they were.
+                if (r.identity.empty()) r.table.remove(r.peer.to_string());
                 modify([&](IpTable& t) { t.add(answered); });
                 auto outcome = learn(std::move(r.table), r.peer.address);
                 for (const auto& p : outcome.added_peers)
@@ -1088,7 +1096,8 @@ private:
                               {"identity", identity_.id()}};
         auto nonce = q.params.find("nonce");
         if (nonce != q.params.end()) {
-            if (!valid_nonce(nonce->second)) return r.error(400, "nonce: expected 16-128 hex digits");
+            if (!valid_nonce(nonce->second))
+                return r.error(400, "nonce: expected 16-128 hex digits");
             answer["nonce"] = nonce->second;
             answer["signature"] = identity_.sign_hex(whoami_message(nonce->second));
         }

@@ -95,7 +95,8 @@ struct Peer {
     }
     // Whether `e` is the primary endpoint (IPv4 or IPv6 with the server port).
     bool is_primary(const Endpoint& e) const {
-        return e.port == server_port && ((ipv4 && *ipv4 == e.address) || (ipv6 && *ipv6 == e.address));
+        return e.port == server_port &&
+               ((ipv4 && *ipv4 == e.address) || (ipv6 && *ipv6 == e.address));
     }
     // Makes `e` the endpoint to contact; the previous primary endpoints become alternatives.
     void promote(const Endpoint& e) {
@@ -113,7 +114,9 @@ struct Peer {
     }
     // Adds an alternative endpoint (not the primary, not twice, at most max_alt_endpoints).
     void add_alt(const Endpoint& e) {
-        if (is_primary(e) || std::find(alt_endpoints.begin(), alt_endpoints.end(), e) != alt_endpoints.end()) return;
+        if (is_primary(e) ||
+            std::find(alt_endpoints.begin(), alt_endpoints.end(), e) != alt_endpoints.end())
+            return;
         if (e.port == server_port && !(e.address.is_v4() ? ipv4 : ipv6)) {
             (e.address.is_v4() ? ipv4 : ipv6) = e.address;  // the other family of the same port
             return;
@@ -321,7 +324,8 @@ private:
         const auto& s = v.get_ref<const std::string&>();
         if (s.empty()) return {};
         if (!is_identity(s))
-            fail("invalid identity " + quote_for_error(s) + ": expected 52 base32 characters (a-z, 2-7)");
+            fail("invalid identity " + quote_for_error(s) +
+                 ": expected 52 base32 characters (a-z, 2-7)");
         return s;
     }
 
@@ -351,16 +355,19 @@ private:
             if (it == v.end() || it->is_null()) return {};
             if (!it->is_string()) fail(std::string("signed entry: \"") + k + "\" must be a string");
             if (it->get_ref<const std::string&>().size() > max)
-                fail(std::string("signed entry: \"") + k + "\" longer than " + std::to_string(max) + " bytes");
+                fail(std::string("signed entry: \"") + k + "\" longer than " + std::to_string(max) +
+                     " bytes");
             return it->get<std::string>();
         };
         s.identity = identity(v.contains("identity") ? v["identity"] : nlohmann::json());
         if (s.identity.empty()) fail("signed entry without an identity");
         auto seq = v.find("seq");
-        if (seq == v.end() || !seq->is_number_unsigned()) fail("signed entry: \"seq\" must be an unsigned integer");
+        if (seq == v.end() || !seq->is_number_unsigned())
+            fail("signed entry: \"seq\" must be an unsigned integer");
         s.seq = seq->get<std::uint64_t>();
         s.name = text("name", limits_.max_name);
-        s.endpoints = endpoint_list(v.contains("endpoints") ? v["endpoints"] : nlohmann::json(), SignedEntry::max_endpoints);
+        s.endpoints = endpoint_list(v.contains("endpoints") ? v["endpoints"] : nlohmann::json(),
+                                    SignedEntry::max_endpoints);
         if (auto n = v.find("nat"); n != v.end() && !n->is_null()) {
             if (!n->is_boolean()) fail("signed entry: \"nat\" must be a boolean");
             s.nat = n->get<bool>();

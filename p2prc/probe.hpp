@@ -381,11 +381,12 @@ inline LatencyResult probe_latency(const Peer& peer, const LatencyOptions& optio
         if (last.reachable && !peer.identity.empty() && last.identity != peer.identity) {
             last.reachable = false;
             last.failure = ProbeFailure::error;
-            last.reason = last.identity.empty() ? "the server there states no identity, expected " +
-                                                      short_identity(peer.identity)
-                                                : "another server answers there (identity " +
-                                                      short_identity(last.identity) + ", expected " +
-                                                      short_identity(peer.identity) + ")";
+            last.reason = last.identity.empty()
+                              ? "the server there states no identity, expected " +
+                                    short_identity(peer.identity)
+                              : "another server answers there (identity " +
+                                    short_identity(last.identity) + ", expected " +
+                                    short_identity(peer.identity) + ")";
             last.samples_ms.clear();
             continue;
         }

@@ -122,13 +122,14 @@ inline std::optional<std::string> whoami_refutes(const Endpoint& at, const std::
     auto call = http_call(at, "GET", "/whoami?nonce=" + nonce, {}, "", timeout);
     if (!call.answered) return call.reason;
     auto j = nlohmann::json::parse(call.body, nullptr, false);
-    if (call.status != 200 || !j.is_object() || !j.contains("identity") || !j["identity"].is_string())
-        return "GET /whoami at " + at.to_string() + " answered HTTP " + std::to_string(call.status) +
-               " without an identity";
+    if (call.status != 200 || !j.is_object() || !j.contains("identity") ||
+        !j["identity"].is_string())
+        return "GET /whoami at " + at.to_string() + " answered HTTP " +
+               std::to_string(call.status) + " without an identity";
     const std::string id = j["identity"].get<std::string>();
     if (id != expected)
-        return "another node answers there (identity " + short_identity(id) + ", expected " + short_identity(expected) +
-               ")";
+        return "another node answers there (identity " + short_identity(id) + ", expected " +
+               short_identity(expected) + ")";
     if (!j.contains("signature") || !j["signature"].is_string() ||
         !verify_signature_hex(expected, whoami_message(nonce), j["signature"].get<std::string>()))
         return "the server at " + at.to_string() + " claims identity " + short_identity(id) +
@@ -327,8 +328,9 @@ struct RelayCandidate {
     Endpoint http;
     double latency_ms = 0;
     // Its identity, when the table knows it: the relay must prove it (GET /whoami) before
-    // it is used, so an address that now leads to somebody else is not trusted.
-    std::string identity;
+    // it is used, so an address that now leads to somebody else is not trusted. (Given a
+    // default, so brace-initialising the first three stays warning-free.)
+    std::string identity{};
 };
 
 // Whether moving from a relay at `current_ms` to one at `candidate_ms` is worth breaking a
@@ -544,8 +546,9 @@ class RelayTunnel {
     std::optional<Up> try_relay(const RelayCandidate& c, std::string* why, bool later) {
         const auto deadline = Clock::now() + opt_.attempt_timeout;
         if (!c.identity.empty()) {
-            if (auto bad = detail::whoami_refutes(c.http, c.identity,
-                                                  std::min(opt_.attempt_timeout, std::chrono::milliseconds(5000)))) {
+            if (auto bad = detail::whoami_refutes(
+                    c.http, c.identity,
+                    std::min(opt_.attempt_timeout, std::chrono::milliseconds(5000)))) {
                 *why = "not the relay the table lists: " + *bad;
                 return std::nullopt;
             }
@@ -609,7 +612,8 @@ class RelayTunnel {
                 bad = std::string("cannot check it: ") + e.what();
             }
             if (bad) {
-                *why = "the endpoint it gave (" + st.public_endpoint.to_string() + ") failed the check: " + *bad;
+                *why = "the endpoint it gave (" + st.public_endpoint.to_string() +
+                       ") failed the check: " + *bad;
                 client->stop();
                 return std::nullopt;
             }

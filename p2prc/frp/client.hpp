@@ -137,9 +137,10 @@ class Client {
     explicit Client(ClientOptions opt)
         : opt_(std::move(opt)),
           key_(derive_key(opt_.token)),
-          tls_(!opt_.tls                         ? nullptr
-               : opt_.tls_expected_key.empty() ? TlsContext::client()
-                                               : TlsContext::client_expecting(opt_.tls_expected_key)),
+          tls_(!opt_.tls ? nullptr
+               : opt_.tls_expected_key.empty()
+                   ? TlsContext::client()
+                   : TlsContext::client_expecting(opt_.tls_expected_key)),
           tasks_(opt_.max_connections) {
         if (opt_.server.port == 0)
             throw error(errc::invalid_argument, "frp::Client: the server port must not be 0");

@@ -158,11 +158,12 @@ class TlsContext {
     // the server's public key can tell it from anybody else (client_expecting).
     static std::shared_ptr<TlsContext> server_with_key(const std::string& key_pem) {
         auto ctx = std::shared_ptr<TlsContext>(new TlsContext(TLS_server_method()));
-        std::unique_ptr<BIO, void (*)(BIO*)> bio(BIO_new_mem_buf(key_pem.data(), int(key_pem.size())),
-                                                 [](BIO* b) { BIO_free(b); });
+        std::unique_ptr<BIO, void (*)(BIO*)> bio(
+            BIO_new_mem_buf(key_pem.data(), int(key_pem.size())), [](BIO* b) { BIO_free(b); });
         std::unique_ptr<EVP_PKEY, detail::PkeyFree> key(
             bio ? PEM_read_bio_PrivateKey(bio.get(), nullptr, nullptr, nullptr) : nullptr);
-        if (!key) throw error(errc::invalid_argument, "TLS: the relay's key is not a PEM private key");
+        if (!key)
+            throw error(errc::invalid_argument, "TLS: the relay's key is not a PEM private key");
         ctx->use_self_signed(std::move(key));
         if (SSL_CTX_check_private_key(ctx->ctx_.get()) != 1)
             throw error(errc::invalid_argument, "TLS: the key does not match the certificate: " +
@@ -177,7 +178,8 @@ class TlsContext {
         auto ctx = std::shared_ptr<TlsContext>(new TlsContext(TLS_client_method()));
         ctx->expected_key_ = expected;
         SSL_CTX_set_verify(ctx->ctx_.get(), SSL_VERIFY_PEER, nullptr);
-        SSL_CTX_set_cert_verify_callback(ctx->ctx_.get(), &TlsContext::check_expected_key, ctx.get());
+        SSL_CTX_set_cert_verify_callback(ctx->ctx_.get(), &TlsContext::check_expected_key,
+                                         ctx.get());
         return ctx;
     }
 
@@ -208,19 +210,23 @@ class TlsContext {
         EVP_PKEY* pk = cert ? X509_get0_pubkey(cert) : nullptr;
         unsigned char raw[64];
         std::size_t len = sizeof raw;
-        if (pk && EVP_PKEY_id(pk) == EVP_PKEY_ED25519 && EVP_PKEY_get_raw_public_key(pk, raw, &len) == 1 &&
+        if (pk && EVP_PKEY_id(pk) == EVP_PKEY_ED25519 &&
+            EVP_PKEY_get_raw_public_key(pk, raw, &len) == 1 &&
             std::string(reinterpret_cast<const char*>(raw), len) == self->expected_key_)
             return 1;
         X509_STORE_CTX_set_error(store, X509_V_ERR_CERT_REJECTED);
         return 0;
     }
 
-    void use_self_signed() { use_self_signed(std::unique_ptr<EVP_PKEY, detail::PkeyFree>(EVP_EC_gen("P-256"))); }
+    void use_self_signed() {
+        use_self_signed(std::unique_ptr<EVP_PKEY, detail::PkeyFree>(EVP_EC_gen("P-256")));
+    }
 
     void use_self_signed(std::unique_ptr<EVP_PKEY, detail::PkeyFree> key) {
         std::unique_ptr<X509, detail::X509Free> cert(X509_new());
         // Ed25519 signs the whole message itself: no digest is named.
-        const EVP_MD* md = key && EVP_PKEY_id(key.get()) == EVP_PKEY_ED25519 ? nullptr : EVP_sha256();
+        const EVP_MD* md =
+            key && EVP_PKEY_id(key.get()) == EVP_PKEY_ED25519 ? nullptr : EVP_sha256();
         if (!key || !cert)
             throw error(errc::io_error,
                         "TLS: cannot make a key pair: " + detail::openssl_error_text());

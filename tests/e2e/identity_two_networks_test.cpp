@@ -17,7 +17,9 @@
 using namespace std::chrono_literals;
 using p2prc_test::NetnsLab;
 
-TEST_CASE("e2e: one server reachable under two addresses on two networks is listed once, and fails over") {
+TEST_CASE(
+    "e2e: one server reachable under two addresses on two networks is listed once, and fails "
+    "over") {
     p2prc_test::TempDir dir;
     if (p2prc_test::skip_without_netns(dir.path().string())) return;
     NetnsLab lab(dir.path().string());
@@ -28,19 +30,19 @@ TEST_CASE("e2e: one server reachable under two addresses on two networks is list
 
     // The server listens on every address (the default bind) and says nothing about them.
     auto& server = lab.spawn(srv, "server",
-                             {P2PRC_CLI, "--table", dir.file("s.json"), "--name", "S", "--port", "8078",
-                              "--behind-nat", "false", "--json", "serve"});
+                             {P2PRC_CLI, "--table", dir.file("s.json"), "--name", "S", "--port",
+                              "8078", "--behind-nat", "false", "--json", "serve"});
     REQUIRE_MESSAGE(p2prc_test::nth_line(server, 1, 15s), server.out() << server.err());
     const std::string id = p2prc::Identity::load_or_create(dir.file("s.key")).id();
     auto said = lab.exec(srv, {P2PRC_CLI, "--table", dir.file("s.json"), "id"});
     CHECK(said.out == id + "\n");
 
     // The client joins through the first network only.
-    auto joined = lab.try_exec(cli,
-                               {P2PRC_CLI, "--table", dir.file("c.json"), "--name", "C", "--port", "8079",
-                                "--behind-nat", "false", "--probe-timeout-ms", "1000", "--json", "discover",
-                                "10.198.1.1:8078"},
-                               60s);
+    auto joined = lab.try_exec(
+        cli,
+        {P2PRC_CLI, "--table", dir.file("c.json"), "--name", "C", "--port", "8079", "--behind-nat",
+         "false", "--probe-timeout-ms", "1000", "--json", "discover", "10.198.1.1:8078"},
+        60s);
     REQUIRE_MESSAGE(joined.code == 0, joined.out << joined.err);
     auto t = p2prc::IpTable::load(dir.file("c.json"));
     REQUIRE_MESSAGE(t.size() == 1, t.dump());
@@ -58,8 +60,8 @@ TEST_CASE("e2e: one server reachable under two addresses on two networks is list
     // The network of the address in use goes away.
     lab.ip(srv, {"link", "set", dead_if, "down"});
     auto updated = lab.try_exec(cli,
-                                {P2PRC_CLI, "--table", dir.file("c.json"), "--port", "8079", "--probe-timeout-ms",
-                                 "1000", "--json", "update"},
+                                {P2PRC_CLI, "--table", dir.file("c.json"), "--port", "8079",
+                                 "--probe-timeout-ms", "1000", "--json", "update"},
                                 60s);
     REQUIRE_MESSAGE(updated.code == 0, updated.out << updated.err);
     auto report = nlohmann::json::parse(updated.out, nullptr, false);
@@ -72,7 +74,8 @@ TEST_CASE("e2e: one server reachable under two addresses on two networks is list
     CHECK(t.peers()[0].endpoint()->to_string() == other);
     CHECK(t.peers()[0].latency_ms);
     // And the server answers there.
-    auto info = lab.try_exec(cli, {P2PRC_CLI, "--table", dir.file("c.json"), "--json", "info", other}, 20s);
+    auto info =
+        lab.try_exec(cli, {P2PRC_CLI, "--table", dir.file("c.json"), "--json", "info", other}, 20s);
     REQUIRE_MESSAGE(info.code == 0, info.out << info.err);
     CHECK(nlohmann::json::parse(info.out).value("Identity", "") == id);
 }

@@ -5,6 +5,7 @@
 
 #include "support/delay_proxy.hpp"
 #include "support/node_config.hpp"
+#include "support/process.hpp"
 #include "support/relay.hpp"
 #include "support/tempdir.hpp"
 
@@ -13,6 +14,7 @@
 #include <httplib.h>
 #include <sys/stat.h>
 
+#include <fstream>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -59,8 +61,8 @@ bool eventually(Pred pred, std::chrono::milliseconds timeout) {
 }
 
 // Lists a server in the table at `path`, with the identity the caller says it has.
-void list_peer(const std::string& path, const std::string& name, const Endpoint& who, const std::string& identity,
-               std::optional<double> latency_ms = std::nullopt) {
+void list_peer(const std::string& path, const std::string& name, const Endpoint& who,
+               const std::string& identity, std::optional<double> latency_ms = std::nullopt) {
     IpTable::update(path, [&](IpTable& t) {
         Peer p;
         p.name = name;
@@ -73,7 +75,8 @@ void list_peer(const std::string& path, const std::string& name, const Endpoint&
 }
 
 // A server's own signed entry at `at`.
-Peer signed_entry_of(const Identity& key, std::uint64_t seq, const std::string& name, const Endpoint& at) {
+Peer signed_entry_of(const Identity& key, std::uint64_t seq, const std::string& name,
+                     const Endpoint& at) {
     Peer p;
     p.name = name;
     p.ipv4 = at.address;
@@ -97,7 +100,9 @@ std::map<std::string, int> identity_counts(const IpTable& t) {
 
 }  // namespace
 
-TEST_CASE("five nodes bound to 0.0.0.0, each known under two addresses: a sixth joining through 127.0.0.1 lists each once") {
+TEST_CASE(
+    "five nodes bound to 0.0.0.0, each known under two addresses: a sixth joining through "
+    "127.0.0.1 lists each once") {
     // Each node listens on every address and advertises 127.0.0.2 (as a node on a real host
     // advertises its interface's address), while the newcomer is told 127.0.0.1:PORT: before
     // identities, every server showed up twice in the newcomer's table.
@@ -126,7 +131,8 @@ TEST_CASE("five nodes bound to 0.0.0.0, each known under two addresses: a sixth 
     const IpTable t = six->table();
     auto counts = identity_counts(t);
     CHECK(t.size() == 5);
-    for (const auto& [id, n] : counts) CHECK_MESSAGE(n == 1, id << " listed " << n << " times\n" << t.dump());
+    for (const auto& [id, n] : counts)
+        CHECK_MESSAGE(n == 1, id << " listed " << n << " times\n" << t.dump());
     std::set<std::string> got;
     for (const auto& [id, n] : counts) got.insert(id);
     CHECK(got == expected);
@@ -136,7 +142,8 @@ TEST_CASE("five nodes bound to 0.0.0.0, each known under two addresses: a sixth 
     REQUIRE(p0);
     std::set<std::string> addrs;
     for (const auto& e : p0->endpoints()) addrs.insert(e.to_string());
-    CHECK(addrs == std::set<std::string>{first.to_string(), "127.0.0.2:" + std::to_string(first.port)});
+    CHECK(addrs ==
+          std::set<std::string>{first.to_string(), "127.0.0.2:" + std::to_string(first.port)});
     // The first node, which heard from everybody, lists each other node once and never itself.
     const IpTable t0 = nodes[0]->table();
     auto counts0 = identity_counts(t0);
@@ -146,7 +153,8 @@ TEST_CASE("five nodes bound to 0.0.0.0, each known under two addresses: a sixth 
     CHECK(t0.size() == 5);
 }
 
-TEST_CASE("forged, replayed and unsigned entries about a known signed server leave the table as it was") {
+TEST_CASE(
+    "forged, replayed and unsigned entries about a known signed server leave the table as it was") {
     p2prc_test::TempDir dir;
     auto target = start_node(node_config(dir, "target"));
     // A server with identity F (its /server_info states it, as a node's does).
@@ -159,7 +167,8 @@ TEST_CASE("forged, replayed and unsigned entries about a known signed server lea
     const Endpoint fe = loopback(server.port());
     const auto sender = IpAddress::from_string("127.0.0.1");
 
-    auto learned = target->learn(IpTable(std::vector<Peer>{signed_entry_of(f, 100, "F", fe)}), sender);
+    auto learned =
+        target->learn(IpTable(std::vector<Peer>{signed_entry_of(f, 100, "F", fe)}), sender);
     CHECK(learned.signatures.verified == 1);
     REQUIRE(learned.added == 1);
     const std::string before = target->table().dump();
@@ -197,7 +206,8 @@ TEST_CASE("forged, replayed and unsigned entries about a known signed server lea
     o = target->learn(IpTable(std::vector<Peer>{signed_entry_of(f, 101, "F-renamed", fe)}), sender);
     CHECK(o.signatures.verified == 1);
     CHECK(o.updated == 1);
-    const Peer* now = target->table().find_identity(f.id());
+    const IpTable after = target->table();
+    const Peer* now = after.find_identity(f.id());
     REQUIRE(now);
     CHECK(now->name == "F-renamed");
     server.stop();
@@ -246,9 +256,11 @@ TEST_CASE("the identity survives a restart; /server_info states it; /whoami prov
         REQUIRE(who->status == 200);
         auto j = nlohmann::json::parse(who->body);
         CHECK(j.at("identity") == id);
-        CHECK(p2prc::verify_signature_hex(id, p2prc::whoami_message(nonce), j.at("signature").get<std::string>()));
-        CHECK_FALSE(p2prc::verify_signature_hex(id, p2prc::whoami_message("0123456789abcdef0123456789abcdee"),
-                                                j.at("signature").get<std::string>()));
+        CHECK(p2prc::verify_signature_hex(id, p2prc::whoami_message(nonce),
+                                          j.at("signature").get<std::string>()));
+        CHECK_FALSE(p2prc::verify_signature_hex(
+            id, p2prc::whoami_message("0123456789abcdef0123456789abcdee"),
+            j.at("signature").get<std::string>()));
         auto bad = get(loopback(n->port()), "/whoami?nonce=xyz");
         REQUIRE(bad);
         CHECK(bad->status == 400);
@@ -304,7 +316,9 @@ TEST_CASE("an entry whose address dies keeps working through its other address")
     CHECK(t.peers()[0].latency_ms);
 }
 
-TEST_CASE("a relay that answers /whoami with another identity is not used; a failover target is checked too") {
+TEST_CASE(
+    "a relay that answers /whoami with another identity is not used; a failover target is checked "
+    "too") {
     p2prc_test::TempDir dir;
     p2prc_test::EchoServer service;
     SUBCASE("the first choice") {
@@ -322,7 +336,9 @@ TEST_CASE("a relay that answers /whoami with another identity is not used; a fai
         CHECK(e.find("another node answers there") != std::string::npos);
         CHECK_FALSE(X.exposure(service.endpoint().port));
         // Control: with its true identity, the same relay is used.
-        IpTable::update(xc.iptable, [&](IpTable& t) { t.find(loopback(R->port()).to_string())->identity = R->identity().id(); });
+        IpTable::update(xc.iptable, [&](IpTable& t) {
+            t.find(loopback(R->port()).to_string())->identity = R->identity().id();
+        });
         auto ex = X.expose(service.endpoint().port);
         CHECK(ex.relay == loopback(R->port()));
     }
@@ -364,7 +380,9 @@ TEST_CASE("a relay that answers /whoami with another identity is not used; a fai
     }
 }
 
-TEST_CASE("a node behind NAT checks the relay a failover moves it to: one whose endpoint leads elsewhere is not used") {
+TEST_CASE(
+    "a node behind NAT checks the relay a failover moves it to: one whose endpoint leads elsewhere "
+    "is not used") {
     p2prc_test::TempDir dir;
     // The liar's relay opens the public ports on 127.0.0.3 but says 127.0.0.1.
     p2prc::frp::ServerOptions fo;
@@ -412,4 +430,81 @@ TEST_CASE("a node behind NAT checks the relay a failover moves it to: one whose 
     CHECK_FALSE((now && now->relay == via_liar));
     N.stop();
     liar.stop();
+}
+
+TEST_CASE(
+    "a relay's TLS certificate carries its identity: a client expecting it connects, one expecting "
+    "another does not") {
+    const Identity relay_key = Identity::generate();
+    p2prc::frp::ServerOptions so;
+    so.bind = loopback(0);
+    so.tls_key_pem = relay_key.private_pem();
+    p2prc::frp::Server relay(so);
+    p2prc_test::EchoServer echo;
+
+    auto login = [&](const std::string& expected_key) {
+        p2prc::frp::ClientOptions o;
+        o.server = loopback(relay.port());
+        o.tls = true;
+        o.tls_expected_key = expected_key;
+        o.reconnect_min = 100ms;
+        o.reconnect_max = 500ms;
+        p2prc::frp::ProxySpec p;
+        p.name = "svc";
+        p.local = echo.endpoint();
+        o.proxies.push_back(p);
+        auto c = std::make_unique<p2prc::frp::Client>(o);
+        auto st = c->wait_running("svc", 5s);
+        std::string error = c->last_error();
+        c->stop();
+        return std::make_pair(st.state == p2prc::frp::ProxyState::running, error);
+    };
+    const auto& k = relay_key.public_key();
+    auto good = login(std::string(reinterpret_cast<const char*>(k.data()), k.size()));
+    CHECK(good.first);
+    const auto other = Identity::generate().public_key();
+    auto bad = login(std::string(reinterpret_cast<const char*>(other.data()), other.size()));
+    CHECK_FALSE(bad.first);
+    CHECK_MESSAGE(bad.second.find("TLS") != std::string::npos, bad.second);
+    // Without an expected key (stock frps's case), TLS still works, unverified.
+    CHECK(login("").first);
+}
+
+TEST_CASE(
+    "the CLI: p2prc id prints the node's identity; the table shows each server's short identity") {
+    p2prc_test::TempDir dir;
+    const std::string scratch = dir.path().string();
+    const std::string table = dir.file("me.json");
+    auto r = p2prc_test::run_command({P2PRC_CLI, "--table", table, "id"}, scratch);
+    REQUIRE_MESSAGE(r.code == 0, r.err);
+    const std::string id = r.out.substr(0, r.out.size() - 1);
+    CHECK(p2prc::is_identity(id));
+    CHECK(Identity::load_or_create(dir.file("me.key")).id() == id);
+    r = p2prc_test::run_command({P2PRC_CLI, "--table", table, "--json", "id"}, scratch);
+    REQUIRE(r.code == 0);
+    auto j = nlohmann::json::parse(r.out);
+    CHECK(j.at("identity") == id);
+    CHECK(j.at("short") == id.substr(0, 12));
+    CHECK(j.at("key_file") == dir.file("me.key"));
+
+    auto A = start_node(node_config(dir, "A"));
+    r = p2prc_test::run_command(
+        {P2PRC_CLI, "--table", table, "add", loopback(A->port()).to_string(), "alpha"}, scratch);
+    REQUIRE(r.code == 0);
+    r = p2prc_test::run_command({P2PRC_CLI, "--table", table, "update"}, scratch);
+    REQUIRE(r.code == 0);
+    r = p2prc_test::run_command({P2PRC_CLI, "--table", table, "table"}, scratch);
+    REQUIRE(r.code == 0);
+    CHECK(r.out.find("IDENTITY") != std::string::npos);
+    CHECK(r.out.find(A->identity().short_id()) != std::string::npos);
+    r = p2prc_test::run_command(
+        {P2PRC_CLI, "--table", table, "info", loopback(A->port()).to_string()}, scratch);
+    REQUIRE(r.code == 0);
+    CHECK(r.out.find("identity: " + A->identity().id()) == 0);
+
+    // A damaged key file: a clear error naming it, and the file is left alone.
+    std::ofstream(dir.file("me.key"), std::ios::trunc) << "garbage";
+    r = p2prc_test::run_command({P2PRC_CLI, "--table", table, "id"}, scratch);
+    CHECK(r.code == 1);
+    CHECK(r.err.find(dir.file("me.key")) != std::string::npos);
 }

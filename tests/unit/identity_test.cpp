@@ -31,7 +31,9 @@ std::string error_of(const std::function<void()>& fn) {
     return "";
 }
 
-bool contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
+bool contains(const std::string& s, const std::string& part) {
+    return s.find(part) != std::string::npos;
+}
 
 Peer at(const char* ipv4, std::uint16_t port, const std::string& name = "") {
     Peer p;
@@ -57,7 +59,8 @@ Peer signed_peer(const Identity& key, std::uint64_t seq, const std::string& name
 
 }  // namespace
 
-TEST_CASE("identity: the key file is made 0600 at first use and gives the same identity afterwards") {
+TEST_CASE(
+    "identity: the key file is made 0600 at first use and gives the same identity afterwards") {
     p2prc_test::TempDir dir;
     const std::string path = dir.file("node.key");
     auto first = Identity::load_or_create(path);
@@ -73,7 +76,9 @@ TEST_CASE("identity: the key file is made 0600 at first use and gives the same i
     CHECK(Identity::load_or_create(dir.file("other.key")).id() != first.id());
 }
 
-TEST_CASE("identity: a damaged, empty or foreign key file is an error naming the file, never a new identity") {
+TEST_CASE(
+    "identity: a damaged, empty or foreign key file is an error naming the file, never a new "
+    "identity") {
     p2prc_test::TempDir dir;
     const std::string path = dir.file("node.key");
     const std::string pem = Identity::load_or_create(path).private_pem();
@@ -100,8 +105,8 @@ TEST_CASE("identity: a damaged, empty or foreign key file is an error naming the
     CHECK(contains(e, "empty"));
 
     // An EC key in PEM is a key, but not an identity.
-    std::unique_ptr<EVP_PKEY_CTX, void (*)(EVP_PKEY_CTX*)> ctx(EVP_PKEY_CTX_new_id(EVP_PKEY_EC, nullptr),
-                                                               EVP_PKEY_CTX_free);
+    std::unique_ptr<EVP_PKEY_CTX, void (*)(EVP_PKEY_CTX*)> ctx(
+        EVP_PKEY_CTX_new_id(EVP_PKEY_EC, nullptr), EVP_PKEY_CTX_free);
     REQUIRE(ctx);
     REQUIRE(EVP_PKEY_keygen_init(ctx.get()) == 1);
     REQUIRE(EVP_PKEY_CTX_set_ec_paramgen_curve_nid(ctx.get(), NID_X9_62_prime256v1) == 1);
@@ -125,7 +130,8 @@ TEST_CASE("identity: a node whose key file is damaged does not start") {
     c.iptable = dir.file("t.json");
     c.port = 0;
     CHECK(c.identity_key_path() == dir.file("t.key"));
-    std::ofstream(c.identity_key_path()) << "-----BEGIN PRIVATE KEY-----\nnot base64 at all\n-----END PRIVATE KEY-----\n";
+    std::ofstream(c.identity_key_path())
+        << "-----BEGIN PRIVATE KEY-----\nnot base64 at all\n-----END PRIVATE KEY-----\n";
     auto e = error_of([&] { p2prc::Node n(c); });
     CHECK(contains(e, c.identity_key_path()));
     c.identity_key = dir.file("elsewhere.key");
@@ -181,10 +187,13 @@ TEST_CASE("identity: signatures verify under the signer's identity only, and tam
     CHECK_FALSE(s.verify());
 }
 
-TEST_CASE("identity: entries keep identity, alternative endpoints and the signed entry through both formats") {
+TEST_CASE(
+    "identity: entries keep identity, alternative endpoints and the signed entry through both "
+    "formats") {
     auto k = Identity::generate();
     Peer p = signed_peer(k, 42, "alpha", "192.0.2.10", 8078);
-    p.alt_endpoints = {Endpoint::from_string("198.51.100.3:8078"), Endpoint::from_string("[2001:db8::3]:9000")};
+    p.alt_endpoints = {Endpoint::from_string("198.51.100.3:8078"),
+                       Endpoint::from_string("[2001:db8::3]:9000")};
     p.latency_ms = 3.5;
     for (auto format : {TableFormat::seed, TableFormat::p2prc}) {
         CAPTURE(p2prc::to_string(format));
@@ -205,22 +214,31 @@ TEST_CASE("identity: entries keep identity, alternative endpoints and the signed
     CHECK(go.contains("Identity"));
     CHECK(go.contains("AltEndpoints"));
     CHECK(go.contains("Signed"));
-    CHECK(contains(error_of([] { IpTable::parse(R"({"ip_address":[{"ipv4":"192.0.2.1","port no":"1","identity":"xyz"}]})"); }),
-                   "invalid identity"));
-    CHECK(contains(error_of([] {
-                       IpTable::parse(R"({"ip_address":[{"ipv4":"192.0.2.1","port no":"1","alt_endpoints":["nope"]}]})");
-                   }),
-                   "invalid endpoint"));
+    CHECK(
+        contains(error_of([] {
+                     IpTable::parse(
+                         R"({"ip_address":[{"ipv4":"192.0.2.1","port no":"1","identity":"xyz"}]})");
+                 }),
+                 "invalid identity"));
+    CHECK(contains(
+        error_of([] {
+            IpTable::parse(
+                R"({"ip_address":[{"ipv4":"192.0.2.1","port no":"1","alt_endpoints":["nope"]}]})");
+        }),
+        "invalid endpoint"));
 }
 
-TEST_CASE("identity: P2PRC's Go table round trip keeps every known key, and Go entries have no identity") {
+TEST_CASE(
+    "identity: P2PRC's Go table round trip keeps every known key, and Go entries have no "
+    "identity") {
     auto t = IpTable::load(std::string(P2PRC_TEST_DATA_DIR) + "/p2prc-go-ip_table.json");
     REQUIRE(t.size() == 1);
     CHECK(t.peers()[0].identity.empty());
     auto entry = t.to_json(TableFormat::p2prc)["ip_address"][0];
-    for (const char* key : {"Name", "MachineUsername", "IPV4", "IPV6", "Latency", "Download", "Upload", "ServerPort",
-                            "UDPServerPort", "BareMetalSSHPort", "NAT", "EscapeImplementation", "ProxyServer",
-                            "UnSafeMode", "PublicKey", "CustomInformation"})
+    for (const char* key :
+         {"Name", "MachineUsername", "IPV4", "IPV6", "Latency", "Download", "Upload", "ServerPort",
+          "UDPServerPort", "BareMetalSSHPort", "NAT", "EscapeImplementation", "ProxyServer",
+          "UnSafeMode", "PublicKey", "CustomInformation"})
         CHECK_MESSAGE(entry.contains(key), key);
     // Nothing new is written for an entry without identity.
     CHECK_FALSE(entry.contains("Identity"));
@@ -230,7 +248,9 @@ TEST_CASE("identity: P2PRC's Go table round trip keeps every known key, and Go e
     CHECK(again.dump(TableFormat::p2prc) == t.dump(TableFormat::p2prc));
 }
 
-TEST_CASE("identity: entries with one identity fold into one, keeping the nearer endpoint and the others") {
+TEST_CASE(
+    "identity: entries with one identity fold into one, keeping the nearer endpoint and the "
+    "others") {
     auto k = Identity::generate();
     Peer loop = at("127.0.0.1", 8078, "a");
     loop.identity = k.id();
@@ -267,7 +287,9 @@ TEST_CASE("identity: entries with one identity fold into one, keeping the nearer
     CHECK(t.size() == 1);
 }
 
-TEST_CASE("identity: different identities at one endpoint stay apart; Go entries dedupe by address as before") {
+TEST_CASE(
+    "identity: different identities at one endpoint stay apart; Go entries dedupe by address as "
+    "before") {
     Peer a = at("192.0.2.5", 8078, "a");
     a.identity = Identity::generate().id();
     Peer b = at("192.0.2.5", 8078, "b");
@@ -315,7 +337,8 @@ TEST_CASE("identity: the signature check drops forged, replayed and unsigned cla
     Peer newer = signed_peer(k, 101, "renamed", "192.0.2.20", 8078);
     Peer go = at("192.0.2.30", 8078, "go-node");
 
-    IpTable incoming(std::vector<Peer>{forged, replayed, unsigned_claim, other_identity, newer, go});
+    IpTable incoming(
+        std::vector<Peer>{forged, replayed, unsigned_claim, other_identity, newer, go});
     auto r = p2prc::check_signatures(incoming, current);
     CHECK(r.forged == 2);
     CHECK(r.replayed == 1);
