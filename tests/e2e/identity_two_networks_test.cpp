@@ -51,7 +51,8 @@ TEST_CASE(
     CHECK(p.name == "S");
     std::set<std::string> eps;
     for (const auto& e : p.endpoints()) eps.insert(e.to_string());
-    CHECK_MESSAGE(eps == std::set<std::string>{"10.198.1.1:8078", "10.198.2.1:8078"}, t.dump());
+    const std::set<std::string> both{"10.198.1.1:8078", "10.198.2.1:8078"};
+    CHECK_MESSAGE(eps == both, t.dump());
     REQUIRE(p.endpoint());
     const std::string first = p.endpoint()->to_string();
     const std::string other = first == "10.198.1.1:8078" ? "10.198.2.1:8078" : "10.198.1.1:8078";
