@@ -131,10 +131,11 @@ TEST_CASE(
     const IpTable t = six->table();
     auto counts = identity_counts(t);
     CHECK(t.size() == 5);
-    for (const auto& [id, n] : counts)
-        CHECK_MESSAGE(n == 1, id << " listed " << n << " times\n" << t.dump());
+    for (const auto& count : counts)
+        CHECK_MESSAGE(count.second == 1, count.first << " listed " << count.second << " times\n"
+                                                     << t.dump());
     std::set<std::string> got;
-    for (const auto& [id, n] : counts) got.insert(id);
+    for (const auto& count : counts) got.insert(count.first);
     CHECK(got == expected);
     // Every entry is measured; the one met under both addresses keeps both.
     for (const auto& p : t.peers()) CHECK(p.latency_ms);
@@ -149,7 +150,7 @@ TEST_CASE(
     auto counts0 = identity_counts(t0);
     CHECK(counts0.count(nodes[0]->identity().id()) == 0);
     CHECK(counts0.count(six->identity().id()) == 1);
-    for (const auto& [id, n] : counts0) CHECK_MESSAGE(n == 1, t0.dump());
+    for (const auto& count : counts0) CHECK_MESSAGE(count.second == 1, t0.dump());
     CHECK(t0.size() == 5);
 }
 
