@@ -394,3 +394,25 @@ TEST_CASE("config: identity_key is a key of the file, a flag, and defaults besid
     CHECK(parsed.to_json().at("identity_key") == "k.pem");
     CHECK(p2prc::Config::find_flag("--identity-key"));
 }
+
+TEST_CASE(
+    "identity: the node never lists itself by identity; another server at one of its endpoints "
+    "only loses that endpoint") {
+    auto me = Identity::generate();
+    const std::vector<Endpoint> own = {Endpoint::from_string("192.168.1.5:8078"),
+                                       Endpoint::from_string("127.0.0.1:8078")};
+    Peer self_elsewhere = at("203.0.113.9", 9999, "me-via-relay");
+    self_elsewhere.identity = me.id();
+    Peer twin = at("192.168.1.5", 8078, "other-lan");  // another LAN, the same private address
+    twin.identity = Identity::generate().id();
+    twin.alt_endpoints = {Endpoint::from_string("198.51.100.7:8078")};
+    Peer only_mine = at("127.0.0.1", 8078, "only-our-endpoint");
+    only_mine.identity = Identity::generate().id();
+    Peer go_at_mine = at("192.168.1.5", 8078, "go");  // no identity: the address rule
+    IpTable t(std::vector<Peer>{self_elsewhere, twin, only_mine, go_at_mine});
+    CHECK(t.remove_self(own, me.id()) == 3);
+    REQUIRE(t.size() == 1);
+    CHECK(t.peers()[0].name == "other-lan");
+    CHECK(t.peers()[0].endpoint()->to_string() == "198.51.100.7:8078");
+    CHECK(t.peers()[0].alt_endpoints.empty());
+}
