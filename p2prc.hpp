@@ -8,6 +8,7 @@
 #include "p2prc/version.hpp"
 #include "p2prc/error.hpp"
 #include "p2prc/address.hpp"
+#include "p2prc/identity.hpp"
 #include "p2prc/peer.hpp"
 #include "p2prc/iptable.hpp"
 #include "p2prc/config.hpp"

@@ -39,6 +39,7 @@ struct Command {
 const Command commands[] = {
     {"serve", "", "run this node's server until interrupted"},
     {"table", "", "print the IP table, fastest first"},
+    {"id", "", "print this node's identity (makes its key file at first use)"},
     {"add", "HOST:PORT [NAME]", "add a server to the table"},
     {"remove", "NAME|HOST:PORT", "remove servers from the table"},
     {"discover", "HOST:PORT...", "join the network through known servers, then probe and save"},
@@ -185,13 +186,14 @@ std::string fixed(double v, int decimals) {
 
 void print_table(const p2prc::IpTable& table, bool colour) {
     struct Row {
-        std::string name, address, latency, down, up, nat;
+        std::string name, id, address, latency, down, up, nat;
         const char* colour;
     };
     std::vector<Row> rows;
     for (const auto& p : table.peers()) {
         Row r;
         r.name = p.name.empty() ? "-" : printable(p.name);
+        r.id = p.identity.empty() ? "-" : p2prc::short_identity(p.identity);
         auto eps = p.endpoints();
         for (std::size_t i = 0; i < eps.size(); ++i) r.address += (i ? " " : "") + eps[i].to_string();
         r.latency = p.latency_ms ? fixed(*p.latency_ms, 2) + " ms" : "-";
@@ -201,9 +203,11 @@ void print_table(const p2prc::IpTable& table, bool colour) {
         r.colour = !p.latency_ms ? "\033[2m" : *p.latency_ms < 50 ? "\033[32m" : *p.latency_ms < 150 ? "\033[33m" : "\033[31m";
         rows.push_back(r);
     }
-    Row head{"NAME", "ADDRESS", "LATENCY", "DOWN Mbit/s", "UP Mbit/s", "NAT", ""};
-    std::size_t w[5] = {head.name.size(), head.address.size(), head.latency.size(), head.down.size(), head.up.size()};
+    Row head{"NAME", "IDENTITY", "ADDRESS", "LATENCY", "DOWN Mbit/s", "UP Mbit/s", "NAT", ""};
+    std::size_t w[6] = {head.name.size(), head.address.size(), head.latency.size(),
+                        head.down.size(), head.up.size(),      head.id.size()};
     for (const auto& r : rows) {
+        w[5] = std::max(w[5], r.id.size());
         w[0] = std::max(w[0], r.name.size());
         w[1] = std::max(w[1], r.address.size());
         w[2] = std::max(w[2], r.latency.size());
@@ -216,7 +220,8 @@ void print_table(const p2prc::IpTable& table, bool colour) {
             std::string fill(n > s.size() ? n - s.size() : 0, ' ');
             return right ? fill + s : s + fill;
         };
-        o << pad(r.name, w[0], false) << "  " << pad(r.address, w[1], false) << "  ";
+        o << pad(r.name, w[0], false) << "  " << pad(r.id, w[5], false) << "  "
+          << pad(r.address, w[1], false) << "  ";
         o << (c ? c : "") << pad(r.latency, w[2], true) << (c ? "\033[0m" : "") << "  ";
         o << pad(r.down, w[3], true) << "  " << pad(r.up, w[4], true) << "  " << r.nat;
         std::cout << o.str() << "\n";
@@ -477,6 +482,20 @@ int run(const Cli& cli) {
         else print_table(t, tty(stdout));
         return 0;
     }
+    if (cmd == "id") {
+        want_args(0, 0);
+        const std::string path = config.identity_key_path();
+        auto id = p2prc::Identity::load_or_create(path);
+        if (cli.json)
+            std::cout << nlohmann::json{{"identity", id.id()},
+                                        {"short", id.short_id()},
+                                        {"key_file", path}}
+                             .dump()
+                      << "\n";
+        else
+            std::cout << id.id() << "\n";
+        return 0;
+    }
     if (cmd == "add") {
         want_args(1, 2);
         auto e = endpoint_arg(cli.args[0]);
@@ -617,6 +636,9 @@ int run(const Cli& cli) {
             std::cerr << "p2prc: error: " << e.to_string() << " answered something that is not JSON\n";
             return 1;
         }
+        // The identity first: the name to copy when this server is to be trusted as a relay.
+        if (!cli.json && j.is_object() && j.contains("Identity") && j["Identity"].is_string())
+            std::cout << "identity: " << printable(j["Identity"].get<std::string>()) << "\n";
         std::cout << (cli.json ? j.dump() : j.dump(2)) << "\n";
         return 0;
     }

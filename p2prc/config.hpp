@@ -145,6 +145,7 @@ public:
     std::string name = detail::default_node_name();   // the node's name in tables
     std::string iptable = "p2prc-iptable.json";       // path of the table file
     TableFormat table_format = TableFormat::seed;     // format the table file is written in
+    std::string identity_key;  // the node's key file; "" = beside the table (identity_key_path)
     std::string bind = "0.0.0.0";                     // numeric address the server binds to
     std::uint16_t port = 8078;                        // server port; 0 picks a free one
     std::vector<AdvertisedAddress> public_addresses;  // addresses advertised as the node's own
@@ -195,6 +196,17 @@ public:
     // The flags, in --help order; find_flag accepts "--port" or "port", nullptr if unknown.
     static const std::vector<ConfigFlag>& flags();
     static const ConfigFlag* find_flag(std::string_view flag);
+
+    // The identity key file: identity_key when set, else the table's path with ".json"
+    // replaced by ".key" (or ".key" appended), so every table has its own node identity.
+    std::string identity_key_path() const {
+        if (!identity_key.empty()) return identity_key;
+        const std::string ext = ".json";
+        if (iptable.size() > ext.size() &&
+            iptable.compare(iptable.size() - ext.size(), ext.size(), ext) == 0)
+            return iptable.substr(0, iptable.size() - ext.size()) + ".key";
+        return iptable + ".key";
+    }
 
     // Bounds for a table received from a peer.
     TableLimits peer_table_limits() const {
@@ -353,6 +365,10 @@ inline const std::vector<ConfigKey>& config_keys() {
             k.to_json = [](const Config& c) { return nlohmann::json(to_string(c.table_format)); };
             v.push_back(std::move(k));
         }
+        v.push_back(string_key(
+            "identity_key", "--identity-key", "PATH",
+            "the node's Ed25519 key file (made at first start, mode 0600; \"\": beside the table)",
+            4096, true, [](auto& c) -> auto& { return c.identity_key; }));
         {
             ConfigKey k;
             k.key = "bind";

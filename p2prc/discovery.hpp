@@ -11,6 +11,7 @@
 #include "config.hpp"
 #include "probe.hpp"
 #include "error.hpp"
+#include "identity.hpp"
 #include "iptable.hpp"
 #include "peer.hpp"
 
@@ -28,6 +29,7 @@
 #include <mutex>
 #include <optional>
 #include <string>
+#include <unordered_map>
 #include <unordered_set>
 #include <vector>
 
@@ -122,6 +124,17 @@ inline LearnReport filter_learned(IpTable& incoming, const IpAddress& sender,
                 ++report.addresses_removed;
             }
         }
+        std::vector<Endpoint> alt;
+        for (const auto& e : p.alt_endpoints) {
+            if (auto why = scope_refusal(sender, e.address, policy)) {
+                note(p, e.address, *why);
+                ++report.addresses_removed;
+            } else {
+                alt.push_back(e);
+            }
+        }
+        p.alt_endpoints = std::move(alt);
+        if (!p.ipv4 && !p.ipv6 && !p.alt_endpoints.empty()) p.promote(p.alt_endpoints.front());
         if (!p.ipv4 && !p.ipv6) {
             ++report.dropped_scope;
         } else if (kept.size() >= max_entries) {
@@ -137,6 +150,88 @@ inline LearnReport filter_learned(IpTable& incoming, const IpAddress& sender,
         ++index;
     }
     report.accepted = kept.size();
+    incoming = IpTable(std::move(kept));
+    return report;
+}
+
+// ---- Signed entries ---------------------------------------------------------------------
+
+struct SignatureReport {
+    std::size_t verified = 0;          // entries with a good signature, taken
+    std::size_t forged = 0;            // bad signature, or an identity other than the signed one
+    std::size_t replayed = 0;          // a good signature, older than what the table holds
+    std::size_t unsigned_claims = 0;   // no signature, an identity the table knows signed
+    std::vector<std::string> reasons;  // the first few refusals, for logs and callers
+
+    static constexpr std::size_t max_reasons = 16;
+    std::size_t dropped() const { return forged + replayed + unsigned_claims; }
+};
+
+// Checks the signed entries of a table received from a peer against `current` (the node's
+// table) and drops what must not touch it:
+// - an entry whose signature does not verify, or whose identity is not the signed one
+//   (forged);
+// - a signed entry older (smaller sequence number) than the signed entry `current` holds
+//   for that identity (replayed);
+// - an entry without a signature that claims an identity `current` holds a signed entry
+//   for (an unsigned word never overwrites a signed one).
+// A good signed entry is the server's own word: its identity, name, NAT facts and
+// endpoints are taken into the entry (the endpoints still face the scope rule and the
+// liveness check like any other). O(n) plus one signature check per signed entry.
+inline SignatureReport check_signatures(IpTable& incoming, const IpTable& current) {
+    SignatureReport report;
+    std::unordered_map<std::string, std::uint64_t> known_seq;
+    for (const auto& p : current.peers())
+        if (p.signed_entry) {
+            auto& seq = known_seq[p.signed_entry->identity];
+            seq = std::max(seq, p.signed_entry->seq);
+        }
+    std::vector<Peer> peers = std::move(incoming).peers();
+    std::vector<Peer> kept;
+    kept.reserve(peers.size());
+    auto refuse = [&](std::size_t i, const Peer& p, std::size_t& counter, const std::string& why) {
+        ++counter;
+        if (report.reasons.size() < SignatureReport::max_reasons)
+            report.reasons.push_back("entry " + std::to_string(i) + " (" + p.label() + "): " + why);
+    };
+    for (std::size_t i = 0; i < peers.size(); ++i) {
+        Peer& p = peers[i];
+        if (p.signed_entry) {
+            const SignedEntry& s = *p.signed_entry;
+            if (!s.verify()) {
+                refuse(i, p, report.forged,
+                       "forged: the signature does not verify for identity " +
+                           short_identity(s.identity));
+                continue;
+            }
+            if (!p.identity.empty() && p.identity != s.identity) {
+                refuse(i, p, report.forged,
+                       "forged: the entry names identity " + short_identity(p.identity) +
+                           " but is signed by " + short_identity(s.identity));
+                continue;
+            }
+            auto known = known_seq.find(s.identity);
+            if (known != known_seq.end() && s.seq < known->second) {
+                refuse(i, p, report.replayed,
+                       "replayed: sequence " + std::to_string(s.seq) + " of " +
+                           short_identity(s.identity) + " is older than the known " +
+                           std::to_string(known->second));
+                continue;
+            }
+            p.identity = s.identity;
+            p.name = s.name;
+            p.nat = s.nat;
+            p.escape_implementation = s.escape_implementation;
+            for (const auto& e : s.endpoints) p.add_alt(e);
+            ++report.verified;
+        } else if (!p.identity.empty() && known_seq.count(p.identity)) {
+            refuse(i, p, report.unsigned_claims,
+                   "unsigned entry claims identity " + short_identity(p.identity) +
+                       ", which the table holds a signed entry for");
+            continue;
+        }
+        kept.push_back(std::move(p));
+    }
     incoming = IpTable(std::move(kept));
     return report;
 }
@@ -323,6 +418,9 @@ private:
 // that is how a node learns its public address without asking a third party.
 
 inline constexpr const char* observed_address_header = "X-P2PRC-Observed-Address";
+// The identity of the node answering POST /IpTable (its own entry in the answer carries
+// its signed word; this says which entry that is).
+inline constexpr const char* identity_header = "X-P2PRC-Identity";
 
 struct GossipOptions {
     std::chrono::milliseconds connect_timeout{2000};
@@ -336,6 +434,7 @@ struct GossipResult {
     bool ok = false;
     IpTable table;                        // the peer's answer, as received
     std::optional<IpAddress> observed;    // our address as the peer saw it
+    std::string identity;                 // the identity the peer states ("" when none)
     std::string reason;                   // why it failed
 };
 
@@ -407,6 +506,8 @@ inline GossipResult exchange_tables(const Endpoint& peer, const IpTable& ours,
     }
     if (res->has_header(observed_address_header))
         r.observed = IpAddress::parse(res->get_header_value(observed_address_header));
+    if (res->has_header(identity_header) && is_identity(res->get_header_value(identity_header)))
+        r.identity = res->get_header_value(identity_header);
     r.ok = true;
     return r;
 }

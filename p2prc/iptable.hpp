@@ -223,9 +223,58 @@ private:
     Fd fd_;
 };
 
+// Whether two entries may describe one server: not when both name different identities.
+inline bool identities_compatible(const Peer& a, const Peer& b) {
+    return a.identity.empty() || b.identity.empty() || a.identity == b.identity;
+}
+
 // Copies what `incoming` knows into `kept` (both describe one server). Measurements go
-// to the fresher side; facts go to `incoming` when it states them (it is the newer word).
+// to the fresher side; facts go to `incoming` when it states them (it is the newer word),
+// except that an entry without the server's signature never overrides one with it (nor an
+// older signed word a newer one). The endpoint to contact stays the one this node reaches
+// best (the measured, nearer side); the other side's endpoints are kept as alternatives.
 inline void merge_peer(Peer& kept, Peer&& incoming) {
+    const bool kept_signed = kept.signed_entry.has_value();
+    const bool incoming_newer_word =
+        incoming.signed_entry &&
+        (!kept_signed || incoming.signed_entry->seq >= kept.signed_entry->seq);
+    const bool take_facts = !kept_signed || incoming_newer_word;
+
+    // Endpoints first (before the measurements are merged: they say which side is nearer).
+    const bool same_primary = [&] {
+        bool any = false;
+        if (incoming.ipv4 && kept.ipv4 && *incoming.ipv4 == *kept.ipv4 &&
+            incoming.server_port == kept.server_port)
+            any = true;
+        if (incoming.ipv6 && kept.ipv6 && *incoming.ipv6 == *kept.ipv6 &&
+            incoming.server_port == kept.server_port)
+            any = true;
+        return any;
+    }();
+    if (same_primary || (!kept.ipv4 && !kept.ipv6)) {
+        if (incoming.server_port == kept.server_port || (!kept.ipv4 && !kept.ipv6)) {
+            if (!kept.ipv4 && !kept.ipv6) kept.server_port = incoming.server_port;
+            if (!kept.ipv4) kept.ipv4 = incoming.ipv4;
+            if (!kept.ipv6) kept.ipv6 = incoming.ipv6;
+        }
+        for (const auto& e : incoming.alt_endpoints) kept.add_alt(e);
+    } else {
+        const bool incoming_nearer =
+            incoming.latency_ms && (!kept.latency_ms || *incoming.latency_ms < *kept.latency_ms);
+        if (incoming_nearer) {
+            // Swap roles: incoming's primary becomes the entry's, kept's goes to the alternatives.
+            std::vector<Endpoint> old = kept.endpoints();
+            kept.ipv4 = incoming.ipv4;
+            kept.ipv6 = incoming.ipv6;
+            kept.server_port = incoming.server_port;
+            kept.alt_endpoints.clear();
+            for (const auto& e : incoming.alt_endpoints) kept.add_alt(e);
+            for (const auto& e : old) kept.add_alt(e);
+        } else {
+            incoming.for_each_endpoint([&](const Endpoint& e) { kept.add_alt(e); });
+        }
+    }
+
     bool fresher = incoming.measured_at.value_or(0) >= kept.measured_at.value_or(0);
     if (fresher) {
         if (incoming.latency_ms) kept.latency_ms = incoming.latency_ms;
@@ -237,8 +286,9 @@ inline void merge_peer(Peer& kept, Peer&& incoming) {
         if (!kept.download_mbps) kept.download_mbps = incoming.download_mbps;
         if (!kept.upload_mbps) kept.upload_mbps = incoming.upload_mbps;
     }
-    if (!kept.ipv4) kept.ipv4 = incoming.ipv4;
-    if (!kept.ipv6) kept.ipv6 = incoming.ipv6;
+    if (kept.identity.empty()) kept.identity = incoming.identity;
+    if (incoming_newer_word) kept.signed_entry = std::move(incoming.signed_entry);
+    if (!take_facts) return;
     auto take = [](std::string& to, std::string& from) {
         if (!from.empty()) to = std::move(from);
     };
@@ -374,10 +424,12 @@ public:
         dedupe();
     }
 
-    // Folds entries that describe one server (same IPv4+port, or same IPv6+port) into the
-    // first of them, keeping the freshest measurements, and drops entries behind NAT
-    // whose escape implementation is "None" (nobody can reach them), as P2PRC does.
-    // O(n) with a hash index on the normalised endpoints. Returns how many went away.
+    // Folds entries that describe one server into the first of them, keeping the freshest
+    // measurements, and drops entries behind NAT whose escape implementation is "None"
+    // (nobody can reach them), as P2PRC does. Entries with the same identity are one
+    // server, whatever their addresses; otherwise, as in P2PRC, entries sharing an endpoint
+    // (IPv4 or IPv6 with the port) are one, unless they name different identities.
+    // O(n) with hash indexes on identities and normalised endpoints. Returns how many went.
     std::size_t dedupe() {
         const std::size_t before = peers_.size();
         // In place: entry i either registers its endpoints or folds into an earlier entry
@@ -393,6 +445,7 @@ public:
         std::vector<bool> dead(before, false);
         std::unordered_map<Endpoint, std::size_t> index;
         index.reserve(before + before / 2);
+        std::unordered_map<std::string, std::size_t> by_identity;
         for (std::size_t i = 0; i < before; ++i) {
             Peer& p = peers_[i];
             if (p.nat && p.escape_implementation == "None") {
@@ -400,13 +453,10 @@ public:
                 continue;
             }
             std::optional<std::size_t> at;
-            p.for_each_endpoint([&](const Endpoint& e) {
-                auto it = index.find(e);
-                if (it == index.end()) return;
-                std::size_t j = resolve(it->second);
+            auto join = [&](std::size_t j) {
                 if (!at) {
                     at = j;
-                } else if (*at != j) {
+                } else if (*at != j && detail::identities_compatible(peers_[*at], peers_[j])) {
                     // p joins two earlier entries: fold the later one into the earlier one.
                     std::size_t keep = std::min(*at, j), drop = std::max(*at, j);
                     detail::merge_peer(peers_[keep], std::move(peers_[drop]));
@@ -414,6 +464,18 @@ public:
                     owner[drop] = keep;
                     at = keep;
                 }
+            };
+            if (!p.identity.empty()) {
+                auto it = by_identity.find(p.identity);
+                if (it != by_identity.end()) join(resolve(it->second));
+            }
+            p.for_each_endpoint([&](const Endpoint& e) {
+                auto it = index.find(e);
+                if (it == index.end()) return;
+                std::size_t j = resolve(it->second);
+                if (!detail::identities_compatible(p, peers_[j])) return;  // another server
+                if (at && !detail::identities_compatible(peers_[*at], peers_[j])) return;
+                join(j);
             });
             if (at) {
                 detail::merge_peer(peers_[*at], std::move(p));
@@ -423,6 +485,7 @@ public:
                 at = i;
             }
             peers_[*at].for_each_endpoint([&](const Endpoint& e) { index[e] = *at; });
+            if (!peers_[*at].identity.empty()) by_identity[peers_[*at].identity] = *at;
         }
         std::size_t kept = 0;
         for (std::size_t i = 0; i < before; ++i)
@@ -432,6 +495,53 @@ public:
             }
         peers_.resize(kept);
         return before - peers_.size();
+    }
+
+    // Removes the node itself, named by its identity: the entries with `own_identity`, and
+    // entries without identity reachable under one of `own` (as remove_self(own) does). An entry
+    // of another identity is another server, even at an endpoint the node also has (two
+    // LANs, one private address): it only loses that endpoint (and goes when none is left).
+    std::size_t remove_self(const std::vector<Endpoint>& own, std::string_view own_identity) {
+        std::unordered_map<Endpoint, bool> mine;
+        for (const auto& e : own) mine[e] = true;
+        return remove_if([&](Peer& p) {
+            if (!own_identity.empty() && p.identity == own_identity) return true;
+            if (p.identity.empty()) {
+                bool self = false;
+                p.for_each_endpoint([&](const Endpoint& e) { self = self || mine.count(e) > 0; });
+                return self;
+            }
+            std::vector<Endpoint> keep;
+            for (const auto& e : p.endpoints())
+                if (!mine.count(e)) keep.push_back(e);
+            if (keep.empty()) return true;
+            if (keep.size() != p.endpoints().size()) {
+                p.alt_endpoints.clear();
+                p.ipv4.reset();
+                p.ipv6.reset();
+                (keep.front().address.is_v4() ? p.ipv4 : p.ipv6) = keep.front().address;
+                p.server_port = keep.front().port;
+                for (std::size_t i = 1; i < keep.size(); ++i) p.add_alt(keep[i]);
+            }
+            return false;
+        });
+    }
+
+    // Removes the entries of the server with this identity (the node itself).
+    std::size_t remove_identity(std::string_view id) {
+        if (id.empty()) return 0;
+        return remove_if([&](const Peer& p) { return p.identity == id; });
+    }
+
+    // The entry of the server with this identity, or nullptr.
+    Peer* find_identity(std::string_view id) {
+        if (id.empty()) return nullptr;
+        for (auto& p : peers_)
+            if (p.identity == id) return &p;
+        return nullptr;
+    }
+    const Peer* find_identity(std::string_view id) const {
+        return const_cast<IpTable*>(this)->find_identity(id);
     }
 
     // Removes every entry reachable under one of the node's own endpoints.
@@ -489,9 +599,16 @@ public:
         return lowest_latency([](const Peer&) { return true; });
     }
 
+    // One server: the same identity; or, unless they name different identities, a shared
+    // endpoint (P2PRC's rule: same IPv4 and port, or same IPv6 and port).
     static bool same_server(const Peer& a, const Peer& b) {
-        if (a.server_port != b.server_port) return false;
-        return (a.ipv4 && b.ipv4 && *a.ipv4 == *b.ipv4) || (a.ipv6 && b.ipv6 && *a.ipv6 == *b.ipv6);
+        if (!a.identity.empty() && a.identity == b.identity) return true;
+        if (!detail::identities_compatible(a, b)) return false;
+        bool shared = false;
+        a.for_each_endpoint([&](const Endpoint& e) {
+            if (!shared) b.for_each_endpoint([&](const Endpoint& f) { shared = shared || e == f; });
+        });
+        return shared;
     }
 
 private:

@@ -10,6 +10,7 @@
 #include "config.hpp"
 #include "discovery.hpp"
 #include "error.hpp"
+#include "identity.hpp"
 #include "iptable.hpp"
 #include "net.hpp"
 #include "probe.hpp"
@@ -43,6 +44,9 @@ struct LearnOutcome {
     std::size_t unchecked = 0;        // not probed: over the per-request cap, the time budget,
                                       // or the node's bound on concurrent checks
     std::vector<Peer> added_peers;    // what was added
+    SignatureReport signatures;       // signed entries: verified, forged, replayed, unsigned claims
+    std::size_t wrong_identity = 0;  // addresses dropped: another identity (or none) answered there
+    std::size_t updated = 0;         // known servers whose newer signed entry was taken
 };
 
 struct DiscoverReport {
@@ -110,6 +114,9 @@ inline void apply_refresh(IpTable& table, const RefreshReport& report) {
         if (!e.latency.reachable) continue;
         for (const auto& ep : e.peer.endpoints()) {
             if (Peer* p = table.find(ep.to_string())) {
+                // Contacted from now on where it answered (failover to another address).
+                if (!p->is_primary(e.latency.endpoint)) p->promote(e.latency.endpoint);
+                if (p->identity.empty()) p->identity = e.latency.identity;
                 p->latency_ms = e.peer.latency_ms;
                 p->measured_at = e.peer.measured_at;
                 if (e.peer.download_mbps) p->download_mbps = e.peer.download_mbps;
@@ -228,12 +235,19 @@ public:
     // Relay candidates re-measured before a choice (the nearest by the table's figures).
     static constexpr std::size_t relay_candidates_measured = 4;
 
-    explicit Node(Config config) : config_(std::move(config)), instance_id_(detail::random_hex(16)) {}
+    // Reads the node's identity key (config.identity_key_path()), or makes it at the first
+    // start. Throws p2prc::error naming the file when it exists but is damaged.
+    explicit Node(Config config)
+        : config_(std::move(config)),
+          identity_(Identity::load_or_create(config_.identity_key_path())),
+          instance_id_(identity_.id()) {}
     ~Node() { stop(); }
     Node(const Node&) = delete;
     Node& operator=(const Node&) = delete;
 
     const Config& config() const noexcept { return config_; }
+    // The node's identity: its Ed25519 key (identity.hpp).
+    const Identity& identity() const noexcept { return identity_; }
 
     // Starts the HTTP server (returns once it listens): /server_info, the speed tests,
     // POST /IpTable and GET /whoami. The table file is cleaned on the way (duplicates
@@ -247,6 +261,7 @@ public:
         so.name = config_.name;
         for (const auto& a : config_.public_addresses) so.advertised_addresses.push_back(a.to_string());
         so.disk_path = detail::parent_dir(config_.iptable);
+        so.identity = identity_.id();
         so.worker_threads = config_.limits.server_threads;
         so.max_body_bytes = std::max(config_.limits.max_body_bytes, config_.limits.max_upload_bytes);
         so.read_timeout = so.write_timeout = detail::ms(config_.limits.request_timeout_ms);
@@ -305,8 +320,59 @@ public:
         return own;
     }
 
-    // The entry other nodes should list for this one.
+    // The entry other nodes should list for this one, with the node's identity and its
+    // signed word about itself (a new sequence number only when the content changed).
     Peer self_entry() const {
+        Peer p = self_entry_unsigned();
+        p.identity = identity_.id();
+        SignedEntry s;
+        s.identity = identity_.id();
+        s.name = p.name;
+        s.endpoints = p.endpoints();
+        // A server bound to every address is reachable at each of them (peers keep the ones
+        // they reach, after checking them): listed so one server is one entry everywhere.
+        auto bind = IpAddress::parse(config_.bind);
+        if (!self_exposure() && config_.public_addresses.empty() && bind &&
+            bind->scope() == Scope::unspecified) {
+            try {
+                for (const auto& a : local_interface_addresses()) {
+                    const auto sc = a.scope();
+                    if (sc == Scope::loopback || sc == Scope::link_local ||
+                        sc == Scope::unspecified || sc == Scope::reserved ||
+                        (bind->is_v4() && a.is_v6()))
+                        continue;
+                    const Endpoint e{a, p.server_port};
+                    if (s.endpoints.size() < SignedEntry::max_endpoints &&
+                        std::find(s.endpoints.begin(), s.endpoints.end(), e) == s.endpoints.end())
+                        s.endpoints.push_back(e);
+                }
+            } catch (const error&) {
+            }
+        }
+        s.nat = p.nat;
+        s.escape_implementation = p.escape_implementation;
+        if (auto relayed = self_exposure()) s.relay = relayed->relay;
+        for (const auto& e : s.endpoints) p.add_alt(e);
+        {
+            std::lock_guard<std::mutex> lock(signed_mu_);
+            if (last_signed_ && last_signed_->same_content(s)) {
+                s = *last_signed_;
+            } else {
+                const auto now = static_cast<std::uint64_t>(
+                    std::chrono::duration_cast<std::chrono::milliseconds>(
+                        std::chrono::system_clock::now().time_since_epoch())
+                        .count());
+                s.seq = std::max(now, last_signed_ ? last_signed_->seq + 1 : 0);
+                s.sign(identity_);
+                last_signed_ = s;
+            }
+        }
+        p.signed_entry = std::move(s);
+        return p;
+    }
+
+  private:
+    Peer self_entry_unsigned() const {
         Peer p;
         p.name = config_.name;
         if (auto relayed = self_exposure()) {
@@ -341,6 +407,7 @@ public:
         return p;
     }
 
+  public:
     // Whether this node is behind NAT: as configured, or (auto) when two peers agree on
     // an address that is none of this machine's.
     bool behind_nat() const {
@@ -416,6 +483,30 @@ public:
                 // own word: its name and facts are taken, for that endpoint only.
                 Peer answered;
                 if (const Peer* own = r.table.find(r.peer.to_string())) answered = *own;
+                // Its entry may list it under other addresses: the identity it states finds
+                // it (the signed word in it is checked below, like every other).
+                if (const Peer* own = r.table.find_identity(r.identity);
+                    own && own->signed_entry && own->signed_entry->verify() &&
+                    own->signed_entry->identity == r.identity)
+                    answered = *own;
+                answered.alt_endpoints.clear();
+                if (!r.identity.empty()) {
+                    if (!answered.identity.empty() && answered.identity != r.identity)
+                        answered = Peer();
+                    answered.identity = r.identity;
+                }
+                if (answered.signed_entry) {
+                    // A forged word, or one older than the table's, is not taken.
+                    IpTable one(std::vector<Peer>{answered});
+                    check_signatures(one, table());
+                    if (one.empty()) answered.signed_entry.reset();
+                    if (answered.signed_entry) {
+                        answered.name = answered.signed_entry->name;
+                        answered.nat = answered.signed_entry->nat;
+                        answered.escape_implementation =
+                            answered.signed_entry->escape_implementation;
+                    }
+                }
                 answered.ipv4.reset();
                 answered.ipv6.reset();
                 answered.server_port = r.peer.port;
@@ -425,7 +516,10 @@ public:
                 answered.upload_mbps.reset();
                 answered.measured_at.reset();
                 answered.extra = nlohmann::json();
-                r.table.remove(r.peer.to_string());
+                // A peer with an identity keeps its own entry in what is learned: its other
+                // endpoints are checked there (they must answer as that identity) and join
+                // the entry as alternatives. Without one, the address rules stay as they were.
+                if (r.identity.empty()) r.table.remove(r.peer.to_string());
                 modify([&](IpTable& t) { t.add(answered); });
                 auto outcome = learn(std::move(r.table), r.peer.address);
                 for (const auto& p : outcome.added_peers)
@@ -443,7 +537,7 @@ public:
     RefreshReport update(const std::function<void(std::size_t, std::size_t)>& progress = {},
                          bool measure_throughput = false) {
         IpTable snapshot = table();
-        snapshot.remove_self(own_endpoints());
+        snapshot.remove_self(own_endpoints(), identity_.id());
         RefreshOptions ro;
         ro.concurrency = config_.limits.probe_concurrency;
         ro.latency.connect_timeout = std::min(detail::ms(config_.limits.probe_timeout_ms), std::chrono::milliseconds(2000));
@@ -461,19 +555,44 @@ public:
     // live ones.
     LearnOutcome learn(IpTable incoming, const IpAddress& sender) {
         LearnOutcome out;
+        const IpTable current = table();
+        // Signatures first: what the signer said is checked as it was signed.
+        out.signatures = check_signatures(incoming, current);
         out.filter = filter_learned(incoming, effective_sender(sender), scope_policy(config_),
                                     config_.limits.max_entries);
-        incoming.remove_self(own_endpoints());
+        incoming.remove_self(own_endpoints(), identity_.id());
         incoming.dedupe();
         std::unordered_set<Endpoint> known;
-        for (const auto& p : table().peers()) p.for_each_endpoint([&](const Endpoint& e) { known.insert(e); });
-        std::vector<Peer> fresh;
-        for (const auto& p : incoming.peers()) {
-            bool is_known = false;
-            p.for_each_endpoint([&](const Endpoint& e) { is_known = is_known || known.count(e) > 0; });
-            if (!is_known) fresh.push_back(p);
+        std::unordered_map<std::string, std::uint64_t> known_seq;
+        for (const auto& p : current.peers()) {
+            p.for_each_endpoint([&](const Endpoint& e) { known.insert(e); });
+            if (p.signed_entry) known_seq[p.identity] = p.signed_entry->seq;
         }
-        out.new_servers = fresh.size();
+        std::vector<Peer> fresh;
+        IpTable updates;  // known servers, every endpoint known, with a newer signed word
+        for (const auto& p : incoming.peers()) {
+            bool all_known = true, any_known = false;
+            p.for_each_endpoint([&](const Endpoint& e) {
+                const bool k = known.count(e) > 0;
+                all_known = all_known && k;
+                any_known = any_known || k;
+            });
+            // A server is new when no endpoint of it is known; a known server with an
+            // endpoint not known yet is checked like a new one (the endpoint must answer
+            // as that server) before it joins the entry.
+            const bool identity_known = !p.identity.empty() && current.find_identity(p.identity);
+            if (!all_known) {
+                fresh.push_back(p);
+                if (!any_known && !identity_known) ++out.new_servers;
+            } else if (p.signed_entry) {
+                auto it = known_seq.find(p.identity);
+                if (it == known_seq.end() || p.signed_entry->seq > it->second) updates.add(p);
+            }
+        }
+        if (!updates.empty()) {
+            out.updated = updates.size();
+            modify([&](IpTable& t) { t.merge(updates); });
+        }
         // At most two learn() calls probe at once in the whole node: a flood of tables
         // cannot turn the node into a prober of addresses its senders pick.
         detail::InFlightSlot slot(learning_, max_concurrent_learning);
@@ -493,6 +612,7 @@ public:
         const auto budget = detail::ms(config_.limits.liveness_budget_ms);
         const auto deadline = std::chrono::steady_clock::now() + budget;
         std::vector<char> alive(checks.size(), 0), ran(checks.size(), 0);
+        std::vector<std::string> answered_as(checks.size());
         detail::parallel_for(checks.size(), 16, [&](std::size_t k) {
             auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
             if (left < std::chrono::milliseconds(50)) return;
@@ -502,19 +622,42 @@ public:
             lo.read_timeout = left;
             lo.total_timeout = left;
             ran[k] = 1;
-            alive[k] = probe_latency(checks[k].second, lo).reachable ? 1 : 0;
+            auto r = probe_latency(checks[k].second, lo);
+            alive[k] = r.reachable ? 1 : 0;
+            answered_as[k] = std::move(r.identity);
         });
-        std::vector<char> entry_ran(fresh.size(), 1);
+        // The identity that answers at an endpoint is the server's: an entry that names
+        // another one there (or names one where a server without identity answers) loses
+        // that endpoint; an entry without identity takes the one that answered.
         for (std::size_t k = 0; k < checks.size(); ++k) {
             Peer& p = fresh[checks[k].first];
+            if (!alive[k]) continue;
+            if (p.identity.empty()) p.identity = answered_as[k];
+            if (p.identity != answered_as[k]) {
+                alive[k] = 0;
+                ++out.wrong_identity;
+            }
+        }
+        std::vector<char> entry_ran(fresh.size(), 1);
+        std::vector<std::vector<Endpoint>> alive_eps(fresh.size());
+        for (std::size_t k = 0; k < checks.size(); ++k) {
             if (!ran[k]) entry_ran[checks[k].first] = 0;
-            if (!alive[k]) (checks[k].second.address.is_v4() ? p.ipv4 : p.ipv6).reset();
+            if (alive[k]) alive_eps[checks[k].first].push_back(checks[k].second);
         }
         IpTable add;
         for (std::size_t i = 0; i < fresh.size(); ++i) {
             if (!entry_ran[i]) ++out.unchecked;
             else ++out.checked;
-            if (entry_ran[i] && (fresh[i].ipv4 || fresh[i].ipv6)) add.add(fresh[i]);
+            if (!entry_ran[i] || alive_eps[i].empty()) continue;
+            Peer& p = fresh[i];
+            // Only the endpoints that answered as this server stay; the first is contacted.
+            p.ipv4.reset();
+            p.ipv6.reset();
+            p.alt_endpoints.clear();
+            p.server_port = alive_eps[i].front().port;
+            (alive_eps[i].front().address.is_v4() ? p.ipv4 : p.ipv6) = alive_eps[i].front().address;
+            for (std::size_t j = 1; j < alive_eps[i].size(); ++j) p.add_alt(alive_eps[i][j]);
+            add.add(p);
         }
         out.added = add.size();
         out.added_peers = add.peers();
@@ -528,14 +671,14 @@ public:
     // figures (nothing is probed): measured, not behind NAT themselves, not this node.
     std::vector<RelayCandidate> listed_relays(const std::vector<Endpoint>& exclude = {}) const {
         IpTable t = table();
-        t.remove_self(own_endpoints());
+        t.remove_self(own_endpoints(), identity_.id());
         std::unordered_set<Endpoint> skip(exclude.begin(), exclude.end());
         std::vector<RelayCandidate> listed;
         for (const auto& p : t.peers()) {
             if (p.nat || !p.latency_ms) continue;
             auto e = p.endpoint();
             if (!e || skip.count(*e) || distrusted(*e)) continue;
-            listed.push_back(RelayCandidate{p.label(), *e, *p.latency_ms});
+            listed.push_back(RelayCandidate{p.label(), *e, *p.latency_ms, p.identity});
         }
         by_latency(listed);
         return listed;
@@ -573,6 +716,19 @@ private:
     Exposure expose_port(std::uint16_t local_port, ExposeOptions options, bool own_server) {
         if (local_port == 0) throw error(errc::invalid_argument, "expose: the local port must not be 0");
         if (options.proxy_name.empty()) options.proxy_name = config_.name + "-" + std::to_string(local_port);
+        if (own_server && !options.verify_change) {
+            // Every later relay (failover, move) must lead back here too, as the first one
+            // is checked in check_reachability.
+            options.verify_change = [this](const Exposure& e) -> std::optional<std::string> {
+                auto wrong = leads_elsewhere(e.public_endpoint);
+                if (wrong) {
+                    std::lock_guard<std::mutex> lock(distrust_mu_);
+                    distrusted_relays_.insert(e.relay);
+                    return "it does not lead to this node (" + *wrong + ")";
+                }
+                return std::nullopt;
+            };
+        }
         auto tunnel = std::make_shared<RelayTunnel>(
             Endpoint{options.local_host, local_port}, config_.token, options,
             [this](const std::vector<Endpoint>& exclude) { return relay_candidates(exclude); },
@@ -657,7 +813,7 @@ public:
         }
         if (config_.behind_nat == BehindNat::automatic) {
             IpTable t = table();
-            t.remove_self(own_endpoints());
+            t.remove_self(own_endpoints(), identity_.id());
             std::vector<Peer> peers;
             for (const auto& p : t.peers())
                 if (!p.nat && p.endpoint()) peers.push_back(p);
@@ -728,8 +884,8 @@ public:
         return report;
     }
 
-    // A random identity of this node object, answered on GET /whoami: tells whether an
-    // endpoint leads to this very node.
+    // The node's identity (printable), answered on GET /whoami as "node" and "identity":
+    // tells whether an endpoint leads to this very node.
     const std::string& instance_id() const noexcept { return instance_id_; }
 
 private:
@@ -743,14 +899,10 @@ private:
     }
 
     // Why `endpoint` does not lead to this node's server, or nullopt when it does.
+    // The proof is a signature of a fresh nonce (GET /whoami?nonce=): a relay cannot pass
+    // off another server as this one by copying its identity.
     std::optional<std::string> leads_elsewhere(const Endpoint& endpoint) const {
-        auto call = detail::http_call(endpoint, "GET", "/whoami", {}, "", std::chrono::milliseconds(5000));
-        if (!call.answered) return call.reason;
-        auto j = nlohmann::json::parse(call.body, nullptr, false);
-        if (call.status != 200 || !j.is_object() || !j.contains("node") || !j["node"].is_string())
-            return "GET /whoami there answered HTTP " + std::to_string(call.status) + " without a node identity";
-        if (j["node"].get<std::string>() != instance_id_) return std::string("another node answers there");
-        return std::nullopt;
+        return detail::whoami_refutes(endpoint, identity_.id(), std::chrono::milliseconds(5000));
     }
 
     std::optional<double> measure_relay(const Endpoint& e) const {
@@ -787,7 +939,7 @@ private:
             [&](IpTable& t) {
                 change(t);
                 t.dedupe();
-                t.remove_self(own);
+                t.remove_self(own, identity_.id());
             },
             config_.table_format, std::chrono::seconds(30));
     }
@@ -839,6 +991,7 @@ private:
             r.content_type = "application/json";
             r.body = answer.dump(answer_format, -1);
             r.headers.emplace_back(observed_address_header, sender.to_string());
+            r.headers.emplace_back(identity_header, identity_.id());
         } catch (const error& e) {
             r.error(500, e.what());
         }
@@ -856,6 +1009,7 @@ private:
             ro.login_timeout = std::chrono::seconds(config_.relay.login_timeout_s);
             ro.idle_timeout = std::chrono::seconds(config_.relay.idle_timeout_s);
             ro.token = config_.token;
+            ro.tls_key_pem = identity_.private_pem();
             ro.per_requester = config_.relay.per_address;
             relays_ = std::make_shared<RelayPool>(ro);
         }
@@ -932,13 +1086,29 @@ private:
         r.headers.emplace_back(observed_address_header, caller.to_string());
     }
 
+    // GET /whoami[?nonce=HEX]: the caller's address as seen here, the node's identity and,
+    // given a nonce, the proof that this node holds its key (identity.hpp).
     void handle_whoami(const HttpRequest& q, HttpResponse& r) {
         if (!q.remote) return r.error(400, "cannot tell the sender's address");
-        r.json({{"address", q.remote->address.to_string()}, {"port", q.remote->port}, {"node", instance_id_}});
+        nlohmann::json answer{{"address", q.remote->address.to_string()},
+                              {"port", q.remote->port},
+                              {"node", instance_id_},
+                              {"identity", identity_.id()}};
+        auto nonce = q.params.find("nonce");
+        if (nonce != q.params.end()) {
+            if (!valid_nonce(nonce->second))
+                return r.error(400, "nonce: expected 16-128 hex digits");
+            answer["nonce"] = nonce->second;
+            answer["signature"] = identity_.sign_hex(whoami_message(nonce->second));
+        }
+        r.json(answer);
         r.headers.emplace_back(observed_address_header, q.remote->address.to_string());
     }
 
     Config config_;
+    Identity identity_;
+    mutable std::mutex signed_mu_;
+    mutable std::optional<SignedEntry> last_signed_;  // the last self-entry signed
     std::mutex lifecycle_;
     std::unique_ptr<Server> server_;
     std::atomic<std::uint16_t> bound_port_{0};

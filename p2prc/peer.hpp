@@ -12,9 +12,11 @@
 
 #include "address.hpp"
 #include "error.hpp"
+#include "identity.hpp"
 
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
@@ -53,15 +55,28 @@ struct Peer {
     std::string public_key;
     std::string custom_information;
 
+    // The server's identity (identity.hpp), when known: learned from the server itself (a
+    // probe, its signed entry). Entries of P2PRC's Go nodes have none.
+    std::string identity;
+    // More endpoints of the same server (another address, IPv4 and IPv6, another port):
+    // the entry is contacted at ipv4/ipv6:server_port, these are the fall-backs.
+    std::vector<Endpoint> alt_endpoints;
+    // The server's own signed word about itself, passed on unchanged.
+    std::optional<SignedEntry> signed_entry;
+
+    static constexpr std::size_t max_alt_endpoints = 8;
+
     // Keys this version does not know, kept for the round trip (null when there are none,
     // which costs no allocation).
     nlohmann::json extra;
 
-    // The endpoints under which this server is reachable: IPv4 first, then IPv6.
+    // The endpoints under which this server is reachable: IPv4 first, then IPv6, then the
+    // alternatives.
     std::vector<Endpoint> endpoints() const {
         std::vector<Endpoint> out;
         if (ipv4) out.push_back({*ipv4, server_port});
         if (ipv6) out.push_back({*ipv6, server_port});
+        out.insert(out.end(), alt_endpoints.begin(), alt_endpoints.end());
         return out;
     }
     // The endpoint to contact: IPv4 when known, else IPv6.
@@ -70,11 +85,43 @@ struct Peer {
         if (ipv6) return Endpoint{*ipv6, server_port};
         return std::nullopt;
     }
-    // Calls fn(endpoint) for each endpoint without allocating (hot in dedupe).
+    // Calls fn(endpoint) for each endpoint (alternatives included) without allocating
+    // (hot in dedupe).
     template <class Fn>
     void for_each_endpoint(Fn&& fn) const {
         if (ipv4) fn(Endpoint{*ipv4, server_port});
         if (ipv6) fn(Endpoint{*ipv6, server_port});
+        for (const auto& e : alt_endpoints) fn(e);
+    }
+    // Whether `e` is the primary endpoint (IPv4 or IPv6 with the server port).
+    bool is_primary(const Endpoint& e) const {
+        return e.port == server_port &&
+               ((ipv4 && *ipv4 == e.address) || (ipv6 && *ipv6 == e.address));
+    }
+    // Makes `e` the endpoint to contact; the previous primary endpoints become alternatives.
+    void promote(const Endpoint& e) {
+        if (is_primary(e) && (e.address.is_v4() || !ipv4)) return;
+        std::vector<Endpoint> rest;
+        for_each_endpoint([&](const Endpoint& x) {
+            if (x != e && std::find(rest.begin(), rest.end(), x) == rest.end()) rest.push_back(x);
+        });
+        ipv4.reset();
+        ipv6.reset();
+        (e.address.is_v4() ? ipv4 : ipv6) = e.address;
+        server_port = e.port;
+        alt_endpoints.clear();
+        for (const auto& x : rest) add_alt(x);
+    }
+    // Adds an alternative endpoint (not the primary, not twice, at most max_alt_endpoints).
+    void add_alt(const Endpoint& e) {
+        if (is_primary(e) ||
+            std::find(alt_endpoints.begin(), alt_endpoints.end(), e) != alt_endpoints.end())
+            return;
+        if (e.port == server_port && !(e.address.is_v4() ? ipv4 : ipv6)) {
+            (e.address.is_v4() ? ipv4 : ipv6) = e.address;  // the other family of the same port
+            return;
+        }
+        if (alt_endpoints.size() < max_alt_endpoints) alt_endpoints.push_back(e);
     }
     bool measured() const noexcept { return latency_ms.has_value(); }
 
@@ -187,6 +234,12 @@ public:
                 p.public_key = str(v, limits_.max_public_key);
             } else if (key == "custominformation" || key == "custom_information") {
                 p.custom_information = str(v, limits_.max_custom_information);
+            } else if (key == "identity") {
+                p.identity = identity(v);
+            } else if (key == "altendpoints" || key == "alt_endpoints") {
+                p.alt_endpoints = endpoint_list(v, Peer::max_alt_endpoints);
+            } else if (key == "signed") {
+                if (!v.is_null()) p.signed_entry = signed_entry(v);
             } else {
                 if (p.extra.size() >= limits_.max_unknown_keys)
                     fail("more than " + std::to_string(limits_.max_unknown_keys) + " unknown keys");
@@ -265,6 +318,71 @@ private:
         fail("invalid port: expected a decimal number 1-65535, found " + json_type_name(v));
     }
 
+    std::string identity(const nlohmann::json& v) const {
+        if (v.is_null()) return {};
+        if (!v.is_string()) fail("expected an identity string, found " + json_type_name(v));
+        const auto& s = v.get_ref<const std::string&>();
+        if (s.empty()) return {};
+        if (!is_identity(s))
+            fail("invalid identity " + quote_for_error(s) +
+                 ": expected 52 base32 characters (a-z, 2-7)");
+        return s;
+    }
+
+    std::vector<Endpoint> endpoint_list(const nlohmann::json& v, std::size_t max) const {
+        std::vector<Endpoint> out;
+        if (v.is_null()) return out;
+        if (!v.is_array()) fail("expected an array of endpoints, found " + json_type_name(v));
+        if (v.size() > max) fail("more than " + std::to_string(max) + " endpoints");
+        for (const auto& e : v) {
+            if (!e.is_string()) fail("expected an endpoint string, found " + json_type_name(e));
+            auto ep = Endpoint::parse(e.get_ref<const std::string&>());
+            if (!ep)
+                fail("invalid endpoint " + quote_for_error(e.get_ref<const std::string&>()) +
+                     ": expected ADDRESS:PORT ([ADDRESS]:PORT for IPv6)");
+            if (std::find(out.begin(), out.end(), *ep) == out.end()) out.push_back(*ep);
+        }
+        return out;
+    }
+
+    // The signed entry is read as written (a reader must not normalise what was signed:
+    // only the signature check decides whether it is good).
+    SignedEntry signed_entry(const nlohmann::json& v) const {
+        if (!v.is_object()) fail("expected a signed entry object, found " + json_type_name(v));
+        SignedEntry s;
+        auto text = [&](const char* k, std::size_t max) -> std::string {
+            auto it = v.find(k);
+            if (it == v.end() || it->is_null()) return {};
+            if (!it->is_string()) fail(std::string("signed entry: \"") + k + "\" must be a string");
+            if (it->get_ref<const std::string&>().size() > max)
+                fail(std::string("signed entry: \"") + k + "\" longer than " + std::to_string(max) +
+                     " bytes");
+            return it->get<std::string>();
+        };
+        s.identity = identity(v.contains("identity") ? v["identity"] : nlohmann::json());
+        if (s.identity.empty()) fail("signed entry without an identity");
+        auto seq = v.find("seq");
+        if (seq == v.end() || !seq->is_number_unsigned())
+            fail("signed entry: \"seq\" must be an unsigned integer");
+        s.seq = seq->get<std::uint64_t>();
+        s.name = text("name", limits_.max_name);
+        s.endpoints = endpoint_list(v.contains("endpoints") ? v["endpoints"] : nlohmann::json(),
+                                    SignedEntry::max_endpoints);
+        if (auto n = v.find("nat"); n != v.end() && !n->is_null()) {
+            if (!n->is_boolean()) fail("signed entry: \"nat\" must be a boolean");
+            s.nat = n->get<bool>();
+        }
+        s.escape_implementation = text("escape_implementation", limits_.max_string);
+        const std::string relay = text("relay", 64);
+        if (!relay.empty()) {
+            s.relay = Endpoint::parse(relay);
+            if (!s.relay) fail("signed entry: invalid relay endpoint " + quote_for_error(relay));
+        }
+        s.signature = text("signature", 128);
+        if (s.signature.size() != 128) fail("signed entry: \"signature\" must be 128 hex digits");
+        return s;
+    }
+
     std::optional<IpAddress> address(const nlohmann::json& v, IpAddress::Family family) const {
         if (v.is_null()) return std::nullopt;
         if (!v.is_string()) fail("expected an address string, found " + json_type_name(v));
@@ -296,6 +414,35 @@ inline Peer peer_from_json(const nlohmann::json& entry, const std::string& where
     return detail::PeerReader(where, limits).read(entry);
 }
 
+inline nlohmann::json signed_entry_to_json(const SignedEntry& s) {
+    nlohmann::json eps = nlohmann::json::array();
+    for (const auto& e : s.endpoints) eps.push_back(e.to_string());
+    return {{"identity", s.identity},
+            {"seq", s.seq},
+            {"name", s.name},
+            {"endpoints", std::move(eps)},
+            {"nat", s.nat},
+            {"escape_implementation", s.escape_implementation},
+            {"relay", s.relay ? s.relay->to_string() : std::string()},
+            {"signature", s.signature}};
+}
+
+namespace detail {
+
+// The identity facts of an entry, in both formats under the format's spelling (P2PRC's Go
+// nodes ignore keys they do not know).
+inline void write_identity_keys(const Peer& p, nlohmann::json& j, bool go) {
+    if (!p.identity.empty()) j[go ? "Identity" : "identity"] = p.identity;
+    if (!p.alt_endpoints.empty()) {
+        nlohmann::json alt = nlohmann::json::array();
+        for (const auto& e : p.alt_endpoints) alt.push_back(e.to_string());
+        j[go ? "AltEndpoints" : "alt_endpoints"] = std::move(alt);
+    }
+    if (p.signed_entry) j[go ? "Signed" : "signed"] = signed_entry_to_json(*p.signed_entry);
+}
+
+}  // namespace detail
+
 // Writes one entry in the chosen format. Unknown keys that were read are written back.
 inline nlohmann::json peer_to_json(const Peer& p, TableFormat format = TableFormat::seed) {
     nlohmann::json j = nlohmann::json::object();
@@ -320,6 +467,7 @@ inline nlohmann::json peer_to_json(const Peer& p, TableFormat format = TableForm
         j["PublicKey"] = p.public_key;
         j["CustomInformation"] = p.custom_information;
         if (p.measured_at) j["MeasuredAt"] = *p.measured_at;  // Go ignores unknown keys
+        detail::write_identity_keys(p, j, true);
         return j;
     }
     // The seed's five keys always; the rest only when they say something.
@@ -340,6 +488,7 @@ inline nlohmann::json peer_to_json(const Peer& p, TableFormat format = TableForm
     if (!p.bare_metal_ssh_port.empty()) j["bare_metal_ssh_port"] = p.bare_metal_ssh_port;
     if (!p.public_key.empty()) j["public_key"] = p.public_key;
     if (!p.custom_information.empty()) j["custom_information"] = p.custom_information;
+    detail::write_identity_keys(p, j, false);
     return j;
 }
 

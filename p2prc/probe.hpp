@@ -93,6 +93,7 @@ struct LatencyResult {
     ProbeFailure failure = ProbeFailure::none;
     int http_status = 0;  // when failure == http_status
     std::string reason;   // human text for a failure: "connection refused", "HTTP status 500"
+    std::string identity;  // the "Identity" the server's /server_info states ("" when none)
 };
 
 struct ThroughputOptions {
@@ -358,11 +359,18 @@ inline LatencyResult probe_latency(const Endpoint& endpoint, const LatencyOption
     }
     r.reachable = true;
     detail::fill_stats(r);
+    if (auto j = nlohmann::json::parse(body, nullptr, false); j.is_object()) {
+        auto id = j.find("Identity");
+        if (id != j.end() && id->is_string() && is_identity(id->get_ref<const std::string&>()))
+            r.identity = id->get<std::string>();
+    }
     return r;
 }
 
-// Probes the peer's endpoints in order (IPv4 first) and returns the first reachable
-// result, or the failure of the last one tried.
+// Probes the peer's endpoints in order (IPv4 first, then the alternatives) and returns the
+// first reachable result, or the failure of the last one tried. When the peer's identity is
+// known, an endpoint where another identity (or none) answers is another server: it counts
+// as a failure.
 inline LatencyResult probe_latency(const Peer& peer, const LatencyOptions& options = {}) {
     auto eps = peer.endpoints();
     if (eps.empty())
@@ -370,6 +378,18 @@ inline LatencyResult probe_latency(const Peer& peer, const LatencyOptions& optio
     LatencyResult last;
     for (const auto& e : eps) {
         last = probe_latency(e, options);
+        if (last.reachable && !peer.identity.empty() && last.identity != peer.identity) {
+            last.reachable = false;
+            last.failure = ProbeFailure::error;
+            last.reason = last.identity.empty()
+                              ? "the server there states no identity, expected " +
+                                    short_identity(peer.identity)
+                              : "another server answers there (identity " +
+                                    short_identity(last.identity) + ", expected " +
+                                    short_identity(peer.identity) + ")";
+            last.samples_ms.clear();
+            continue;
+        }
         if (last.reachable) return last;
     }
     return last;
@@ -882,6 +902,10 @@ inline RefreshReport refresh(IpTable& table, const RefreshOptions& options = {})
         // Record on the entry (and its duplicates, if the table has any).
         for (const auto& ep : e.peer.endpoints()) {
             if (Peer* p = table.find(ep.to_string())) {
+                // The endpoint that answered is the one to contact from now on (the first
+                // may have died: failover to another address of the same server).
+                if (!p->is_primary(e.latency.endpoint)) p->promote(e.latency.endpoint);
+                if (p->identity.empty()) p->identity = e.latency.identity;
                 p->latency_ms = e.latency.min_ms;
                 p->measured_at = now;
                 if (e.throughput && e.throughput->ok) {

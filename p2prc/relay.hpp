@@ -14,6 +14,7 @@
 #include "error.hpp"
 #include "frp/client.hpp"
 #include "frp/server.hpp"
+#include "identity.hpp"
 #include "probe.hpp"
 
 #include <httplib.h>
@@ -113,6 +114,29 @@ inline std::string answer_error(const HttpCall& c) {
     return s;
 }
 
+// Asks the server at `at` to prove it holds the key of identity `expected` (GET /whoami with
+// a fresh nonce; see identity.hpp). nullopt when it does; else why not.
+inline std::optional<std::string> whoami_refutes(const Endpoint& at, const std::string& expected,
+                                                 std::chrono::milliseconds timeout) {
+    const std::string nonce = random_nonce(16);
+    auto call = http_call(at, "GET", "/whoami?nonce=" + nonce, {}, "", timeout);
+    if (!call.answered) return call.reason;
+    auto j = nlohmann::json::parse(call.body, nullptr, false);
+    if (call.status != 200 || !j.is_object() || !j.contains("identity") ||
+        !j["identity"].is_string())
+        return "GET /whoami at " + at.to_string() + " answered HTTP " +
+               std::to_string(call.status) + " without an identity";
+    const std::string id = j["identity"].get<std::string>();
+    if (id != expected)
+        return "another node answers there (identity " + short_identity(id) + ", expected " +
+               short_identity(expected) + ")";
+    if (!j.contains("signature") || !j["signature"].is_string() ||
+        !verify_signature_hex(expected, whoami_message(nonce), j["signature"].get<std::string>()))
+        return "the server at " + at.to_string() + " claims identity " + short_identity(id) +
+               " but does not prove it (no valid signature of the nonce)";
+    return std::nullopt;
+}
+
 }  // namespace detail
 
 // ==== The relay side: GET /FRPPort =========================================================
@@ -126,6 +150,9 @@ struct RelayPoolOptions {
     // keeps its relay: frp's heartbeats flow while the tunnel waits for users.)
     std::chrono::milliseconds idle_timeout{300000};
     std::string token;  // required at frp login; empty: frp's default (no secret)
+    // The relays' TLS certificates are made for this private key (PEM; a node gives its
+    // identity key), so a client that knows the node's identity verifies the relay.
+    std::string tls_key_pem;
     // Bounds for each relay: it serves one node behind NAT, not a crowd.
     std::size_t max_clients_per_relay = 4;
     // Public ports one client may open on a relay: each is a listener and a thread here,
@@ -181,6 +208,7 @@ class RelayPool {
         frp::ServerOptions so;
         so.bind = Endpoint{opt_.bind, 0};
         so.token = opt_.token;
+        so.tls_key_pem = opt_.tls_key_pem;
         so.max_clients = opt_.max_clients_per_relay;
         so.max_proxies_per_client = opt_.max_proxies_per_client;
         so.max_connections = opt_.max_connections_per_relay;
@@ -299,6 +327,10 @@ struct RelayCandidate {
     std::string name;
     Endpoint http;
     double latency_ms = 0;
+    // Its identity, when the table knows it: the relay must prove it (GET /whoami) before
+    // it is used, so an address that now leads to somebody else is not trusted. (Given a
+    // default, so brace-initialising the first three stays warning-free.)
+    std::string identity{};
 };
 
 // Whether moving from a relay at `current_ms` to one at `candidate_ms` is worth breaking a
@@ -368,6 +400,10 @@ struct ExposeOptions {
     // Called on the tunnel's own thread after every change of relay (not for the first).
     // It must not stop or unexpose this tunnel (the thread would wait for itself).
     std::function<void(const Exposure&)> on_change;
+    // Checks every relay after the first (failover, move) once its tunnel runs, before it
+    // replaces the old one: a reason refuses that relay. (The first one is the caller's to
+    // check: start() returns it.) Runs on the tunnel's own thread.
+    std::function<std::optional<std::string>(const Exposure&)> verify_change;
     std::function<void(const std::string&)> log;
 };
 
@@ -402,7 +438,7 @@ class RelayTunnel {
             started_ = true;
         }
         std::string why;
-        auto up = establish({}, &why);
+        auto up = establish({}, &why, false);
         if (!up && stopping())
             throw error(errc::state_error, "expose " + local_.to_string() + ": stopped while choosing a relay");
         if (!up) throw error(errc::io_error, "cannot expose " + local_.to_string() + ": " + why);
@@ -471,7 +507,7 @@ class RelayTunnel {
     }
 
     // Tries the ranked candidates (minus `exclude` and the relays cooling down) in order.
-    std::optional<Up> establish(std::vector<Endpoint> exclude, std::string* why) {
+    std::optional<Up> establish(std::vector<Endpoint> exclude, std::string* why, bool later) {
         const std::size_t lost = exclude.size();
         const auto cool = cooling(Clock::now());
         for (const auto& e : cool)
@@ -498,7 +534,7 @@ class RelayTunnel {
         for (const auto& c : ranked) {
             if (attempts++ >= opt_.max_attempts || stopping()) break;
             std::string reason;
-            if (auto up = try_relay(c, &reason)) return up;
+            if (auto up = try_relay(c, &reason, later)) return up;
             log("relay " + c.http.to_string() + " failed: " + reason);
             {
                 std::lock_guard<std::mutex> lock(mu_);
@@ -510,8 +546,16 @@ class RelayTunnel {
         return std::nullopt;
     }
 
-    std::optional<Up> try_relay(const RelayCandidate& c, std::string* why) {
+    std::optional<Up> try_relay(const RelayCandidate& c, std::string* why, bool later) {
         const auto deadline = Clock::now() + opt_.attempt_timeout;
+        if (!c.identity.empty()) {
+            if (auto bad = detail::whoami_refutes(
+                    c.http, c.identity,
+                    std::min(opt_.attempt_timeout, std::chrono::milliseconds(5000)))) {
+                *why = "not the relay the table lists: " + *bad;
+                return std::nullopt;
+            }
+        }
         auto port = request_relay_port(c.http, token_, std::min(opt_.attempt_timeout, std::chrono::milliseconds(5000)), why);
         if (!port) return std::nullopt;
         frp::ClientOptions co;
@@ -519,6 +563,12 @@ class RelayTunnel {
         co.token = token_;
         co.tcp_mux = opt_.tcp_mux;
         co.wire_protocol = opt_.wire_protocol;
+        if (auto key = parse_identity(c.identity)) {
+            // A p2prc relay whose identity the table knows: TLS to it, its certificate
+            // checked against that identity (a stock frps has none, and stays unverified).
+            co.tls = true;
+            co.tls_expected_key.assign(reinterpret_cast<const char*>(key->data()), key->size());
+        }
         co.dial_timeout = co.login_timeout = std::min(opt_.attempt_timeout, std::chrono::milliseconds(5000));
         co.heartbeat_interval = co.mux_keepalive_interval = opt_.keepalive_interval;
         co.mux_ping_timeout = opt_.keepalive_timeout;
@@ -558,6 +608,20 @@ class RelayTunnel {
         up.exposure.relay_name = c.name;
         up.exposure.relay_latency_ms = c.latency_ms;
         up.exposure.relay_port = *port;
+        if (later && opt_.verify_change) {
+            std::optional<std::string> bad;
+            try {
+                bad = opt_.verify_change(up.exposure);
+            } catch (const std::exception& e) {
+                bad = std::string("cannot check it: ") + e.what();
+            }
+            if (bad) {
+                *why = "the endpoint it gave (" + st.public_endpoint.to_string() +
+                       ") failed the check: " + *bad;
+                client->stop();
+                return std::nullopt;
+            }
+        }
         up.client = std::move(client);
         return up;
     }
@@ -629,7 +693,7 @@ class RelayTunnel {
                     failed_[cur.relay] = now;
                 }
                 std::string why;
-                if (auto up = establish({cur.relay}, &why)) {
+                if (auto up = establish({cur.relay}, &why, true)) {
                     replace(std::move(*up));
                     down = false;
                     next_eval = Clock::now() + opt_.reevaluate_interval;
@@ -669,7 +733,7 @@ class RelayTunnel {
         log("relay " + best.http.to_string() + " (" + std::to_string(best.latency_ms) + " ms) is clearly nearer than " +
             cur.relay.to_string() + " (" + std::to_string(*here) + " ms); moving");
         std::string why;
-        if (auto up = try_relay(best, &why)) {
+        if (auto up = try_relay(best, &why, true)) {
             replace(std::move(*up));
             return;
         }

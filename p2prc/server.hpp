@@ -70,6 +70,7 @@ struct ServerOptions {
     std::string name;                      // reported in /server_info
     std::vector<std::string> advertised_addresses;  // reported in /server_info
     std::string disk_path = ".";                    // the filesystem /server_info reports
+    std::string identity;  // the node's identity, reported in /server_info as "Identity"
 
     std::chrono::milliseconds read_timeout{5000};   // one receive
     std::chrono::milliseconds write_timeout{5000};  // one send
@@ -785,6 +786,7 @@ class Server {
         j["Addresses"] = options_.advertised_addresses;
         j["MaxBodyBytes"] = options_.max_body_bytes;
         j["MaxDownloadBytes"] = options_.max_download_bytes;
+        if (!options_.identity.empty()) j["Identity"] = options_.identity;  // Go nodes ignore it
         return j.dump();
     }
 

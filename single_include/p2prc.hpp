@@ -323,6 +323,425 @@ struct hash<p2prc::Endpoint> {
 };
 }  // namespace std
 
+// ---- p2prc/identity.hpp ----
+// A node's identity: an Ed25519 key pair. A server is named by its public key, not by an
+// address: one server is known under many addresses (loopback, LAN, public, IPv4 and IPv6,
+// through a relay), but it holds one key.
+//
+// The printable form of an identity is the 32-byte public key in lower-case base32
+// (RFC 4648 alphabet, no padding): 52 characters of a-z and 2-7, which survive copy and
+// paste, a double click, a URL and a file name. The short form (tables, logs) is its
+// first 12 characters.
+//
+// The private key lives in a file (PEM, PKCS#8), created with mode 0600 at the first start.
+// A key file that exists but cannot be read or parsed is an error naming the file: a new
+// identity is never made silently, since peers would then see a different server.
+//
+// A node signs its own table entry (SignedEntry) and the nonces of GET /whoami; both
+// messages start with their own tag, so a signature of one can never pass as the other.
+
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/rand.h>
+
+#include <array>
+#include <cerrno>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace p2prc {
+
+using PublicKeyBytes = std::array<std::uint8_t, 32>;
+
+namespace detail {
+
+inline constexpr const char* base32_alphabet = "abcdefghijklmnopqrstuvwxyz234567";
+
+inline std::string base32_encode(const std::uint8_t* data, std::size_t n) {
+    std::string out;
+    std::uint32_t buffer = 0;
+    int bits = 0;
+    for (std::size_t i = 0; i < n; ++i) {
+        buffer = (buffer << 8) | data[i];
+        bits += 8;
+        while (bits >= 5) {
+            out += base32_alphabet[(buffer >> (bits - 5)) & 31u];
+            bits -= 5;
+        }
+    }
+    if (bits > 0) out += base32_alphabet[(buffer << (5 - bits)) & 31u];
+    return out;
+}
+
+// Decodes exactly `n` bytes; refuses other lengths, other characters and non-zero padding
+// bits (so one key has exactly one printable form).
+inline bool base32_decode(std::string_view text, std::uint8_t* out, std::size_t n) {
+    if (text.size() != (n * 8 + 4) / 5) return false;
+    std::uint32_t buffer = 0;
+    int bits = 0;
+    std::size_t o = 0;
+    for (char c : text) {
+        int v = -1;
+        if (c >= 'a' && c <= 'z')
+            v = c - 'a';
+        else if (c >= 'A' && c <= 'Z')
+            v = c - 'A';
+        else if (c >= '2' && c <= '7')
+            v = 26 + (c - '2');
+        if (v < 0) return false;
+        buffer = (buffer << 5) | std::uint32_t(v);
+        bits += 5;
+        if (bits >= 8) {
+            if (o >= n) return false;
+            out[o++] = std::uint8_t((buffer >> (bits - 8)) & 0xffu);
+            bits -= 8;
+        }
+    }
+    return o == n && (buffer & ((1u << bits) - 1)) == 0;
+}
+
+inline std::string to_hex(const std::uint8_t* data, std::size_t n) {
+    static const char digits[] = "0123456789abcdef";
+    std::string out;
+    out.reserve(2 * n);
+    for (std::size_t i = 0; i < n; ++i) {
+        out += digits[data[i] >> 4];
+        out += digits[data[i] & 15];
+    }
+    return out;
+}
+
+inline std::optional<std::vector<std::uint8_t>> from_hex(std::string_view text) {
+    if (text.size() % 2) return std::nullopt;
+    std::vector<std::uint8_t> out;
+    out.reserve(text.size() / 2);
+    auto nibble = [](char c) -> int {
+        if (c >= '0' && c <= '9') return c - '0';
+        if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+        if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+        return -1;
+    };
+    for (std::size_t i = 0; i < text.size(); i += 2) {
+        int hi = nibble(text[i]), lo = nibble(text[i + 1]);
+        if (hi < 0 || lo < 0) return std::nullopt;
+        out.push_back(std::uint8_t(hi * 16 + lo));
+    }
+    return out;
+}
+
+// Random bytes as hex, from OpenSSL's CSPRNG (nonces).
+inline std::string random_nonce(std::size_t bytes = 16) {
+    std::vector<std::uint8_t> b(bytes);
+    if (RAND_bytes(b.data(), int(b.size())) != 1)
+        throw error(errc::io_error, "cannot draw random bytes for a nonce");
+    return to_hex(b.data(), b.size());
+}
+
+struct EvpPkeyFree {
+    void operator()(EVP_PKEY* k) const { EVP_PKEY_free(k); }
+};
+struct EvpMdCtxFree {
+    void operator()(EVP_MD_CTX* c) const { EVP_MD_CTX_free(c); }
+};
+struct BioFree {
+    void operator()(BIO* b) const { BIO_free(b); }
+};
+using PkeyPtr = std::unique_ptr<EVP_PKEY, EvpPkeyFree>;
+
+// Reads a small file whole; nullopt when it does not exist.
+inline std::optional<std::string> read_small_file(const std::string& path, std::size_t max_bytes,
+                                                  const std::string& what) {
+    int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        if (errno == ENOENT) return std::nullopt;
+        throw error(errc::io_error, what + " " + path + ": cannot open: " + std::strerror(errno));
+    }
+    std::string out;
+    char buf[4096];
+    for (;;) {
+        ssize_t n = ::read(fd, buf, sizeof buf);
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) {
+            int e = errno;
+            ::close(fd);
+            throw error(errc::io_error, what + " " + path + ": cannot read: " + std::strerror(e));
+        }
+        if (n == 0) break;
+        out.append(buf, std::size_t(n));
+        if (out.size() > max_bytes) {
+            ::close(fd);
+            throw error(errc::parse_error, what + " " + path + ": larger than " +
+                                               std::to_string(max_bytes) +
+                                               " bytes: not a key file");
+        }
+    }
+    ::close(fd);
+    return out;
+}
+
+// Creates `path` with `data` and mode 0600, only if it does not exist yet: written to a
+// temporary file first and linked into place, so two processes starting at once never
+// both make a key (the loser reads the winner's) and nobody sees half a key. False when
+// the file existed already.
+inline bool create_private_file(const std::string& path, const std::string& data) {
+    std::string tmpl = path + ".tmp.XXXXXX";
+    int fd = ::mkstemp(tmpl.data());  // mode 0600
+    if (fd < 0)
+        throw error(errc::io_error,
+                    "identity key file " + path +
+                        ": cannot create a temporary file: " + std::strerror(errno));
+    auto fail = [&](const char* what) {
+        int e = errno;
+        ::close(fd);
+        ::unlink(tmpl.c_str());
+        throw error(errc::io_error,
+                    "identity key file " + path + ": " + what + ": " + std::strerror(e));
+    };
+    if (::fchmod(fd, 0600) != 0) fail("cannot set mode 0600");
+    std::size_t done = 0;
+    while (done < data.size()) {
+        ssize_t n = ::write(fd, data.data() + done, data.size() - done);
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) fail("cannot write");
+        done += std::size_t(n);
+    }
+    if (::fsync(fd) != 0) fail("cannot fsync");
+    ::close(fd);
+    const int linked = ::link(tmpl.c_str(), path.c_str());
+    const int e = errno;
+    ::unlink(tmpl.c_str());
+    if (linked != 0) {
+        if (e == EEXIST) return false;
+        throw error(errc::io_error,
+                    "identity key file " + path + ": cannot create: " + std::strerror(e));
+    }
+    return true;
+}
+
+}  // namespace detail
+
+// Parses a printable identity; nullopt when it is not one.
+inline std::optional<PublicKeyBytes> parse_identity(std::string_view text) {
+    PublicKeyBytes k{};
+    if (!detail::base32_decode(text, k.data(), k.size())) return std::nullopt;
+    return k;
+}
+
+inline bool is_identity(std::string_view text) {
+    return text.size() == 52 && parse_identity(text).has_value();
+}
+
+// The short form shown in tables and logs.
+inline std::string short_identity(std::string_view id) {
+    return std::string(id.substr(0, 12));
+}
+
+// Whether `signature` (64 bytes) signs `message` under the printable identity `id`.
+inline bool verify_signature(std::string_view id, std::string_view message,
+                             const std::uint8_t* signature, std::size_t signature_size) {
+    auto key = parse_identity(id);
+    if (!key || signature_size != 64) return false;
+    detail::PkeyPtr pk(
+        EVP_PKEY_new_raw_public_key(EVP_PKEY_ED25519, nullptr, key->data(), key->size()));
+    if (!pk) return false;
+    std::unique_ptr<EVP_MD_CTX, detail::EvpMdCtxFree> ctx(EVP_MD_CTX_new());
+    if (!ctx || EVP_DigestVerifyInit(ctx.get(), nullptr, nullptr, nullptr, pk.get()) != 1)
+        return false;
+    return EVP_DigestVerify(ctx.get(), signature, signature_size,
+                            reinterpret_cast<const unsigned char*>(message.data()),
+                            message.size()) == 1;
+}
+
+inline bool verify_signature_hex(std::string_view id, std::string_view message,
+                                 std::string_view signature_hex) {
+    auto sig = detail::from_hex(signature_hex);
+    return sig && verify_signature(id, message, sig->data(), sig->size());
+}
+
+class Identity {
+  public:
+    static constexpr std::size_t max_key_file_bytes = 16384;
+
+    // A fresh key pair (not saved).
+    static Identity generate() {
+        std::unique_ptr<EVP_PKEY_CTX, void (*)(EVP_PKEY_CTX*)> ctx(
+            EVP_PKEY_CTX_new_id(EVP_PKEY_ED25519, nullptr), EVP_PKEY_CTX_free);
+        EVP_PKEY* raw = nullptr;
+        if (!ctx || EVP_PKEY_keygen_init(ctx.get()) != 1 || EVP_PKEY_keygen(ctx.get(), &raw) != 1)
+            throw error(errc::io_error, "cannot generate an Ed25519 key");
+        return Identity(detail::PkeyPtr(raw));
+    }
+
+    // Reads the key of `path`, or makes one and saves it there (mode 0600) when the file
+    // does not exist. A file that exists but is not an Ed25519 private key in PEM is an
+    // error naming it (never replaced).
+    static Identity load_or_create(const std::string& path) {
+        if (path.empty())
+            throw error(errc::invalid_argument, "identity key file: the path is empty");
+        if (auto text = detail::read_small_file(path, max_key_file_bytes, "identity key file"))
+            return parse(*text, path);
+        Identity fresh = generate();
+        if (detail::create_private_file(path, fresh.private_pem())) return fresh;
+        // Another process made it meanwhile: that one is the node's identity.
+        auto text = detail::read_small_file(path, max_key_file_bytes, "identity key file");
+        if (!text)
+            throw error(errc::io_error,
+                        "identity key file " + path + ": vanished while it was created");
+        return parse(*text, path);
+    }
+
+    // Reads a key from PEM text; `origin` names it in errors.
+    static Identity parse(const std::string& pem, const std::string& origin = "identity key") {
+        const std::string where = "identity key file " + origin;
+        if (pem.find_first_not_of(" \t\r\n") == std::string::npos)
+            throw error(errc::parse_error, where +
+                                               ": empty (expected an Ed25519 private key in PEM; "
+                                               "remove the file to make a new identity)");
+        std::unique_ptr<BIO, detail::BioFree> bio(BIO_new_mem_buf(pem.data(), int(pem.size())));
+        if (!bio) throw error(errc::io_error, where + ": out of memory");
+        detail::PkeyPtr k(PEM_read_bio_PrivateKey(bio.get(), nullptr, nullptr, nullptr));
+        if (!k)
+            throw error(errc::parse_error,
+                        where +
+                            ": damaged: not a PEM private key (remove the file only if a "
+                            "new identity is wanted: peers will see a different server)");
+        if (EVP_PKEY_id(k.get()) != EVP_PKEY_ED25519)
+            throw error(errc::parse_error, where + ": the key is not an Ed25519 key");
+        return Identity(std::move(k));
+    }
+
+    // The printable identity (see the file comment).
+    const std::string& id() const noexcept { return id_; }
+    std::string short_id() const { return short_identity(id_); }
+    const PublicKeyBytes& public_key() const noexcept { return public_; }
+    EVP_PKEY* key() const noexcept { return key_.get(); }
+
+    std::string private_pem() const {
+        std::unique_ptr<BIO, detail::BioFree> bio(BIO_new(BIO_s_mem()));
+        if (!bio || PEM_write_bio_PrivateKey(bio.get(), key_.get(), nullptr, nullptr, 0, nullptr,
+                                             nullptr) != 1)
+            throw error(errc::io_error, "cannot encode the identity key as PEM");
+        char* data = nullptr;
+        long n = BIO_get_mem_data(bio.get(), &data);
+        return std::string(data, std::size_t(n));
+    }
+
+    // 64 bytes of Ed25519 signature over `message`.
+    std::array<std::uint8_t, 64> sign(std::string_view message) const {
+        std::array<std::uint8_t, 64> sig{};
+        std::size_t len = sig.size();
+        std::unique_ptr<EVP_MD_CTX, detail::EvpMdCtxFree> ctx(EVP_MD_CTX_new());
+        if (!ctx || EVP_DigestSignInit(ctx.get(), nullptr, nullptr, nullptr, key_.get()) != 1 ||
+            EVP_DigestSign(ctx.get(), sig.data(), &len,
+                           reinterpret_cast<const unsigned char*>(message.data()),
+                           message.size()) != 1 ||
+            len != sig.size())
+            throw error(errc::io_error, "cannot sign with the identity key");
+        return sig;
+    }
+    std::string sign_hex(std::string_view message) const {
+        auto s = sign(message);
+        return detail::to_hex(s.data(), s.size());
+    }
+
+  private:
+    explicit Identity(detail::PkeyPtr key) : key_(std::move(key)) {
+        std::size_t len = public_.size();
+        if (EVP_PKEY_get_raw_public_key(key_.get(), public_.data(), &len) != 1 ||
+            len != public_.size())
+            throw error(errc::io_error, "cannot read the public half of the identity key");
+        id_ = detail::base32_encode(public_.data(), public_.size());
+    }
+
+    detail::PkeyPtr key_;
+    PublicKeyBytes public_{};
+    std::string id_;
+};
+
+// ---- GET /whoami: proof of identity -----------------------------------------------------
+//
+// The caller sends a fresh nonce; the node answers its identity and a signature of
+// "p2prc-whoami-v1\n" + nonce. Whoever answers holds the key right now: a copied identity
+// string proves nothing, a replayed answer fails on the new nonce.
+
+inline std::string whoami_message(std::string_view nonce) {
+    return "p2prc-whoami-v1\n" + std::string(nonce);
+}
+
+// A nonce as /whoami accepts it: 16-128 hex digits.
+inline bool valid_nonce(std::string_view nonce) {
+    if (nonce.size() < 16 || nonce.size() > 128) return false;
+    for (char c : nonce)
+        if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F')))
+            return false;
+    return true;
+}
+
+// ---- A node's signed word about itself --------------------------------------------------
+//
+// Signed fields: the identity, a sequence number (the signer's clock in milliseconds when
+// the content last changed: later words have larger numbers), the name, the endpoints it
+// is reachable at, and its NAT and relay facts. A receiver keeps the largest sequence
+// number per identity: an older word (replayed) is refused, a forged one fails the
+// signature.
+struct SignedEntry {
+    std::string identity;
+    std::uint64_t seq = 0;
+    std::string name;
+    std::vector<Endpoint> endpoints;
+    bool nat = false;
+    std::string escape_implementation;
+    std::optional<Endpoint> relay;  // the relay that carries it, when it is reached that way
+    std::string signature;          // 128 hex digits
+
+    static constexpr std::size_t max_endpoints = 16;
+
+    // The bytes signed: a tag, then every field length-prefixed (no separator inside a
+    // field can shift another).
+    std::string message() const {
+        std::string m = "p2prc-entry-v1\n";
+        auto field = [&](std::string_view v) {
+            m += std::to_string(v.size());
+            m += ':';
+            m.append(v.data(), v.size());
+            m += '\n';
+        };
+        field(identity);
+        field(std::to_string(seq));
+        field(name);
+        field(std::to_string(endpoints.size()));
+        for (const auto& e : endpoints) field(e.to_string());
+        field(nat ? "1" : "0");
+        field(escape_implementation);
+        field(relay ? relay->to_string() : std::string());
+        return m;
+    }
+
+    void sign(const Identity& key) {
+        identity = key.id();
+        signature = key.sign_hex(message());
+    }
+
+    bool verify() const { return verify_signature_hex(identity, message(), signature); }
+
+    bool same_content(const SignedEntry& o) const {
+        return identity == o.identity && name == o.name && endpoints == o.endpoints &&
+               nat == o.nat && escape_implementation == o.escape_implementation && relay == o.relay;
+    }
+};
+
+}  // namespace p2prc
+
 // ---- p2prc/peer.hpp ----
 // One entry of the IP table, and its JSON forms.
 //
@@ -338,6 +757,7 @@ struct hash<p2prc::Endpoint> {
 
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
@@ -376,15 +796,28 @@ struct Peer {
     std::string public_key;
     std::string custom_information;
 
+    // The server's identity (identity.hpp), when known: learned from the server itself (a
+    // probe, its signed entry). Entries of P2PRC's Go nodes have none.
+    std::string identity;
+    // More endpoints of the same server (another address, IPv4 and IPv6, another port):
+    // the entry is contacted at ipv4/ipv6:server_port, these are the fall-backs.
+    std::vector<Endpoint> alt_endpoints;
+    // The server's own signed word about itself, passed on unchanged.
+    std::optional<SignedEntry> signed_entry;
+
+    static constexpr std::size_t max_alt_endpoints = 8;
+
     // Keys this version does not know, kept for the round trip (null when there are none,
     // which costs no allocation).
     nlohmann::json extra;
 
-    // The endpoints under which this server is reachable: IPv4 first, then IPv6.
+    // The endpoints under which this server is reachable: IPv4 first, then IPv6, then the
+    // alternatives.
     std::vector<Endpoint> endpoints() const {
         std::vector<Endpoint> out;
         if (ipv4) out.push_back({*ipv4, server_port});
         if (ipv6) out.push_back({*ipv6, server_port});
+        out.insert(out.end(), alt_endpoints.begin(), alt_endpoints.end());
         return out;
     }
     // The endpoint to contact: IPv4 when known, else IPv6.
@@ -393,11 +826,43 @@ struct Peer {
         if (ipv6) return Endpoint{*ipv6, server_port};
         return std::nullopt;
     }
-    // Calls fn(endpoint) for each endpoint without allocating (hot in dedupe).
+    // Calls fn(endpoint) for each endpoint (alternatives included) without allocating
+    // (hot in dedupe).
     template <class Fn>
     void for_each_endpoint(Fn&& fn) const {
         if (ipv4) fn(Endpoint{*ipv4, server_port});
         if (ipv6) fn(Endpoint{*ipv6, server_port});
+        for (const auto& e : alt_endpoints) fn(e);
+    }
+    // Whether `e` is the primary endpoint (IPv4 or IPv6 with the server port).
+    bool is_primary(const Endpoint& e) const {
+        return e.port == server_port &&
+               ((ipv4 && *ipv4 == e.address) || (ipv6 && *ipv6 == e.address));
+    }
+    // Makes `e` the endpoint to contact; the previous primary endpoints become alternatives.
+    void promote(const Endpoint& e) {
+        if (is_primary(e) && (e.address.is_v4() || !ipv4)) return;
+        std::vector<Endpoint> rest;
+        for_each_endpoint([&](const Endpoint& x) {
+            if (x != e && std::find(rest.begin(), rest.end(), x) == rest.end()) rest.push_back(x);
+        });
+        ipv4.reset();
+        ipv6.reset();
+        (e.address.is_v4() ? ipv4 : ipv6) = e.address;
+        server_port = e.port;
+        alt_endpoints.clear();
+        for (const auto& x : rest) add_alt(x);
+    }
+    // Adds an alternative endpoint (not the primary, not twice, at most max_alt_endpoints).
+    void add_alt(const Endpoint& e) {
+        if (is_primary(e) ||
+            std::find(alt_endpoints.begin(), alt_endpoints.end(), e) != alt_endpoints.end())
+            return;
+        if (e.port == server_port && !(e.address.is_v4() ? ipv4 : ipv6)) {
+            (e.address.is_v4() ? ipv4 : ipv6) = e.address;  // the other family of the same port
+            return;
+        }
+        if (alt_endpoints.size() < max_alt_endpoints) alt_endpoints.push_back(e);
     }
     bool measured() const noexcept { return latency_ms.has_value(); }
 
@@ -510,6 +975,12 @@ public:
                 p.public_key = str(v, limits_.max_public_key);
             } else if (key == "custominformation" || key == "custom_information") {
                 p.custom_information = str(v, limits_.max_custom_information);
+            } else if (key == "identity") {
+                p.identity = identity(v);
+            } else if (key == "altendpoints" || key == "alt_endpoints") {
+                p.alt_endpoints = endpoint_list(v, Peer::max_alt_endpoints);
+            } else if (key == "signed") {
+                if (!v.is_null()) p.signed_entry = signed_entry(v);
             } else {
                 if (p.extra.size() >= limits_.max_unknown_keys)
                     fail("more than " + std::to_string(limits_.max_unknown_keys) + " unknown keys");
@@ -588,6 +1059,71 @@ private:
         fail("invalid port: expected a decimal number 1-65535, found " + json_type_name(v));
     }
 
+    std::string identity(const nlohmann::json& v) const {
+        if (v.is_null()) return {};
+        if (!v.is_string()) fail("expected an identity string, found " + json_type_name(v));
+        const auto& s = v.get_ref<const std::string&>();
+        if (s.empty()) return {};
+        if (!is_identity(s))
+            fail("invalid identity " + quote_for_error(s) +
+                 ": expected 52 base32 characters (a-z, 2-7)");
+        return s;
+    }
+
+    std::vector<Endpoint> endpoint_list(const nlohmann::json& v, std::size_t max) const {
+        std::vector<Endpoint> out;
+        if (v.is_null()) return out;
+        if (!v.is_array()) fail("expected an array of endpoints, found " + json_type_name(v));
+        if (v.size() > max) fail("more than " + std::to_string(max) + " endpoints");
+        for (const auto& e : v) {
+            if (!e.is_string()) fail("expected an endpoint string, found " + json_type_name(e));
+            auto ep = Endpoint::parse(e.get_ref<const std::string&>());
+            if (!ep)
+                fail("invalid endpoint " + quote_for_error(e.get_ref<const std::string&>()) +
+                     ": expected ADDRESS:PORT ([ADDRESS]:PORT for IPv6)");
+            if (std::find(out.begin(), out.end(), *ep) == out.end()) out.push_back(*ep);
+        }
+        return out;
+    }
+
+    // The signed entry is read as written (a reader must not normalise what was signed:
+    // only the signature check decides whether it is good).
+    SignedEntry signed_entry(const nlohmann::json& v) const {
+        if (!v.is_object()) fail("expected a signed entry object, found " + json_type_name(v));
+        SignedEntry s;
+        auto text = [&](const char* k, std::size_t max) -> std::string {
+            auto it = v.find(k);
+            if (it == v.end() || it->is_null()) return {};
+            if (!it->is_string()) fail(std::string("signed entry: \"") + k + "\" must be a string");
+            if (it->get_ref<const std::string&>().size() > max)
+                fail(std::string("signed entry: \"") + k + "\" longer than " + std::to_string(max) +
+                     " bytes");
+            return it->get<std::string>();
+        };
+        s.identity = identity(v.contains("identity") ? v["identity"] : nlohmann::json());
+        if (s.identity.empty()) fail("signed entry without an identity");
+        auto seq = v.find("seq");
+        if (seq == v.end() || !seq->is_number_unsigned())
+            fail("signed entry: \"seq\" must be an unsigned integer");
+        s.seq = seq->get<std::uint64_t>();
+        s.name = text("name", limits_.max_name);
+        s.endpoints = endpoint_list(v.contains("endpoints") ? v["endpoints"] : nlohmann::json(),
+                                    SignedEntry::max_endpoints);
+        if (auto n = v.find("nat"); n != v.end() && !n->is_null()) {
+            if (!n->is_boolean()) fail("signed entry: \"nat\" must be a boolean");
+            s.nat = n->get<bool>();
+        }
+        s.escape_implementation = text("escape_implementation", limits_.max_string);
+        const std::string relay = text("relay", 64);
+        if (!relay.empty()) {
+            s.relay = Endpoint::parse(relay);
+            if (!s.relay) fail("signed entry: invalid relay endpoint " + quote_for_error(relay));
+        }
+        s.signature = text("signature", 128);
+        if (s.signature.size() != 128) fail("signed entry: \"signature\" must be 128 hex digits");
+        return s;
+    }
+
     std::optional<IpAddress> address(const nlohmann::json& v, IpAddress::Family family) const {
         if (v.is_null()) return std::nullopt;
         if (!v.is_string()) fail("expected an address string, found " + json_type_name(v));
@@ -619,6 +1155,35 @@ inline Peer peer_from_json(const nlohmann::json& entry, const std::string& where
     return detail::PeerReader(where, limits).read(entry);
 }
 
+inline nlohmann::json signed_entry_to_json(const SignedEntry& s) {
+    nlohmann::json eps = nlohmann::json::array();
+    for (const auto& e : s.endpoints) eps.push_back(e.to_string());
+    return {{"identity", s.identity},
+            {"seq", s.seq},
+            {"name", s.name},
+            {"endpoints", std::move(eps)},
+            {"nat", s.nat},
+            {"escape_implementation", s.escape_implementation},
+            {"relay", s.relay ? s.relay->to_string() : std::string()},
+            {"signature", s.signature}};
+}
+
+namespace detail {
+
+// The identity facts of an entry, in both formats under the format's spelling (P2PRC's Go
+// nodes ignore keys they do not know).
+inline void write_identity_keys(const Peer& p, nlohmann::json& j, bool go) {
+    if (!p.identity.empty()) j[go ? "Identity" : "identity"] = p.identity;
+    if (!p.alt_endpoints.empty()) {
+        nlohmann::json alt = nlohmann::json::array();
+        for (const auto& e : p.alt_endpoints) alt.push_back(e.to_string());
+        j[go ? "AltEndpoints" : "alt_endpoints"] = std::move(alt);
+    }
+    if (p.signed_entry) j[go ? "Signed" : "signed"] = signed_entry_to_json(*p.signed_entry);
+}
+
+}  // namespace detail
+
 // Writes one entry in the chosen format. Unknown keys that were read are written back.
 inline nlohmann::json peer_to_json(const Peer& p, TableFormat format = TableFormat::seed) {
     nlohmann::json j = nlohmann::json::object();
@@ -643,6 +1208,7 @@ inline nlohmann::json peer_to_json(const Peer& p, TableFormat format = TableForm
         j["PublicKey"] = p.public_key;
         j["CustomInformation"] = p.custom_information;
         if (p.measured_at) j["MeasuredAt"] = *p.measured_at;  // Go ignores unknown keys
+        detail::write_identity_keys(p, j, true);
         return j;
     }
     // The seed's five keys always; the rest only when they say something.
@@ -663,6 +1229,7 @@ inline nlohmann::json peer_to_json(const Peer& p, TableFormat format = TableForm
     if (!p.bare_metal_ssh_port.empty()) j["bare_metal_ssh_port"] = p.bare_metal_ssh_port;
     if (!p.public_key.empty()) j["public_key"] = p.public_key;
     if (!p.custom_information.empty()) j["custom_information"] = p.custom_information;
+    detail::write_identity_keys(p, j, false);
     return j;
 }
 
@@ -890,9 +1457,58 @@ private:
     Fd fd_;
 };
 
+// Whether two entries may describe one server: not when both name different identities.
+inline bool identities_compatible(const Peer& a, const Peer& b) {
+    return a.identity.empty() || b.identity.empty() || a.identity == b.identity;
+}
+
 // Copies what `incoming` knows into `kept` (both describe one server). Measurements go
-// to the fresher side; facts go to `incoming` when it states them (it is the newer word).
+// to the fresher side; facts go to `incoming` when it states them (it is the newer word),
+// except that an entry without the server's signature never overrides one with it (nor an
+// older signed word a newer one). The endpoint to contact stays the one this node reaches
+// best (the measured, nearer side); the other side's endpoints are kept as alternatives.
 inline void merge_peer(Peer& kept, Peer&& incoming) {
+    const bool kept_signed = kept.signed_entry.has_value();
+    const bool incoming_newer_word =
+        incoming.signed_entry &&
+        (!kept_signed || incoming.signed_entry->seq >= kept.signed_entry->seq);
+    const bool take_facts = !kept_signed || incoming_newer_word;
+
+    // Endpoints first (before the measurements are merged: they say which side is nearer).
+    const bool same_primary = [&] {
+        bool any = false;
+        if (incoming.ipv4 && kept.ipv4 && *incoming.ipv4 == *kept.ipv4 &&
+            incoming.server_port == kept.server_port)
+            any = true;
+        if (incoming.ipv6 && kept.ipv6 && *incoming.ipv6 == *kept.ipv6 &&
+            incoming.server_port == kept.server_port)
+            any = true;
+        return any;
+    }();
+    if (same_primary || (!kept.ipv4 && !kept.ipv6)) {
+        if (incoming.server_port == kept.server_port || (!kept.ipv4 && !kept.ipv6)) {
+            if (!kept.ipv4 && !kept.ipv6) kept.server_port = incoming.server_port;
+            if (!kept.ipv4) kept.ipv4 = incoming.ipv4;
+            if (!kept.ipv6) kept.ipv6 = incoming.ipv6;
+        }
+        for (const auto& e : incoming.alt_endpoints) kept.add_alt(e);
+    } else {
+        const bool incoming_nearer =
+            incoming.latency_ms && (!kept.latency_ms || *incoming.latency_ms < *kept.latency_ms);
+        if (incoming_nearer) {
+            // Swap roles: incoming's primary becomes the entry's, kept's goes to the alternatives.
+            std::vector<Endpoint> old = kept.endpoints();
+            kept.ipv4 = incoming.ipv4;
+            kept.ipv6 = incoming.ipv6;
+            kept.server_port = incoming.server_port;
+            kept.alt_endpoints.clear();
+            for (const auto& e : incoming.alt_endpoints) kept.add_alt(e);
+            for (const auto& e : old) kept.add_alt(e);
+        } else {
+            incoming.for_each_endpoint([&](const Endpoint& e) { kept.add_alt(e); });
+        }
+    }
+
     bool fresher = incoming.measured_at.value_or(0) >= kept.measured_at.value_or(0);
     if (fresher) {
         if (incoming.latency_ms) kept.latency_ms = incoming.latency_ms;
@@ -904,8 +1520,9 @@ inline void merge_peer(Peer& kept, Peer&& incoming) {
         if (!kept.download_mbps) kept.download_mbps = incoming.download_mbps;
         if (!kept.upload_mbps) kept.upload_mbps = incoming.upload_mbps;
     }
-    if (!kept.ipv4) kept.ipv4 = incoming.ipv4;
-    if (!kept.ipv6) kept.ipv6 = incoming.ipv6;
+    if (kept.identity.empty()) kept.identity = incoming.identity;
+    if (incoming_newer_word) kept.signed_entry = std::move(incoming.signed_entry);
+    if (!take_facts) return;
     auto take = [](std::string& to, std::string& from) {
         if (!from.empty()) to = std::move(from);
     };
@@ -1041,10 +1658,12 @@ public:
         dedupe();
     }
 
-    // Folds entries that describe one server (same IPv4+port, or same IPv6+port) into the
-    // first of them, keeping the freshest measurements, and drops entries behind NAT
-    // whose escape implementation is "None" (nobody can reach them), as P2PRC does.
-    // O(n) with a hash index on the normalised endpoints. Returns how many went away.
+    // Folds entries that describe one server into the first of them, keeping the freshest
+    // measurements, and drops entries behind NAT whose escape implementation is "None"
+    // (nobody can reach them), as P2PRC does. Entries with the same identity are one
+    // server, whatever their addresses; otherwise, as in P2PRC, entries sharing an endpoint
+    // (IPv4 or IPv6 with the port) are one, unless they name different identities.
+    // O(n) with hash indexes on identities and normalised endpoints. Returns how many went.
     std::size_t dedupe() {
         const std::size_t before = peers_.size();
         // In place: entry i either registers its endpoints or folds into an earlier entry
@@ -1060,6 +1679,7 @@ public:
         std::vector<bool> dead(before, false);
         std::unordered_map<Endpoint, std::size_t> index;
         index.reserve(before + before / 2);
+        std::unordered_map<std::string, std::size_t> by_identity;
         for (std::size_t i = 0; i < before; ++i) {
             Peer& p = peers_[i];
             if (p.nat && p.escape_implementation == "None") {
@@ -1067,13 +1687,10 @@ public:
                 continue;
             }
             std::optional<std::size_t> at;
-            p.for_each_endpoint([&](const Endpoint& e) {
-                auto it = index.find(e);
-                if (it == index.end()) return;
-                std::size_t j = resolve(it->second);
+            auto join = [&](std::size_t j) {
                 if (!at) {
                     at = j;
-                } else if (*at != j) {
+                } else if (*at != j && detail::identities_compatible(peers_[*at], peers_[j])) {
                     // p joins two earlier entries: fold the later one into the earlier one.
                     std::size_t keep = std::min(*at, j), drop = std::max(*at, j);
                     detail::merge_peer(peers_[keep], std::move(peers_[drop]));
@@ -1081,6 +1698,18 @@ public:
                     owner[drop] = keep;
                     at = keep;
                 }
+            };
+            if (!p.identity.empty()) {
+                auto it = by_identity.find(p.identity);
+                if (it != by_identity.end()) join(resolve(it->second));
+            }
+            p.for_each_endpoint([&](const Endpoint& e) {
+                auto it = index.find(e);
+                if (it == index.end()) return;
+                std::size_t j = resolve(it->second);
+                if (!detail::identities_compatible(p, peers_[j])) return;  // another server
+                if (at && !detail::identities_compatible(peers_[*at], peers_[j])) return;
+                join(j);
             });
             if (at) {
                 detail::merge_peer(peers_[*at], std::move(p));
@@ -1090,6 +1719,7 @@ public:
                 at = i;
             }
             peers_[*at].for_each_endpoint([&](const Endpoint& e) { index[e] = *at; });
+            if (!peers_[*at].identity.empty()) by_identity[peers_[*at].identity] = *at;
         }
         std::size_t kept = 0;
         for (std::size_t i = 0; i < before; ++i)
@@ -1099,6 +1729,53 @@ public:
             }
         peers_.resize(kept);
         return before - peers_.size();
+    }
+
+    // Removes the node itself, named by its identity: the entries with `own_identity`, and
+    // entries without identity reachable under one of `own` (as remove_self(own) does). An entry
+    // of another identity is another server, even at an endpoint the node also has (two
+    // LANs, one private address): it only loses that endpoint (and goes when none is left).
+    std::size_t remove_self(const std::vector<Endpoint>& own, std::string_view own_identity) {
+        std::unordered_map<Endpoint, bool> mine;
+        for (const auto& e : own) mine[e] = true;
+        return remove_if([&](Peer& p) {
+            if (!own_identity.empty() && p.identity == own_identity) return true;
+            if (p.identity.empty()) {
+                bool self = false;
+                p.for_each_endpoint([&](const Endpoint& e) { self = self || mine.count(e) > 0; });
+                return self;
+            }
+            std::vector<Endpoint> keep;
+            for (const auto& e : p.endpoints())
+                if (!mine.count(e)) keep.push_back(e);
+            if (keep.empty()) return true;
+            if (keep.size() != p.endpoints().size()) {
+                p.alt_endpoints.clear();
+                p.ipv4.reset();
+                p.ipv6.reset();
+                (keep.front().address.is_v4() ? p.ipv4 : p.ipv6) = keep.front().address;
+                p.server_port = keep.front().port;
+                for (std::size_t i = 1; i < keep.size(); ++i) p.add_alt(keep[i]);
+            }
+            return false;
+        });
+    }
+
+    // Removes the entries of the server with this identity (the node itself).
+    std::size_t remove_identity(std::string_view id) {
+        if (id.empty()) return 0;
+        return remove_if([&](const Peer& p) { return p.identity == id; });
+    }
+
+    // The entry of the server with this identity, or nullptr.
+    Peer* find_identity(std::string_view id) {
+        if (id.empty()) return nullptr;
+        for (auto& p : peers_)
+            if (p.identity == id) return &p;
+        return nullptr;
+    }
+    const Peer* find_identity(std::string_view id) const {
+        return const_cast<IpTable*>(this)->find_identity(id);
     }
 
     // Removes every entry reachable under one of the node's own endpoints.
@@ -1156,9 +1833,16 @@ public:
         return lowest_latency([](const Peer&) { return true; });
     }
 
+    // One server: the same identity; or, unless they name different identities, a shared
+    // endpoint (P2PRC's rule: same IPv4 and port, or same IPv6 and port).
     static bool same_server(const Peer& a, const Peer& b) {
-        if (a.server_port != b.server_port) return false;
-        return (a.ipv4 && b.ipv4 && *a.ipv4 == *b.ipv4) || (a.ipv6 && b.ipv6 && *a.ipv6 == *b.ipv6);
+        if (!a.identity.empty() && a.identity == b.identity) return true;
+        if (!detail::identities_compatible(a, b)) return false;
+        bool shared = false;
+        a.for_each_endpoint([&](const Endpoint& e) {
+            if (!shared) b.for_each_endpoint([&](const Endpoint& f) { shared = shared || e == f; });
+        });
+        return shared;
     }
 
 private:
@@ -1326,6 +2010,7 @@ public:
     std::string name = detail::default_node_name();   // the node's name in tables
     std::string iptable = "p2prc-iptable.json";       // path of the table file
     TableFormat table_format = TableFormat::seed;     // format the table file is written in
+    std::string identity_key;  // the node's key file; "" = beside the table (identity_key_path)
     std::string bind = "0.0.0.0";                     // numeric address the server binds to
     std::uint16_t port = 8078;                        // server port; 0 picks a free one
     std::vector<AdvertisedAddress> public_addresses;  // addresses advertised as the node's own
@@ -1376,6 +2061,17 @@ public:
     // The flags, in --help order; find_flag accepts "--port" or "port", nullptr if unknown.
     static const std::vector<ConfigFlag>& flags();
     static const ConfigFlag* find_flag(std::string_view flag);
+
+    // The identity key file: identity_key when set, else the table's path with ".json"
+    // replaced by ".key" (or ".key" appended), so every table has its own node identity.
+    std::string identity_key_path() const {
+        if (!identity_key.empty()) return identity_key;
+        const std::string ext = ".json";
+        if (iptable.size() > ext.size() &&
+            iptable.compare(iptable.size() - ext.size(), ext.size(), ext) == 0)
+            return iptable.substr(0, iptable.size() - ext.size()) + ".key";
+        return iptable + ".key";
+    }
 
     // Bounds for a table received from a peer.
     TableLimits peer_table_limits() const {
@@ -1534,6 +2230,10 @@ inline const std::vector<ConfigKey>& config_keys() {
             k.to_json = [](const Config& c) { return nlohmann::json(to_string(c.table_format)); };
             v.push_back(std::move(k));
         }
+        v.push_back(string_key(
+            "identity_key", "--identity-key", "PATH",
+            "the node's Ed25519 key file (made at first start, mode 0600; \"\": beside the table)",
+            4096, true, [](auto& c) -> auto& { return c.identity_key; }));
         {
             ConfigKey k;
             k.key = "bind";
@@ -2200,6 +2900,7 @@ struct ServerOptions {
     std::string name;                      // reported in /server_info
     std::vector<std::string> advertised_addresses;  // reported in /server_info
     std::string disk_path = ".";                    // the filesystem /server_info reports
+    std::string identity;  // the node's identity, reported in /server_info as "Identity"
 
     std::chrono::milliseconds read_timeout{5000};   // one receive
     std::chrono::milliseconds write_timeout{5000};  // one send
@@ -2915,6 +3616,7 @@ class Server {
         j["Addresses"] = options_.advertised_addresses;
         j["MaxBodyBytes"] = options_.max_body_bytes;
         j["MaxDownloadBytes"] = options_.max_download_bytes;
+        if (!options_.identity.empty()) j["Identity"] = options_.identity;  // Go nodes ignore it
         return j.dump();
     }
 
@@ -3363,6 +4065,7 @@ struct LatencyResult {
     ProbeFailure failure = ProbeFailure::none;
     int http_status = 0;  // when failure == http_status
     std::string reason;   // human text for a failure: "connection refused", "HTTP status 500"
+    std::string identity;  // the "Identity" the server's /server_info states ("" when none)
 };
 
 struct ThroughputOptions {
@@ -3628,11 +4331,18 @@ inline LatencyResult probe_latency(const Endpoint& endpoint, const LatencyOption
     }
     r.reachable = true;
     detail::fill_stats(r);
+    if (auto j = nlohmann::json::parse(body, nullptr, false); j.is_object()) {
+        auto id = j.find("Identity");
+        if (id != j.end() && id->is_string() && is_identity(id->get_ref<const std::string&>()))
+            r.identity = id->get<std::string>();
+    }
     return r;
 }
 
-// Probes the peer's endpoints in order (IPv4 first) and returns the first reachable
-// result, or the failure of the last one tried.
+// Probes the peer's endpoints in order (IPv4 first, then the alternatives) and returns the
+// first reachable result, or the failure of the last one tried. When the peer's identity is
+// known, an endpoint where another identity (or none) answers is another server: it counts
+// as a failure.
 inline LatencyResult probe_latency(const Peer& peer, const LatencyOptions& options = {}) {
     auto eps = peer.endpoints();
     if (eps.empty())
@@ -3640,6 +4350,18 @@ inline LatencyResult probe_latency(const Peer& peer, const LatencyOptions& optio
     LatencyResult last;
     for (const auto& e : eps) {
         last = probe_latency(e, options);
+        if (last.reachable && !peer.identity.empty() && last.identity != peer.identity) {
+            last.reachable = false;
+            last.failure = ProbeFailure::error;
+            last.reason = last.identity.empty()
+                              ? "the server there states no identity, expected " +
+                                    short_identity(peer.identity)
+                              : "another server answers there (identity " +
+                                    short_identity(last.identity) + ", expected " +
+                                    short_identity(peer.identity) + ")";
+            last.samples_ms.clear();
+            continue;
+        }
         if (last.reachable) return last;
     }
     return last;
@@ -4152,6 +4874,10 @@ inline RefreshReport refresh(IpTable& table, const RefreshOptions& options = {})
         // Record on the entry (and its duplicates, if the table has any).
         for (const auto& ep : e.peer.endpoints()) {
             if (Peer* p = table.find(ep.to_string())) {
+                // The endpoint that answered is the one to contact from now on (the first
+                // may have died: failover to another address of the same server).
+                if (!p->is_primary(e.latency.endpoint)) p->promote(e.latency.endpoint);
+                if (p->identity.empty()) p->identity = e.latency.identity;
                 p->latency_ms = e.latency.min_ms;
                 p->measured_at = now;
                 if (e.throughput && e.throughput->ok) {
@@ -4195,6 +4921,7 @@ inline RefreshReport refresh(IpTable& table, const RefreshOptions& options = {})
 #include <mutex>
 #include <optional>
 #include <string>
+#include <unordered_map>
 #include <unordered_set>
 #include <vector>
 
@@ -4289,6 +5016,17 @@ inline LearnReport filter_learned(IpTable& incoming, const IpAddress& sender,
                 ++report.addresses_removed;
             }
         }
+        std::vector<Endpoint> alt;
+        for (const auto& e : p.alt_endpoints) {
+            if (auto why = scope_refusal(sender, e.address, policy)) {
+                note(p, e.address, *why);
+                ++report.addresses_removed;
+            } else {
+                alt.push_back(e);
+            }
+        }
+        p.alt_endpoints = std::move(alt);
+        if (!p.ipv4 && !p.ipv6 && !p.alt_endpoints.empty()) p.promote(p.alt_endpoints.front());
         if (!p.ipv4 && !p.ipv6) {
             ++report.dropped_scope;
         } else if (kept.size() >= max_entries) {
@@ -4304,6 +5042,88 @@ inline LearnReport filter_learned(IpTable& incoming, const IpAddress& sender,
         ++index;
     }
     report.accepted = kept.size();
+    incoming = IpTable(std::move(kept));
+    return report;
+}
+
+// ---- Signed entries ---------------------------------------------------------------------
+
+struct SignatureReport {
+    std::size_t verified = 0;          // entries with a good signature, taken
+    std::size_t forged = 0;            // bad signature, or an identity other than the signed one
+    std::size_t replayed = 0;          // a good signature, older than what the table holds
+    std::size_t unsigned_claims = 0;   // no signature, an identity the table knows signed
+    std::vector<std::string> reasons;  // the first few refusals, for logs and callers
+
+    static constexpr std::size_t max_reasons = 16;
+    std::size_t dropped() const { return forged + replayed + unsigned_claims; }
+};
+
+// Checks the signed entries of a table received from a peer against `current` (the node's
+// table) and drops what must not touch it:
+// - an entry whose signature does not verify, or whose identity is not the signed one
+//   (forged);
+// - a signed entry older (smaller sequence number) than the signed entry `current` holds
+//   for that identity (replayed);
+// - an entry without a signature that claims an identity `current` holds a signed entry
+//   for (an unsigned word never overwrites a signed one).
+// A good signed entry is the server's own word: its identity, name, NAT facts and
+// endpoints are taken into the entry (the endpoints still face the scope rule and the
+// liveness check like any other). O(n) plus one signature check per signed entry.
+inline SignatureReport check_signatures(IpTable& incoming, const IpTable& current) {
+    SignatureReport report;
+    std::unordered_map<std::string, std::uint64_t> known_seq;
+    for (const auto& p : current.peers())
+        if (p.signed_entry) {
+            auto& seq = known_seq[p.signed_entry->identity];
+            seq = std::max(seq, p.signed_entry->seq);
+        }
+    std::vector<Peer> peers = std::move(incoming).peers();
+    std::vector<Peer> kept;
+    kept.reserve(peers.size());
+    auto refuse = [&](std::size_t i, const Peer& p, std::size_t& counter, const std::string& why) {
+        ++counter;
+        if (report.reasons.size() < SignatureReport::max_reasons)
+            report.reasons.push_back("entry " + std::to_string(i) + " (" + p.label() + "): " + why);
+    };
+    for (std::size_t i = 0; i < peers.size(); ++i) {
+        Peer& p = peers[i];
+        if (p.signed_entry) {
+            const SignedEntry& s = *p.signed_entry;
+            if (!s.verify()) {
+                refuse(i, p, report.forged,
+                       "forged: the signature does not verify for identity " +
+                           short_identity(s.identity));
+                continue;
+            }
+            if (!p.identity.empty() && p.identity != s.identity) {
+                refuse(i, p, report.forged,
+                       "forged: the entry names identity " + short_identity(p.identity) +
+                           " but is signed by " + short_identity(s.identity));
+                continue;
+            }
+            auto known = known_seq.find(s.identity);
+            if (known != known_seq.end() && s.seq < known->second) {
+                refuse(i, p, report.replayed,
+                       "replayed: sequence " + std::to_string(s.seq) + " of " +
+                           short_identity(s.identity) + " is older than the known " +
+                           std::to_string(known->second));
+                continue;
+            }
+            p.identity = s.identity;
+            p.name = s.name;
+            p.nat = s.nat;
+            p.escape_implementation = s.escape_implementation;
+            for (const auto& e : s.endpoints) p.add_alt(e);
+            ++report.verified;
+        } else if (!p.identity.empty() && known_seq.count(p.identity)) {
+            refuse(i, p, report.unsigned_claims,
+                   "unsigned entry claims identity " + short_identity(p.identity) +
+                       ", which the table holds a signed entry for");
+            continue;
+        }
+        kept.push_back(std::move(p));
+    }
     incoming = IpTable(std::move(kept));
     return report;
 }
@@ -4490,6 +5310,9 @@ private:
 // that is how a node learns its public address without asking a third party.
 
 inline constexpr const char* observed_address_header = "X-P2PRC-Observed-Address";
+// The identity of the node answering POST /IpTable (its own entry in the answer carries
+// its signed word; this says which entry that is).
+inline constexpr const char* identity_header = "X-P2PRC-Identity";
 
 struct GossipOptions {
     std::chrono::milliseconds connect_timeout{2000};
@@ -4503,6 +5326,7 @@ struct GossipResult {
     bool ok = false;
     IpTable table;                        // the peer's answer, as received
     std::optional<IpAddress> observed;    // our address as the peer saw it
+    std::string identity;                 // the identity the peer states ("" when none)
     std::string reason;                   // why it failed
 };
 
@@ -4574,6 +5398,8 @@ inline GossipResult exchange_tables(const Endpoint& peer, const IpTable& ours,
     }
     if (res->has_header(observed_address_header))
         r.observed = IpAddress::parse(res->get_header_value(observed_address_header));
+    if (res->has_header(identity_header) && is_identity(res->get_header_value(identity_header)))
+        r.identity = res->get_header_value(identity_header);
     r.ok = true;
     return r;
 }
@@ -8469,6 +9295,36 @@ class TlsContext {
         return ctx;
     }
 
+    // Server side, bound to a key: a self-signed certificate whose key is `key_pem` (PEM
+    // private key; a p2prc node passes its Ed25519 identity key), so a client that knows
+    // the server's public key can tell it from anybody else (client_expecting).
+    static std::shared_ptr<TlsContext> server_with_key(const std::string& key_pem) {
+        auto ctx = std::shared_ptr<TlsContext>(new TlsContext(TLS_server_method()));
+        std::unique_ptr<BIO, void (*)(BIO*)> bio(
+            BIO_new_mem_buf(key_pem.data(), int(key_pem.size())), [](BIO* b) { BIO_free(b); });
+        std::unique_ptr<EVP_PKEY, detail::PkeyFree> key(
+            bio ? PEM_read_bio_PrivateKey(bio.get(), nullptr, nullptr, nullptr) : nullptr);
+        if (!key)
+            throw error(errc::invalid_argument, "TLS: the relay's key is not a PEM private key");
+        ctx->use_self_signed(std::move(key));
+        if (SSL_CTX_check_private_key(ctx->ctx_.get()) != 1)
+            throw error(errc::invalid_argument, "TLS: the key does not match the certificate: " +
+                                                    detail::openssl_error_text());
+        return ctx;
+    }
+
+    // Client side that verifies the server: its certificate's public key must be the raw
+    // key `expected` (32 bytes of Ed25519); anything else fails the handshake. No CA is
+    // involved: the key is what names the server.
+    static std::shared_ptr<TlsContext> client_expecting(const std::string& expected) {
+        auto ctx = std::shared_ptr<TlsContext>(new TlsContext(TLS_client_method()));
+        ctx->expected_key_ = expected;
+        SSL_CTX_set_verify(ctx->ctx_.get(), SSL_VERIFY_PEER, nullptr);
+        SSL_CTX_set_cert_verify_callback(ctx->ctx_.get(), &TlsContext::check_expected_key,
+                                         ctx.get());
+        return ctx;
+    }
+
     SSL_CTX* native() const noexcept { return ctx_.get(); }
     BIO_METHOD* bio_method() const noexcept { return bio_.get(); }
 
@@ -8489,9 +9345,30 @@ class TlsContext {
         SSL_CTX_set_options(ctx_.get(), SSL_OP_IGNORE_UNEXPECTED_EOF);
     }
 
+    // The leaf certificate's raw public key against expected_key_ (arg is the context).
+    static int check_expected_key(X509_STORE_CTX* store, void* arg) {
+        const auto* self = static_cast<const TlsContext*>(arg);
+        X509* cert = X509_STORE_CTX_get0_cert(store);
+        EVP_PKEY* pk = cert ? X509_get0_pubkey(cert) : nullptr;
+        unsigned char raw[64];
+        std::size_t len = sizeof raw;
+        if (pk && EVP_PKEY_id(pk) == EVP_PKEY_ED25519 &&
+            EVP_PKEY_get_raw_public_key(pk, raw, &len) == 1 &&
+            std::string(reinterpret_cast<const char*>(raw), len) == self->expected_key_)
+            return 1;
+        X509_STORE_CTX_set_error(store, X509_V_ERR_CERT_REJECTED);
+        return 0;
+    }
+
     void use_self_signed() {
-        std::unique_ptr<EVP_PKEY, detail::PkeyFree> key(EVP_EC_gen("P-256"));
+        use_self_signed(std::unique_ptr<EVP_PKEY, detail::PkeyFree>(EVP_EC_gen("P-256")));
+    }
+
+    void use_self_signed(std::unique_ptr<EVP_PKEY, detail::PkeyFree> key) {
         std::unique_ptr<X509, detail::X509Free> cert(X509_new());
+        // Ed25519 signs the whole message itself: no digest is named.
+        const EVP_MD* md =
+            key && EVP_PKEY_id(key.get()) == EVP_PKEY_ED25519 ? nullptr : EVP_sha256();
         if (!key || !cert)
             throw error(errc::io_error,
                         "TLS: cannot make a key pair: " + detail::openssl_error_text());
@@ -8505,7 +9382,7 @@ class TlsContext {
                                    0);
         X509_set_issuer_name(cert.get(), name);
         if (X509_set_pubkey(cert.get(), key.get()) != 1 ||
-            X509_sign(cert.get(), key.get(), EVP_sha256()) <= 0 ||
+            X509_sign(cert.get(), key.get(), md) <= 0 ||
             SSL_CTX_use_certificate(ctx_.get(), cert.get()) != 1 ||
             SSL_CTX_use_PrivateKey(ctx_.get(), key.get()) != 1)
             throw error(errc::io_error, "TLS: cannot make a self-signed certificate: " +
@@ -8514,6 +9391,7 @@ class TlsContext {
 
     std::unique_ptr<SSL_CTX, detail::SslCtxFree> ctx_;
     std::unique_ptr<BIO_METHOD, detail::BioMethodFree> bio_;
+    std::string expected_key_;  // client_expecting: the server's raw public key
 };
 
 // A TLS session over a TCP connection (shares it: closing either wakes the other).
@@ -9017,6 +9895,9 @@ struct ServerOptions {
     // TLS (0x17 + TLS, or bare TLS) is always accepted, with this certificate and key
     // (PEM files) or, both empty, a self-signed certificate made at start.
     std::string tls_cert_file, tls_key_file;
+    // Or a self-signed certificate for this private key (PEM): a p2prc node gives its
+    // identity key, so clients that know its identity can verify the relay.
+    std::string tls_key_pem;
     // Refuse connections that do not start TLS (frps's tls_only).
     bool tls_only = false;
     // Optional event log (logins, proxies, refusals), one line per call.
@@ -9214,7 +10095,8 @@ class ServerCore {
         : opt_(std::move(opt)),
           key_(derive_key(opt_.token)),
           proxy_bind_(opt_.proxy_bind ? *opt_.proxy_bind : opt_.bind.address),
-          tls_(TlsContext::server(opt_.tls_cert_file, opt_.tls_key_file)),
+          tls_(opt_.tls_key_pem.empty() ? TlsContext::server(opt_.tls_cert_file, opt_.tls_key_file)
+                                        : TlsContext::server_with_key(opt_.tls_key_pem)),
           tasks_(opt_.max_connections) {}
 
     const ServerOptions& options() const { return opt_; }
@@ -9852,6 +10734,9 @@ struct ClientOptions {
     // certificate is not verified, as frpc does by default.
     bool tls = false;
     bool tls_first_byte = true;
+    // With tls: the server's raw Ed25519 public key (32 bytes) when it is known; the
+    // handshake then fails unless the server's certificate carries that key.
+    std::string tls_expected_key;
     // Encrypt every proxy's work connections (in addition to ProxySpec::use_encryption).
     bool use_encryption = false;
     // frp's transport.wireProtocol. v1 is the default, as in frp 0.70; v2 needs frps 0.69+
@@ -9910,7 +10795,10 @@ class Client {
     explicit Client(ClientOptions opt)
         : opt_(std::move(opt)),
           key_(derive_key(opt_.token)),
-          tls_(opt_.tls ? TlsContext::client() : nullptr),
+          tls_(!opt_.tls ? nullptr
+               : opt_.tls_expected_key.empty()
+                   ? TlsContext::client()
+                   : TlsContext::client_expecting(opt_.tls_expected_key)),
           tasks_(opt_.max_connections) {
         if (opt_.server.port == 0)
             throw error(errc::invalid_argument, "frp::Client: the server port must not be 0");
@@ -10535,6 +11423,29 @@ inline std::string answer_error(const HttpCall& c) {
     return s;
 }
 
+// Asks the server at `at` to prove it holds the key of identity `expected` (GET /whoami with
+// a fresh nonce; see identity.hpp). nullopt when it does; else why not.
+inline std::optional<std::string> whoami_refutes(const Endpoint& at, const std::string& expected,
+                                                 std::chrono::milliseconds timeout) {
+    const std::string nonce = random_nonce(16);
+    auto call = http_call(at, "GET", "/whoami?nonce=" + nonce, {}, "", timeout);
+    if (!call.answered) return call.reason;
+    auto j = nlohmann::json::parse(call.body, nullptr, false);
+    if (call.status != 200 || !j.is_object() || !j.contains("identity") ||
+        !j["identity"].is_string())
+        return "GET /whoami at " + at.to_string() + " answered HTTP " +
+               std::to_string(call.status) + " without an identity";
+    const std::string id = j["identity"].get<std::string>();
+    if (id != expected)
+        return "another node answers there (identity " + short_identity(id) + ", expected " +
+               short_identity(expected) + ")";
+    if (!j.contains("signature") || !j["signature"].is_string() ||
+        !verify_signature_hex(expected, whoami_message(nonce), j["signature"].get<std::string>()))
+        return "the server at " + at.to_string() + " claims identity " + short_identity(id) +
+               " but does not prove it (no valid signature of the nonce)";
+    return std::nullopt;
+}
+
 }  // namespace detail
 
 // ==== The relay side: GET /FRPPort =========================================================
@@ -10548,6 +11459,9 @@ struct RelayPoolOptions {
     // keeps its relay: frp's heartbeats flow while the tunnel waits for users.)
     std::chrono::milliseconds idle_timeout{300000};
     std::string token;  // required at frp login; empty: frp's default (no secret)
+    // The relays' TLS certificates are made for this private key (PEM; a node gives its
+    // identity key), so a client that knows the node's identity verifies the relay.
+    std::string tls_key_pem;
     // Bounds for each relay: it serves one node behind NAT, not a crowd.
     std::size_t max_clients_per_relay = 4;
     // Public ports one client may open on a relay: each is a listener and a thread here,
@@ -10603,6 +11517,7 @@ class RelayPool {
         frp::ServerOptions so;
         so.bind = Endpoint{opt_.bind, 0};
         so.token = opt_.token;
+        so.tls_key_pem = opt_.tls_key_pem;
         so.max_clients = opt_.max_clients_per_relay;
         so.max_proxies_per_client = opt_.max_proxies_per_client;
         so.max_connections = opt_.max_connections_per_relay;
@@ -10721,6 +11636,10 @@ struct RelayCandidate {
     std::string name;
     Endpoint http;
     double latency_ms = 0;
+    // Its identity, when the table knows it: the relay must prove it (GET /whoami) before
+    // it is used, so an address that now leads to somebody else is not trusted. (Given a
+    // default, so brace-initialising the first three stays warning-free.)
+    std::string identity{};
 };
 
 // Whether moving from a relay at `current_ms` to one at `candidate_ms` is worth breaking a
@@ -10790,6 +11709,10 @@ struct ExposeOptions {
     // Called on the tunnel's own thread after every change of relay (not for the first).
     // It must not stop or unexpose this tunnel (the thread would wait for itself).
     std::function<void(const Exposure&)> on_change;
+    // Checks every relay after the first (failover, move) once its tunnel runs, before it
+    // replaces the old one: a reason refuses that relay. (The first one is the caller's to
+    // check: start() returns it.) Runs on the tunnel's own thread.
+    std::function<std::optional<std::string>(const Exposure&)> verify_change;
     std::function<void(const std::string&)> log;
 };
 
@@ -10824,7 +11747,7 @@ class RelayTunnel {
             started_ = true;
         }
         std::string why;
-        auto up = establish({}, &why);
+        auto up = establish({}, &why, false);
         if (!up && stopping())
             throw error(errc::state_error, "expose " + local_.to_string() + ": stopped while choosing a relay");
         if (!up) throw error(errc::io_error, "cannot expose " + local_.to_string() + ": " + why);
@@ -10893,7 +11816,7 @@ class RelayTunnel {
     }
 
     // Tries the ranked candidates (minus `exclude` and the relays cooling down) in order.
-    std::optional<Up> establish(std::vector<Endpoint> exclude, std::string* why) {
+    std::optional<Up> establish(std::vector<Endpoint> exclude, std::string* why, bool later) {
         const std::size_t lost = exclude.size();
         const auto cool = cooling(Clock::now());
         for (const auto& e : cool)
@@ -10920,7 +11843,7 @@ class RelayTunnel {
         for (const auto& c : ranked) {
             if (attempts++ >= opt_.max_attempts || stopping()) break;
             std::string reason;
-            if (auto up = try_relay(c, &reason)) return up;
+            if (auto up = try_relay(c, &reason, later)) return up;
             log("relay " + c.http.to_string() + " failed: " + reason);
             {
                 std::lock_guard<std::mutex> lock(mu_);
@@ -10932,8 +11855,16 @@ class RelayTunnel {
         return std::nullopt;
     }
 
-    std::optional<Up> try_relay(const RelayCandidate& c, std::string* why) {
+    std::optional<Up> try_relay(const RelayCandidate& c, std::string* why, bool later) {
         const auto deadline = Clock::now() + opt_.attempt_timeout;
+        if (!c.identity.empty()) {
+            if (auto bad = detail::whoami_refutes(
+                    c.http, c.identity,
+                    std::min(opt_.attempt_timeout, std::chrono::milliseconds(5000)))) {
+                *why = "not the relay the table lists: " + *bad;
+                return std::nullopt;
+            }
+        }
         auto port = request_relay_port(c.http, token_, std::min(opt_.attempt_timeout, std::chrono::milliseconds(5000)), why);
         if (!port) return std::nullopt;
         frp::ClientOptions co;
@@ -10941,6 +11872,12 @@ class RelayTunnel {
         co.token = token_;
         co.tcp_mux = opt_.tcp_mux;
         co.wire_protocol = opt_.wire_protocol;
+        if (auto key = parse_identity(c.identity)) {
+            // A p2prc relay whose identity the table knows: TLS to it, its certificate
+            // checked against that identity (a stock frps has none, and stays unverified).
+            co.tls = true;
+            co.tls_expected_key.assign(reinterpret_cast<const char*>(key->data()), key->size());
+        }
         co.dial_timeout = co.login_timeout = std::min(opt_.attempt_timeout, std::chrono::milliseconds(5000));
         co.heartbeat_interval = co.mux_keepalive_interval = opt_.keepalive_interval;
         co.mux_ping_timeout = opt_.keepalive_timeout;
@@ -10980,6 +11917,20 @@ class RelayTunnel {
         up.exposure.relay_name = c.name;
         up.exposure.relay_latency_ms = c.latency_ms;
         up.exposure.relay_port = *port;
+        if (later && opt_.verify_change) {
+            std::optional<std::string> bad;
+            try {
+                bad = opt_.verify_change(up.exposure);
+            } catch (const std::exception& e) {
+                bad = std::string("cannot check it: ") + e.what();
+            }
+            if (bad) {
+                *why = "the endpoint it gave (" + st.public_endpoint.to_string() +
+                       ") failed the check: " + *bad;
+                client->stop();
+                return std::nullopt;
+            }
+        }
         up.client = std::move(client);
         return up;
     }
@@ -11051,7 +12002,7 @@ class RelayTunnel {
                     failed_[cur.relay] = now;
                 }
                 std::string why;
-                if (auto up = establish({cur.relay}, &why)) {
+                if (auto up = establish({cur.relay}, &why, true)) {
                     replace(std::move(*up));
                     down = false;
                     next_eval = Clock::now() + opt_.reevaluate_interval;
@@ -11091,7 +12042,7 @@ class RelayTunnel {
         log("relay " + best.http.to_string() + " (" + std::to_string(best.latency_ms) + " ms) is clearly nearer than " +
             cur.relay.to_string() + " (" + std::to_string(*here) + " ms); moving");
         std::string why;
-        if (auto up = try_relay(best, &why)) {
+        if (auto up = try_relay(best, &why, true)) {
             replace(std::move(*up));
             return;
         }
@@ -11156,6 +12107,9 @@ struct LearnOutcome {
     std::size_t unchecked = 0;        // not probed: over the per-request cap, the time budget,
                                       // or the node's bound on concurrent checks
     std::vector<Peer> added_peers;    // what was added
+    SignatureReport signatures;       // signed entries: verified, forged, replayed, unsigned claims
+    std::size_t wrong_identity = 0;  // addresses dropped: another identity (or none) answered there
+    std::size_t updated = 0;         // known servers whose newer signed entry was taken
 };
 
 struct DiscoverReport {
@@ -11223,6 +12177,9 @@ inline void apply_refresh(IpTable& table, const RefreshReport& report) {
         if (!e.latency.reachable) continue;
         for (const auto& ep : e.peer.endpoints()) {
             if (Peer* p = table.find(ep.to_string())) {
+                // Contacted from now on where it answered (failover to another address).
+                if (!p->is_primary(e.latency.endpoint)) p->promote(e.latency.endpoint);
+                if (p->identity.empty()) p->identity = e.latency.identity;
                 p->latency_ms = e.peer.latency_ms;
                 p->measured_at = e.peer.measured_at;
                 if (e.peer.download_mbps) p->download_mbps = e.peer.download_mbps;
@@ -11341,12 +12298,19 @@ public:
     // Relay candidates re-measured before a choice (the nearest by the table's figures).
     static constexpr std::size_t relay_candidates_measured = 4;
 
-    explicit Node(Config config) : config_(std::move(config)), instance_id_(detail::random_hex(16)) {}
+    // Reads the node's identity key (config.identity_key_path()), or makes it at the first
+    // start. Throws p2prc::error naming the file when it exists but is damaged.
+    explicit Node(Config config)
+        : config_(std::move(config)),
+          identity_(Identity::load_or_create(config_.identity_key_path())),
+          instance_id_(identity_.id()) {}
     ~Node() { stop(); }
     Node(const Node&) = delete;
     Node& operator=(const Node&) = delete;
 
     const Config& config() const noexcept { return config_; }
+    // The node's identity: its Ed25519 key (identity.hpp).
+    const Identity& identity() const noexcept { return identity_; }
 
     // Starts the HTTP server (returns once it listens): /server_info, the speed tests,
     // POST /IpTable and GET /whoami. The table file is cleaned on the way (duplicates
@@ -11360,6 +12324,7 @@ public:
         so.name = config_.name;
         for (const auto& a : config_.public_addresses) so.advertised_addresses.push_back(a.to_string());
         so.disk_path = detail::parent_dir(config_.iptable);
+        so.identity = identity_.id();
         so.worker_threads = config_.limits.server_threads;
         so.max_body_bytes = std::max(config_.limits.max_body_bytes, config_.limits.max_upload_bytes);
         so.read_timeout = so.write_timeout = detail::ms(config_.limits.request_timeout_ms);
@@ -11418,8 +12383,59 @@ public:
         return own;
     }
 
-    // The entry other nodes should list for this one.
+    // The entry other nodes should list for this one, with the node's identity and its
+    // signed word about itself (a new sequence number only when the content changed).
     Peer self_entry() const {
+        Peer p = self_entry_unsigned();
+        p.identity = identity_.id();
+        SignedEntry s;
+        s.identity = identity_.id();
+        s.name = p.name;
+        s.endpoints = p.endpoints();
+        // A server bound to every address is reachable at each of them (peers keep the ones
+        // they reach, after checking them): listed so one server is one entry everywhere.
+        auto bind = IpAddress::parse(config_.bind);
+        if (!self_exposure() && config_.public_addresses.empty() && bind &&
+            bind->scope() == Scope::unspecified) {
+            try {
+                for (const auto& a : local_interface_addresses()) {
+                    const auto sc = a.scope();
+                    if (sc == Scope::loopback || sc == Scope::link_local ||
+                        sc == Scope::unspecified || sc == Scope::reserved ||
+                        (bind->is_v4() && a.is_v6()))
+                        continue;
+                    const Endpoint e{a, p.server_port};
+                    if (s.endpoints.size() < SignedEntry::max_endpoints &&
+                        std::find(s.endpoints.begin(), s.endpoints.end(), e) == s.endpoints.end())
+                        s.endpoints.push_back(e);
+                }
+            } catch (const error&) {
+            }
+        }
+        s.nat = p.nat;
+        s.escape_implementation = p.escape_implementation;
+        if (auto relayed = self_exposure()) s.relay = relayed->relay;
+        for (const auto& e : s.endpoints) p.add_alt(e);
+        {
+            std::lock_guard<std::mutex> lock(signed_mu_);
+            if (last_signed_ && last_signed_->same_content(s)) {
+                s = *last_signed_;
+            } else {
+                const auto now = static_cast<std::uint64_t>(
+                    std::chrono::duration_cast<std::chrono::milliseconds>(
+                        std::chrono::system_clock::now().time_since_epoch())
+                        .count());
+                s.seq = std::max(now, last_signed_ ? last_signed_->seq + 1 : 0);
+                s.sign(identity_);
+                last_signed_ = s;
+            }
+        }
+        p.signed_entry = std::move(s);
+        return p;
+    }
+
+  private:
+    Peer self_entry_unsigned() const {
         Peer p;
         p.name = config_.name;
         if (auto relayed = self_exposure()) {
@@ -11454,6 +12470,7 @@ public:
         return p;
     }
 
+  public:
     // Whether this node is behind NAT: as configured, or (auto) when two peers agree on
     // an address that is none of this machine's.
     bool behind_nat() const {
@@ -11529,6 +12546,30 @@ public:
                 // own word: its name and facts are taken, for that endpoint only.
                 Peer answered;
                 if (const Peer* own = r.table.find(r.peer.to_string())) answered = *own;
+                // Its entry may list it under other addresses: the identity it states finds
+                // it (the signed word in it is checked below, like every other).
+                if (const Peer* own = r.table.find_identity(r.identity);
+                    own && own->signed_entry && own->signed_entry->verify() &&
+                    own->signed_entry->identity == r.identity)
+                    answered = *own;
+                answered.alt_endpoints.clear();
+                if (!r.identity.empty()) {
+                    if (!answered.identity.empty() && answered.identity != r.identity)
+                        answered = Peer();
+                    answered.identity = r.identity;
+                }
+                if (answered.signed_entry) {
+                    // A forged word, or one older than the table's, is not taken.
+                    IpTable one(std::vector<Peer>{answered});
+                    check_signatures(one, table());
+                    if (one.empty()) answered.signed_entry.reset();
+                    if (answered.signed_entry) {
+                        answered.name = answered.signed_entry->name;
+                        answered.nat = answered.signed_entry->nat;
+                        answered.escape_implementation =
+                            answered.signed_entry->escape_implementation;
+                    }
+                }
                 answered.ipv4.reset();
                 answered.ipv6.reset();
                 answered.server_port = r.peer.port;
@@ -11538,7 +12579,10 @@ public:
                 answered.upload_mbps.reset();
                 answered.measured_at.reset();
                 answered.extra = nlohmann::json();
-                r.table.remove(r.peer.to_string());
+                // A peer with an identity keeps its own entry in what is learned: its other
+                // endpoints are checked there (they must answer as that identity) and join
+                // the entry as alternatives. Without one, the address rules stay as they were.
+                if (r.identity.empty()) r.table.remove(r.peer.to_string());
                 modify([&](IpTable& t) { t.add(answered); });
                 auto outcome = learn(std::move(r.table), r.peer.address);
                 for (const auto& p : outcome.added_peers)
@@ -11556,7 +12600,7 @@ public:
     RefreshReport update(const std::function<void(std::size_t, std::size_t)>& progress = {},
                          bool measure_throughput = false) {
         IpTable snapshot = table();
-        snapshot.remove_self(own_endpoints());
+        snapshot.remove_self(own_endpoints(), identity_.id());
         RefreshOptions ro;
         ro.concurrency = config_.limits.probe_concurrency;
         ro.latency.connect_timeout = std::min(detail::ms(config_.limits.probe_timeout_ms), std::chrono::milliseconds(2000));
@@ -11574,19 +12618,44 @@ public:
     // live ones.
     LearnOutcome learn(IpTable incoming, const IpAddress& sender) {
         LearnOutcome out;
+        const IpTable current = table();
+        // Signatures first: what the signer said is checked as it was signed.
+        out.signatures = check_signatures(incoming, current);
         out.filter = filter_learned(incoming, effective_sender(sender), scope_policy(config_),
                                     config_.limits.max_entries);
-        incoming.remove_self(own_endpoints());
+        incoming.remove_self(own_endpoints(), identity_.id());
         incoming.dedupe();
         std::unordered_set<Endpoint> known;
-        for (const auto& p : table().peers()) p.for_each_endpoint([&](const Endpoint& e) { known.insert(e); });
-        std::vector<Peer> fresh;
-        for (const auto& p : incoming.peers()) {
-            bool is_known = false;
-            p.for_each_endpoint([&](const Endpoint& e) { is_known = is_known || known.count(e) > 0; });
-            if (!is_known) fresh.push_back(p);
+        std::unordered_map<std::string, std::uint64_t> known_seq;
+        for (const auto& p : current.peers()) {
+            p.for_each_endpoint([&](const Endpoint& e) { known.insert(e); });
+            if (p.signed_entry) known_seq[p.identity] = p.signed_entry->seq;
         }
-        out.new_servers = fresh.size();
+        std::vector<Peer> fresh;
+        IpTable updates;  // known servers, every endpoint known, with a newer signed word
+        for (const auto& p : incoming.peers()) {
+            bool all_known = true, any_known = false;
+            p.for_each_endpoint([&](const Endpoint& e) {
+                const bool k = known.count(e) > 0;
+                all_known = all_known && k;
+                any_known = any_known || k;
+            });
+            // A server is new when no endpoint of it is known; a known server with an
+            // endpoint not known yet is checked like a new one (the endpoint must answer
+            // as that server) before it joins the entry.
+            const bool identity_known = !p.identity.empty() && current.find_identity(p.identity);
+            if (!all_known) {
+                fresh.push_back(p);
+                if (!any_known && !identity_known) ++out.new_servers;
+            } else if (p.signed_entry) {
+                auto it = known_seq.find(p.identity);
+                if (it == known_seq.end() || p.signed_entry->seq > it->second) updates.add(p);
+            }
+        }
+        if (!updates.empty()) {
+            out.updated = updates.size();
+            modify([&](IpTable& t) { t.merge(updates); });
+        }
         // At most two learn() calls probe at once in the whole node: a flood of tables
         // cannot turn the node into a prober of addresses its senders pick.
         detail::InFlightSlot slot(learning_, max_concurrent_learning);
@@ -11606,6 +12675,7 @@ public:
         const auto budget = detail::ms(config_.limits.liveness_budget_ms);
         const auto deadline = std::chrono::steady_clock::now() + budget;
         std::vector<char> alive(checks.size(), 0), ran(checks.size(), 0);
+        std::vector<std::string> answered_as(checks.size());
         detail::parallel_for(checks.size(), 16, [&](std::size_t k) {
             auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
             if (left < std::chrono::milliseconds(50)) return;
@@ -11615,19 +12685,42 @@ public:
             lo.read_timeout = left;
             lo.total_timeout = left;
             ran[k] = 1;
-            alive[k] = probe_latency(checks[k].second, lo).reachable ? 1 : 0;
+            auto r = probe_latency(checks[k].second, lo);
+            alive[k] = r.reachable ? 1 : 0;
+            answered_as[k] = std::move(r.identity);
         });
-        std::vector<char> entry_ran(fresh.size(), 1);
+        // The identity that answers at an endpoint is the server's: an entry that names
+        // another one there (or names one where a server without identity answers) loses
+        // that endpoint; an entry without identity takes the one that answered.
         for (std::size_t k = 0; k < checks.size(); ++k) {
             Peer& p = fresh[checks[k].first];
+            if (!alive[k]) continue;
+            if (p.identity.empty()) p.identity = answered_as[k];
+            if (p.identity != answered_as[k]) {
+                alive[k] = 0;
+                ++out.wrong_identity;
+            }
+        }
+        std::vector<char> entry_ran(fresh.size(), 1);
+        std::vector<std::vector<Endpoint>> alive_eps(fresh.size());
+        for (std::size_t k = 0; k < checks.size(); ++k) {
             if (!ran[k]) entry_ran[checks[k].first] = 0;
-            if (!alive[k]) (checks[k].second.address.is_v4() ? p.ipv4 : p.ipv6).reset();
+            if (alive[k]) alive_eps[checks[k].first].push_back(checks[k].second);
         }
         IpTable add;
         for (std::size_t i = 0; i < fresh.size(); ++i) {
             if (!entry_ran[i]) ++out.unchecked;
             else ++out.checked;
-            if (entry_ran[i] && (fresh[i].ipv4 || fresh[i].ipv6)) add.add(fresh[i]);
+            if (!entry_ran[i] || alive_eps[i].empty()) continue;
+            Peer& p = fresh[i];
+            // Only the endpoints that answered as this server stay; the first is contacted.
+            p.ipv4.reset();
+            p.ipv6.reset();
+            p.alt_endpoints.clear();
+            p.server_port = alive_eps[i].front().port;
+            (alive_eps[i].front().address.is_v4() ? p.ipv4 : p.ipv6) = alive_eps[i].front().address;
+            for (std::size_t j = 1; j < alive_eps[i].size(); ++j) p.add_alt(alive_eps[i][j]);
+            add.add(p);
         }
         out.added = add.size();
         out.added_peers = add.peers();
@@ -11641,14 +12734,14 @@ public:
     // figures (nothing is probed): measured, not behind NAT themselves, not this node.
     std::vector<RelayCandidate> listed_relays(const std::vector<Endpoint>& exclude = {}) const {
         IpTable t = table();
-        t.remove_self(own_endpoints());
+        t.remove_self(own_endpoints(), identity_.id());
         std::unordered_set<Endpoint> skip(exclude.begin(), exclude.end());
         std::vector<RelayCandidate> listed;
         for (const auto& p : t.peers()) {
             if (p.nat || !p.latency_ms) continue;
             auto e = p.endpoint();
             if (!e || skip.count(*e) || distrusted(*e)) continue;
-            listed.push_back(RelayCandidate{p.label(), *e, *p.latency_ms});
+            listed.push_back(RelayCandidate{p.label(), *e, *p.latency_ms, p.identity});
         }
         by_latency(listed);
         return listed;
@@ -11686,6 +12779,19 @@ private:
     Exposure expose_port(std::uint16_t local_port, ExposeOptions options, bool own_server) {
         if (local_port == 0) throw error(errc::invalid_argument, "expose: the local port must not be 0");
         if (options.proxy_name.empty()) options.proxy_name = config_.name + "-" + std::to_string(local_port);
+        if (own_server && !options.verify_change) {
+            // Every later relay (failover, move) must lead back here too, as the first one
+            // is checked in check_reachability.
+            options.verify_change = [this](const Exposure& e) -> std::optional<std::string> {
+                auto wrong = leads_elsewhere(e.public_endpoint);
+                if (wrong) {
+                    std::lock_guard<std::mutex> lock(distrust_mu_);
+                    distrusted_relays_.insert(e.relay);
+                    return "it does not lead to this node (" + *wrong + ")";
+                }
+                return std::nullopt;
+            };
+        }
         auto tunnel = std::make_shared<RelayTunnel>(
             Endpoint{options.local_host, local_port}, config_.token, options,
             [this](const std::vector<Endpoint>& exclude) { return relay_candidates(exclude); },
@@ -11770,7 +12876,7 @@ public:
         }
         if (config_.behind_nat == BehindNat::automatic) {
             IpTable t = table();
-            t.remove_self(own_endpoints());
+            t.remove_self(own_endpoints(), identity_.id());
             std::vector<Peer> peers;
             for (const auto& p : t.peers())
                 if (!p.nat && p.endpoint()) peers.push_back(p);
@@ -11841,8 +12947,8 @@ public:
         return report;
     }
 
-    // A random identity of this node object, answered on GET /whoami: tells whether an
-    // endpoint leads to this very node.
+    // The node's identity (printable), answered on GET /whoami as "node" and "identity":
+    // tells whether an endpoint leads to this very node.
     const std::string& instance_id() const noexcept { return instance_id_; }
 
 private:
@@ -11856,14 +12962,10 @@ private:
     }
 
     // Why `endpoint` does not lead to this node's server, or nullopt when it does.
+    // The proof is a signature of a fresh nonce (GET /whoami?nonce=): a relay cannot pass
+    // off another server as this one by copying its identity.
     std::optional<std::string> leads_elsewhere(const Endpoint& endpoint) const {
-        auto call = detail::http_call(endpoint, "GET", "/whoami", {}, "", std::chrono::milliseconds(5000));
-        if (!call.answered) return call.reason;
-        auto j = nlohmann::json::parse(call.body, nullptr, false);
-        if (call.status != 200 || !j.is_object() || !j.contains("node") || !j["node"].is_string())
-            return "GET /whoami there answered HTTP " + std::to_string(call.status) + " without a node identity";
-        if (j["node"].get<std::string>() != instance_id_) return std::string("another node answers there");
-        return std::nullopt;
+        return detail::whoami_refutes(endpoint, identity_.id(), std::chrono::milliseconds(5000));
     }
 
     std::optional<double> measure_relay(const Endpoint& e) const {
@@ -11900,7 +13002,7 @@ private:
             [&](IpTable& t) {
                 change(t);
                 t.dedupe();
-                t.remove_self(own);
+                t.remove_self(own, identity_.id());
             },
             config_.table_format, std::chrono::seconds(30));
     }
@@ -11952,6 +13054,7 @@ private:
             r.content_type = "application/json";
             r.body = answer.dump(answer_format, -1);
             r.headers.emplace_back(observed_address_header, sender.to_string());
+            r.headers.emplace_back(identity_header, identity_.id());
         } catch (const error& e) {
             r.error(500, e.what());
         }
@@ -11969,6 +13072,7 @@ private:
             ro.login_timeout = std::chrono::seconds(config_.relay.login_timeout_s);
             ro.idle_timeout = std::chrono::seconds(config_.relay.idle_timeout_s);
             ro.token = config_.token;
+            ro.tls_key_pem = identity_.private_pem();
             ro.per_requester = config_.relay.per_address;
             relays_ = std::make_shared<RelayPool>(ro);
         }
@@ -12045,13 +13149,29 @@ private:
         r.headers.emplace_back(observed_address_header, caller.to_string());
     }
 
+    // GET /whoami[?nonce=HEX]: the caller's address as seen here, the node's identity and,
+    // given a nonce, the proof that this node holds its key (identity.hpp).
     void handle_whoami(const HttpRequest& q, HttpResponse& r) {
         if (!q.remote) return r.error(400, "cannot tell the sender's address");
-        r.json({{"address", q.remote->address.to_string()}, {"port", q.remote->port}, {"node", instance_id_}});
+        nlohmann::json answer{{"address", q.remote->address.to_string()},
+                              {"port", q.remote->port},
+                              {"node", instance_id_},
+                              {"identity", identity_.id()}};
+        auto nonce = q.params.find("nonce");
+        if (nonce != q.params.end()) {
+            if (!valid_nonce(nonce->second))
+                return r.error(400, "nonce: expected 16-128 hex digits");
+            answer["nonce"] = nonce->second;
+            answer["signature"] = identity_.sign_hex(whoami_message(nonce->second));
+        }
+        r.json(answer);
         r.headers.emplace_back(observed_address_header, q.remote->address.to_string());
     }
 
     Config config_;
+    Identity identity_;
+    mutable std::mutex signed_mu_;
+    mutable std::optional<SignedEntry> last_signed_;  // the last self-entry signed
     std::mutex lifecycle_;
     std::unique_ptr<Server> server_;
     std::atomic<std::uint16_t> bound_port_{0};

@@ -92,6 +92,9 @@ struct ClientOptions {
     // certificate is not verified, as frpc does by default.
     bool tls = false;
     bool tls_first_byte = true;
+    // With tls: the server's raw Ed25519 public key (32 bytes) when it is known; the
+    // handshake then fails unless the server's certificate carries that key.
+    std::string tls_expected_key;
     // Encrypt every proxy's work connections (in addition to ProxySpec::use_encryption).
     bool use_encryption = false;
     // frp's transport.wireProtocol. v1 is the default, as in frp 0.70; v2 needs frps 0.69+
@@ -150,7 +153,10 @@ class Client {
     explicit Client(ClientOptions opt)
         : opt_(std::move(opt)),
           key_(derive_key(opt_.token)),
-          tls_(opt_.tls ? TlsContext::client() : nullptr),
+          tls_(!opt_.tls ? nullptr
+               : opt_.tls_expected_key.empty()
+                   ? TlsContext::client()
+                   : TlsContext::client_expecting(opt_.tls_expected_key)),
           tasks_(opt_.max_connections) {
         if (opt_.server.port == 0)
             throw error(errc::invalid_argument, "frp::Client: the server port must not be 0");

@@ -89,6 +89,9 @@ struct ServerOptions {
     // TLS (0x17 + TLS, or bare TLS) is always accepted, with this certificate and key
     // (PEM files) or, both empty, a self-signed certificate made at start.
     std::string tls_cert_file, tls_key_file;
+    // Or a self-signed certificate for this private key (PEM): a p2prc node gives its
+    // identity key, so clients that know its identity can verify the relay.
+    std::string tls_key_pem;
     // Refuse connections that do not start TLS (frps's tls_only).
     bool tls_only = false;
     // Optional event log (logins, proxies, refusals), one line per call.
@@ -286,7 +289,8 @@ class ServerCore {
         : opt_(std::move(opt)),
           key_(derive_key(opt_.token)),
           proxy_bind_(opt_.proxy_bind ? *opt_.proxy_bind : opt_.bind.address),
-          tls_(TlsContext::server(opt_.tls_cert_file, opt_.tls_key_file)),
+          tls_(opt_.tls_key_pem.empty() ? TlsContext::server(opt_.tls_cert_file, opt_.tls_key_file)
+                                        : TlsContext::server_with_key(opt_.tls_key_pem)),
           tasks_(opt_.max_connections) {}
 
     const ServerOptions& options() const { return opt_; }

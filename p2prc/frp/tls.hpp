@@ -153,6 +153,36 @@ class TlsContext {
         return ctx;
     }
 
+    // Server side, bound to a key: a self-signed certificate whose key is `key_pem` (PEM
+    // private key; a p2prc node passes its Ed25519 identity key), so a client that knows
+    // the server's public key can tell it from anybody else (client_expecting).
+    static std::shared_ptr<TlsContext> server_with_key(const std::string& key_pem) {
+        auto ctx = std::shared_ptr<TlsContext>(new TlsContext(TLS_server_method()));
+        std::unique_ptr<BIO, void (*)(BIO*)> bio(
+            BIO_new_mem_buf(key_pem.data(), int(key_pem.size())), [](BIO* b) { BIO_free(b); });
+        std::unique_ptr<EVP_PKEY, detail::PkeyFree> key(
+            bio ? PEM_read_bio_PrivateKey(bio.get(), nullptr, nullptr, nullptr) : nullptr);
+        if (!key)
+            throw error(errc::invalid_argument, "TLS: the relay's key is not a PEM private key");
+        ctx->use_self_signed(std::move(key));
+        if (SSL_CTX_check_private_key(ctx->ctx_.get()) != 1)
+            throw error(errc::invalid_argument, "TLS: the key does not match the certificate: " +
+                                                    detail::openssl_error_text());
+        return ctx;
+    }
+
+    // Client side that verifies the server: its certificate's public key must be the raw
+    // key `expected` (32 bytes of Ed25519); anything else fails the handshake. No CA is
+    // involved: the key is what names the server.
+    static std::shared_ptr<TlsContext> client_expecting(const std::string& expected) {
+        auto ctx = std::shared_ptr<TlsContext>(new TlsContext(TLS_client_method()));
+        ctx->expected_key_ = expected;
+        SSL_CTX_set_verify(ctx->ctx_.get(), SSL_VERIFY_PEER, nullptr);
+        SSL_CTX_set_cert_verify_callback(ctx->ctx_.get(), &TlsContext::check_expected_key,
+                                         ctx.get());
+        return ctx;
+    }
+
     SSL_CTX* native() const noexcept { return ctx_.get(); }
     BIO_METHOD* bio_method() const noexcept { return bio_.get(); }
 
@@ -173,9 +203,30 @@ class TlsContext {
         SSL_CTX_set_options(ctx_.get(), SSL_OP_IGNORE_UNEXPECTED_EOF);
     }
 
+    // The leaf certificate's raw public key against expected_key_ (arg is the context).
+    static int check_expected_key(X509_STORE_CTX* store, void* arg) {
+        const auto* self = static_cast<const TlsContext*>(arg);
+        X509* cert = X509_STORE_CTX_get0_cert(store);
+        EVP_PKEY* pk = cert ? X509_get0_pubkey(cert) : nullptr;
+        unsigned char raw[64];
+        std::size_t len = sizeof raw;
+        if (pk && EVP_PKEY_id(pk) == EVP_PKEY_ED25519 &&
+            EVP_PKEY_get_raw_public_key(pk, raw, &len) == 1 &&
+            std::string(reinterpret_cast<const char*>(raw), len) == self->expected_key_)
+            return 1;
+        X509_STORE_CTX_set_error(store, X509_V_ERR_CERT_REJECTED);
+        return 0;
+    }
+
     void use_self_signed() {
-        std::unique_ptr<EVP_PKEY, detail::PkeyFree> key(EVP_EC_gen("P-256"));
+        use_self_signed(std::unique_ptr<EVP_PKEY, detail::PkeyFree>(EVP_EC_gen("P-256")));
+    }
+
+    void use_self_signed(std::unique_ptr<EVP_PKEY, detail::PkeyFree> key) {
         std::unique_ptr<X509, detail::X509Free> cert(X509_new());
+        // Ed25519 signs the whole message itself: no digest is named.
+        const EVP_MD* md =
+            key && EVP_PKEY_id(key.get()) == EVP_PKEY_ED25519 ? nullptr : EVP_sha256();
         if (!key || !cert)
             throw error(errc::io_error,
                         "TLS: cannot make a key pair: " + detail::openssl_error_text());
@@ -189,7 +240,7 @@ class TlsContext {
                                    0);
         X509_set_issuer_name(cert.get(), name);
         if (X509_set_pubkey(cert.get(), key.get()) != 1 ||
-            X509_sign(cert.get(), key.get(), EVP_sha256()) <= 0 ||
+            X509_sign(cert.get(), key.get(), md) <= 0 ||
             SSL_CTX_use_certificate(ctx_.get(), cert.get()) != 1 ||
             SSL_CTX_use_PrivateKey(ctx_.get(), key.get()) != 1)
             throw error(errc::io_error, "TLS: cannot make a self-signed certificate: " +
@@ -198,6 +249,7 @@ class TlsContext {
 
     std::unique_ptr<SSL_CTX, detail::SslCtxFree> ctx_;
     std::unique_ptr<BIO_METHOD, detail::BioMethodFree> bio_;
+    std::string expected_key_;  // client_expecting: the server's raw public key
 };
 
 // A TLS session over a TCP connection (shares it: closing either wakes the other).
