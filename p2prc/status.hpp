@@ -265,8 +265,8 @@ main{max-width:1200px;margin:0 auto;padding:16px 20px 40px}
 .cards{display:grid;grid-template-columns:repeat(auto-fit,minmax(220px,1fr));gap:12px;margin-bottom:16px}
 .card{background:var(--card);border:1px solid var(--line);border-radius:8px;padding:12px 14px}
 .card .k{color:var(--muted);font-size:12px;text-transform:uppercase;letter-spacing:.04em}
-.card .v{font-size:18px;font-weight:600;margin-top:2px;word-break:break-all}
-.card .d{color:var(--muted);font-size:13px;word-break:break-all}
+.card .v{font-size:18px;font-weight:600;margin-top:2px;overflow-wrap:anywhere}
+.card .d{color:var(--muted);font-size:13px;overflow-wrap:anywhere}
 .pill{display:inline-block;border-radius:10px;padding:0 8px;font-size:12px;font-weight:600;color:#fff;background:var(--muted)}
 .pill.good{background:var(--good)}.pill.warn{background:var(--warn)}.pill.bad{background:var(--bad)}
 section{background:var(--card);border:1px solid var(--line);border-radius:8px;margin-bottom:16px;overflow:hidden}
@@ -289,7 +289,7 @@ td.num{font-variant-numeric:tabular-nums;white-space:nowrap}
 .bar .track{flex:1;height:8px;background:#eef0f3;border-radius:4px;overflow:hidden;min-width:60px}
 .bar .fill{height:100%;background:var(--accent);border-radius:4px}
 .bar.lat .fill{background:var(--good)}.bar.lat .fill.slow{background:var(--warn)}
-.bar .v{width:84px;text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
+.bar .v{min-width:84px;text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
 .na{color:var(--muted)}
 select{font:inherit;padding:2px 4px}
 @media (max-width:700px){
@@ -301,8 +301,9 @@ select{font:inherit;padding:2px 4px}
   tbody tr:last-child{border-bottom:0}
   td{border:0;padding:3px 14px;display:flex;gap:10px;align-items:center}
   td::before{content:attr(data-label);flex:0 0 92px;color:var(--muted);font-size:12px;text-transform:uppercase;letter-spacing:.03em}
-  td>*{flex:1;min-width:0}
-  .bar{min-width:0}
+  td>.bar{flex:1;min-width:0}
+  .cards{grid-template-columns:repeat(2,minmax(0,1fr));gap:8px}
+  .card{padding:10px 12px}.card .v{font-size:16px}
 }
 </style>
 </head>
@@ -357,7 +358,8 @@ function dur(s){if(s<60)return s+" s";if(s<3600)return Math.floor(s/60)+" min";i
 function bar(v,max,unit,cls,slow){var b=el("div","bar "+cls);var t=el("div","track");var f=el("div","fill"+(slow?" slow":""));
   if(v===null||v===undefined){b.appendChild(t);b.appendChild(el("span","v na","–"));return b;}
   f.style.width=Math.max(2,Math.min(100,max>0?v/max*100:0))+"%";t.appendChild(f);b.appendChild(t);
-  b.appendChild(el("span","v",(v<10?v.toFixed(2):v<100?v.toFixed(1):v.toFixed(0))+" "+unit));return b;}
+  var shown=v;if(unit==="Mbit/s"&&v>=1000){shown=v/1000;unit="Gbit/s";}
+  b.appendChild(el("span","v",(shown<10?shown.toFixed(2):shown<100?shown.toFixed(1):shown.toFixed(0))+" "+unit));return b;}
 function cmp(a,b){var x=a[sortKey],y=b[sortKey];var nx=(x===null||x===undefined),ny=(y===null||y===undefined);
   if(nx||ny)return nx===ny?0:(nx?1:-1);if(x<y)return sortDesc?1:-1;if(x>y)return sortDesc?-1:1;return 0;}
 function notice(text,error){var n=$("notice");n.hidden=!text;n.textContent=text||"";n.className="notice"+(error?" error":"");}
@@ -400,7 +402,7 @@ function render(s){
   $("reach-detail").textContent=(r.endpoint?"at "+r.endpoint:"")+(r.via==="relay"?" via "+(r.relay_name||"")+" "+r.relay:"")+(r.behind_nat?" · behind NAT":"");
   var open=s.table.filter(function(p){return !p.nat;}).length;
   $("peer-count").textContent=s.table.length;$("peer-detail").textContent=open+" open, "+(s.table.length-open)+" behind NAT";
-  $("table-count").textContent=s.table.length+" servers";
+  $("table-count").textContent=s.table.length+(s.table.length===1?" server":" servers");
   renderPeers(s.table);
   var full=s.access.full;
   $("relays-section").hidden=!full;$("exposures-section").hidden=!full;
