@@ -263,7 +263,9 @@ public:
         server->get("/FRPPort", [this](const HttpRequest& q, HttpResponse& r) { handle_frp_port(q, r); });
         server->post("/dialback", [this](const HttpRequest& q, HttpResponse& r) { handle_dialback(q, r); });
         detail::install_status_routes(*server, *this);
-        started_at_ = std::chrono::system_clock::now();
+        started_at_ms_ = std::chrono::duration_cast<std::chrono::milliseconds>(
+                             std::chrono::system_clock::now().time_since_epoch())
+                             .count();
         server->start();
         bound_port_ = server->port();
         server_ = std::move(server);
@@ -775,7 +777,9 @@ public:
     }
 
     // When start() last ran (the epoch before).
-    std::chrono::system_clock::time_point started_at() const { return started_at_; }
+    std::chrono::system_clock::time_point started_at() const {
+        return std::chrono::system_clock::time_point(std::chrono::milliseconds(started_at_ms_.load()));
+    }
 
 private:
     void count_learned(const LearnOutcome& o) {
@@ -1018,7 +1022,7 @@ private:
     mutable std::mutex distrust_mu_;
     std::unordered_set<Endpoint> distrusted_relays_;  // gave an endpoint that led elsewhere
     std::shared_ptr<Metrics> metrics_ = std::make_shared<Metrics>();
-    std::chrono::system_clock::time_point started_at_{};
+    std::atomic<std::int64_t> started_at_ms_{0};  // Unix milliseconds of the last start()
 };
 
 }  // namespace p2prc

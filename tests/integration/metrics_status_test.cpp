@@ -197,6 +197,10 @@ TEST_CASE("a relay counts the connections it refuses at its connection bound") {
     auto opt = p2prc_test::server_options();
     opt.max_connections = 4;
     opt.login_timeout = 20000ms;  // the silent connections below hold their slots
+    // As in a node's relay pool: the relay's own counts, added up in a parent's.
+    auto pool_total = std::make_shared<p2prc::frp::TrafficStats>();
+    opt.stats = std::make_shared<p2prc::frp::TrafficStats>();
+    opt.stats->parent = pool_total;
     p2prc::frp::Server relay(opt);
     std::vector<std::shared_ptr<p2prc::detail::TcpConnection>> conns;
     for (int i = 0; i < 10; ++i)
@@ -205,6 +209,7 @@ TEST_CASE("a relay counts the connections it refuses at its connection bound") {
     CHECK(eventually([&] { return relay.stats().refused_connections == 6; }, 10s));
     CHECK(relay.stats().refused_connections == 6);
     CHECK(relay.stats().connections_total == 0);
+    CHECK(pool_total->refused_connections == 6);
     for (auto& c : conns) c->close();
 }
 
