@@ -26,7 +26,11 @@ using p2prc_test::loopback;
 
 namespace {
 
+// $P2PRC_CHROMIUM when set (a browser elsewhere; a wrong path shows the skip), else the
+// usual places.
 std::optional<std::string> find_chromium() {
+    if (const char* env = std::getenv("P2PRC_CHROMIUM"))
+        return ::access(env, X_OK) == 0 ? std::optional<std::string>(env) : std::nullopt;
     for (const char* dir : {"/usr/bin", "/usr/local/bin", "/snap/bin"})
         for (const char* name : {"chromium", "chromium-browser", "google-chrome"}) {
             std::string p = std::string(dir) + "/" + name;
@@ -132,9 +136,8 @@ TEST_CASE(
     auto exe = find_chromium();
     if (!exe) {
         p2prc_test::skip_test_case(
-            "chromium is not installed (tools/install-deps.sh installs it as an optional package: "
-            "apt-get install "
-            "chromium)");
+            "chromium is not installed (tools/install-deps.sh installs it as an optional package, "
+            "apt-get install chromium; or set P2PRC_CHROMIUM to a chromium binary)");
         return;
     }
     p2prc_test::TempDir dir;
