@@ -269,7 +269,7 @@ main{max-width:1200px;margin:0 auto;padding:16px 20px 40px}
 .card .d{color:var(--muted);font-size:13px;overflow-wrap:anywhere}
 .pill{display:inline-block;border-radius:10px;padding:0 8px;font-size:12px;font-weight:600;color:#fff;background:var(--muted)}
 .pill.good{background:var(--good)}.pill.warn{background:var(--warn)}.pill.bad{background:var(--bad)}
-section{background:var(--card);border:1px solid var(--line);border-radius:8px;margin-bottom:16px;overflow:hidden}
+section{background:var(--card);border:1px solid var(--line);border-radius:8px;margin-bottom:16px;overflow-x:auto}
 section h2{font-size:16px;margin:0;padding:10px 14px;border-bottom:1px solid var(--line);display:flex;align-items:center;gap:8px;flex-wrap:wrap}
 section h2 .count{color:var(--muted);font-weight:400;font-size:14px}
 section h2 label{margin-left:auto;font-weight:400;font-size:13px;color:var(--muted)}
@@ -284,7 +284,8 @@ th[data-key]{cursor:pointer;user-select:none}
 th[data-key]:hover{color:var(--ink)}
 th.sorted::after{content:" \25B2"}th.sorted.desc::after{content:" \25BC"}
 td.num{font-variant-numeric:tabular-nums;white-space:nowrap}
-.mono{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;font-size:13px;word-break:break-all}
+.mono{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;font-size:13px}
+td.mono{white-space:nowrap}
 .bar{display:flex;align-items:center;gap:8px;min-width:150px}
 .bar .track{flex:1;height:8px;background:#eef0f3;border-radius:4px;overflow:hidden;min-width:60px}
 .bar .fill{height:100%;background:var(--accent);border-radius:4px}
@@ -302,6 +303,7 @@ select{font:inherit;padding:2px 4px}
   td{border:0;padding:3px 14px;display:flex;gap:10px;align-items:center}
   td::before{content:attr(data-label);flex:0 0 92px;color:var(--muted);font-size:12px;text-transform:uppercase;letter-spacing:.03em}
   td>.bar{flex:1;min-width:0}
+  td.mono{white-space:normal;overflow-wrap:anywhere}
   .cards{grid-template-columns:repeat(2,minmax(0,1fr));gap:8px}
   .card{padding:10px 12px}.card .v{font-size:16px}
 }
