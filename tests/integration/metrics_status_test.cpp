@@ -193,6 +193,34 @@ TEST_CASE("GET /metrics: tables learned from peers are counted as accepted or re
     CHECK(A->table().size() == 1);
 }
 
+TEST_CASE("GET /metrics: dialbacks are counted on both sides, by result") {
+    p2prc_test::TempDir dir;
+    auto A = start_node(p2prc_test::loopback_node_config(dir, "A"));
+    auto xc = p2prc_test::loopback_node_config(dir, "X");
+    xc.behind_nat = p2prc::BehindNat::automatic;
+    auto X = start_node(xc);
+    list_peer(xc.iptable, "A", endpoint_of(*A), 1.0);
+    // X asks A to connect back; on loopback it can.
+    auto r = X->check_reachability();
+    REQUIRE(r.decided);
+    CHECK(r.reachable);
+    CHECK(scrape(*X).value("p2prc_dialbacks_total", {{"role", "asked"}, {"result", "reachable"}}) ==
+          1);
+    CHECK(scrape(*A).value("p2prc_dialbacks_total",
+                           {{"role", "served"}, {"result", "reachable"}}) == 1);
+    // A port nobody listens on: A cannot connect.
+    httplib::Client c("127.0.0.1", A->port());
+    c.set_read_timeout(10, 0);
+    auto res = c.Post("/dialback", nlohmann::json{{"port", p2prc_test::free_port()}}.dump(),
+                      "application/json");
+    REQUIRE(res);
+    CHECK(res->status == 200);
+    CHECK(nlohmann::json::parse(res->body)["reachable"] == false);
+    auto m = scrape(*A);
+    CHECK(m.value("p2prc_dialbacks_total", {{"role", "served"}, {"result", "unreachable"}}) == 1);
+    CHECK(m.value("p2prc_dialbacks_total", {{"role", "served"}, {"result", "reachable"}}) == 1);
+}
+
 TEST_CASE("a relay counts the connections it refuses at its connection bound") {
     auto opt = p2prc_test::server_options();
     opt.max_connections = 4;
