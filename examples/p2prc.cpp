@@ -527,8 +527,6 @@ int run(const Cli& cli) {
         } else {
             std::cout << "p2prc " << p2prc::version << ": node \"" << config.name << "\" serving on " << config.bind << ":"
                       << node.port() << " (table " << config.iptable << ")" << std::endl;
-            std::cout << "status page at /status, Prometheus metrics at /metrics (p2prc status prints the same)"
-                      << std::endl;
         }
         // Reachability: with behind_nat auto, a peer is asked to dial back; a node it cannot
         // reach is exposed through the nearest relay (and advertises the relay's endpoint).
