@@ -28,4 +28,6 @@
 #include "p2prc/frp/server.hpp"
 #include "p2prc/frp/client.hpp"
 #include "p2prc/relay.hpp"
+#include "p2prc/metrics.hpp"
 #include "p2prc/node.hpp"
+#include "p2prc/status.hpp"

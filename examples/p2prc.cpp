@@ -46,6 +46,8 @@ const Command commands[] = {
     {"update", "[--throughput]", "probe every server, prune the dead ones, save"},
     {"speedtest", "[HOST:PORT]", "measure throughput to one server, or to every server of the table"},
     {"info", "HOST:PORT", "print a server's /server_info"},
+    {"status", "[HOST:PORT]",
+     "print a node's status: identity, reachability, table, relays served, exposures (default: this node)"},
     {"relay", "[--port N] [--token T]", "run a standalone frps-compatible relay (port 7000 unless --port)"},
     {"expose", "PORT [--wire v1|v2] [--via HOST:PORT [--no-mux] [--tls] [--remote-port N]]",
      "expose 127.0.0.1:PORT through the nearest relay of the table (or the frps-compatible relay at HOST:PORT, stock frps too)"},
@@ -376,6 +378,131 @@ nlohmann::json exposure_json(const p2prc::Exposure& e) {
             {"relay_name", e.relay_name}, {"relay_latency_ms", e.relay_latency_ms}, {"local", e.local.to_string()}};
 }
 
+std::string human_bytes(double n) {
+    const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+    int i = 0;
+    while (n >= 1024 && i < 4) {
+        n /= 1024;
+        ++i;
+    }
+    char buf[32];
+    std::snprintf(buf, sizeof buf, i ? "%.1f %s" : "%.0f %s", n, units[i]);
+    return buf;
+}
+
+std::string opt_figure(const nlohmann::json& v, const char* unit) {
+    if (!v.is_number()) return "-";
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "%.1f %s", v.get<double>(), unit);
+    return buf;
+}
+
+// p2prc status [HOST:PORT]: GET /status.json of a node (this one by default) and print it.
+int status_command(const Cli& cli, const p2prc::Config& config) {
+    p2prc::Endpoint at =
+        cli.args.empty() ? p2prc::Endpoint{p2prc::IpAddress::from_string("127.0.0.1"), config.port}
+                         : endpoint_arg(cli.args[0]);
+    if (cli.args.empty()) {
+        auto bind = p2prc::IpAddress::parse(config.bind);
+        if (bind && bind->scope() != p2prc::Scope::unspecified)
+            at.address = *bind;
+        else if (bind && bind->is_v6())
+            at.address = p2prc::IpAddress::from_string("::1");
+    }
+    httplib::Headers h;
+    if (!config.token.empty()) h.emplace(p2prc::token_header, config.token);
+    auto call = p2prc::detail::http_call(at, "GET", "/status.json", h, "", std::chrono::seconds(10),
+                                         8u << 20);
+    if (!call.answered) {
+        std::cerr << "p2prc: error: no answer from " << at.to_string() << ": " << call.reason
+                  << "\n";
+        return 1;
+    }
+    if (call.status != 200) {
+        std::cerr << "p2prc: error: " << at.to_string() << " answered HTTP " << call.status << ": "
+                  << p2prc::detail::answer_error(call)
+                  << (call.status == 401 ? " (check --token)" : "") << "\n";
+        return 1;
+    }
+    auto s = nlohmann::json::parse(call.body, nullptr, false);
+    if (!s.is_object() || !s.contains("node") || !s.contains("table") || !s["table"].is_array()) {
+        std::cerr << "p2prc: error: " << at.to_string()
+                  << " answered /status.json with something else than a node's status\n";
+        return 1;
+    }
+    if (cli.json) {
+        std::cout << s.dump() << "\n";
+        return 0;
+    }
+    try {
+        const auto& n = s["node"];
+        const auto& r = s["reachability"];
+        std::cout << "node        " << n.value("name", "") << " (instance "
+                  << n.value("instance", "") << ", p2prc " << n.value("version", "") << ", up "
+                  << n.value("uptime_s", 0) << " s)\n";
+        std::string via = r.value("via", "");
+        std::cout << "reachable   "
+                  << (via == "relay" ? "through relay " + r.value("relay_name", "") + " " +
+                                           r.value("relay", "")
+                      : via == "direct" ? std::string("directly")
+                                        : std::string("not reachable"));
+        if (r.contains("endpoint")) std::cout << " at " << r["endpoint"].get<std::string>();
+        std::cout << (r.value("behind_nat", false) ? " (behind NAT)" : "") << "\n";
+        std::cout << "table       " << s["table"].size() << " server"
+                  << (s["table"].size() == 1 ? "" : "s") << "\n";
+        for (const auto& p : s["table"]) {
+            std::string nat = p.value("nat", false)
+                                  ? (p.value("escape", "") == "FRP" ? "via relay" : "behind NAT")
+                                  : "open";
+            std::printf("  %-20s %-28s %-10s %12s %14s %14s\n", p.value("name", "").c_str(),
+                        p.value("endpoint", "").c_str(), nat.c_str(),
+                        opt_figure(p["latency_ms"], "ms").c_str(),
+                        opt_figure(p["download_mbps"], "Mbit/s").c_str(),
+                        opt_figure(p["upload_mbps"], "Mbit/s").c_str());
+        }
+        std::fflush(stdout);
+        if (!s["access"].value("full", false)) {
+            std::cout << "relays and exposures: not shown without the network token (--token)\n";
+            return 0;
+        }
+        const auto& rl = s["relays"];
+        std::cout << "relays      " << rl.value("live", 0) << " of " << rl.value("cap", 0)
+                  << " served";
+        if (rl.contains("connections_total"))
+            std::cout << ", " << rl.value("connections_total", 0) << " connections, "
+                      << human_bytes(rl.value("bytes_in", 0.0)) << " to services, "
+                      << human_bytes(rl.value("bytes_out", 0.0)) << " to users";
+        std::cout << "\n";
+        for (const auto& x : rl["list"]) {
+            std::string ports;
+            for (const auto& p : x["public_ports"])
+                ports += (ports.empty() ? "" : ",") + std::to_string(p.get<int>());
+            std::cout << "  port " << x.value("port", 0) << ": " << x.value("clients", 0)
+                      << " client(s), public " << (ports.empty() ? "-" : ports) << ", "
+                      << x.value("connections", 0) << " connection(s) now, "
+                      << x.value("connections_total", 0) << " in all, "
+                      << human_bytes(x.value("bytes_in", 0.0)) << " in, "
+                      << human_bytes(x.value("bytes_out", 0.0)) << " out\n";
+        }
+        std::cout << "exposures   " << s["exposures"].size() << "\n";
+        for (const auto& x : s["exposures"]) {
+            if (!x.value("up", false)) {
+                std::cout << "  port " << x.value("local_port", 0) << ": coming up\n";
+                continue;
+            }
+            std::cout << "  " << x.value("local", "") << " -> " << x.value("public", "") << " via "
+                      << x.value("relay_name", "") << " " << x.value("relay", "") << " ("
+                      << opt_figure(x["relay_latency_ms"], "ms") << ", " << x.value("changes", 0)
+                      << " change(s))\n";
+        }
+    } catch (const nlohmann::json::exception& e) {
+        std::cerr << "p2prc: error: " << at.to_string()
+                  << " answered a status this program cannot read: " << e.what() << "\n";
+        return 1;
+    }
+    return 0;
+}
+
 int run(const Cli& cli) {
     if (cli.command.empty() && !cli.help) {
         print_help(std::cerr);  // asked for nothing: the usage, as an error
@@ -641,6 +768,10 @@ int run(const Cli& cli) {
             std::cout << "identity: " << printable(j["Identity"].get<std::string>()) << "\n";
         std::cout << (cli.json ? j.dump() : j.dump(2)) << "\n";
         return 0;
+    }
+    if (cmd == "status") {
+        want_args(0, 1);
+        return status_command(cli, config);
     }
     if (cmd == "relay") {
         want_args(0, 0);

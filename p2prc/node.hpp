@@ -12,6 +12,7 @@
 #include "error.hpp"
 #include "identity.hpp"
 #include "iptable.hpp"
+#include "metrics.hpp"
 #include "net.hpp"
 #include "probe.hpp"
 #include "relay.hpp"
@@ -221,6 +222,12 @@ class CallerRateLimit {
 
 }  // namespace detail
 
+class Node;
+namespace detail {
+// GET /metrics, GET /status (and /) and GET /status.json; defined in status.hpp.
+inline void install_status_routes(Server& server, Node& node);
+}  // namespace detail
+
 class Node {
 public:
     // New servers in one POST /IpTable that are probed before they enter the table; the
@@ -270,6 +277,10 @@ public:
         server->get("/whoami", [this](const HttpRequest& q, HttpResponse& r) { handle_whoami(q, r); });
         server->get("/FRPPort", [this](const HttpRequest& q, HttpResponse& r) { handle_frp_port(q, r); });
         server->post("/dialback", [this](const HttpRequest& q, HttpResponse& r) { handle_dialback(q, r); });
+        detail::install_status_routes(*server, *this);
+        started_at_ms_ = std::chrono::duration_cast<std::chrono::milliseconds>(
+                             std::chrono::system_clock::now().time_since_epoch())
+                             .count();
         server->start();
         bound_port_ = server->port();
         server_ = std::move(server);
@@ -546,6 +557,8 @@ public:
         ro.measure_throughput = measure_throughput;
         ro.progress = progress;
         RefreshReport report = refresh(snapshot, ro);
+        metrics_->probe_round_seconds.observe(report.seconds);
+        for (const auto& e : report.pruned) metrics_->prunes.add({to_string(e.latency.failure)});
         modify([&](IpTable& t) { detail::apply_refresh(t, report); });
         return report;
     }
@@ -598,6 +611,7 @@ public:
         detail::InFlightSlot slot(learning_, max_concurrent_learning);
         if (!slot.held()) {
             out.unchecked = fresh.size();
+            count_learned(out);
             return out;
         }
         if (fresh.size() > max_liveness_checks) {
@@ -662,6 +676,7 @@ public:
         out.added = add.size();
         out.added_peers = add.peers();
         if (!add.empty()) modify([&](IpTable& t) { t.merge(add); });
+        count_learned(out);
         return out;
     }
 
@@ -729,6 +744,10 @@ private:
                 return std::nullopt;
             };
         }
+        options.on_change = [m = metrics_, user = std::move(options.on_change)](const Exposure& e) {
+            m->exposure_changes.add({e.last_change});
+            if (user) user(e);
+        };
         auto tunnel = std::make_shared<RelayTunnel>(
             Endpoint{options.local_host, local_port}, config_.token, options,
             [this](const std::vector<Endpoint>& exclude) { return relay_candidates(exclude); },
@@ -823,6 +842,7 @@ public:
             for (const auto& p : peers) {
                 if (report.asked.size() >= 3 || !running_) break;
                 auto r = request_dialback(*p.endpoint(), port());
+                metrics_->dialbacks.add({"asked", !r.answered ? "no_answer" : r.reachable ? "reachable" : "unreachable"});
                 report.asked.push_back(r);
                 if (!r.answered) continue;
                 if (r.observed) observed_.report(r.peer.address, *r.observed);
@@ -888,7 +908,45 @@ public:
     // tells whether an endpoint leads to this very node.
     const std::string& instance_id() const noexcept { return instance_id_; }
 
+    // ---- what the node shows of itself (GET /metrics, /status; see status.hpp) -------------
+
+    // The node's event counters (probe rounds, prunes, learned entries, relay changes,
+    // dialbacks); shared, so they may outlive the node.
+    std::shared_ptr<Metrics> metrics() const { return metrics_; }
+
+    // The relays served on GET /FRPPort, or nullptr when none was ever asked for.
+    std::shared_ptr<const RelayPool> served_relays() const {
+        std::lock_guard<std::mutex> lock(relays_mu_);
+        return relays_;
+    }
+
+    // The ports exposed through relays and where they are now (nullopt: coming up).
+    std::vector<std::pair<std::uint16_t, std::optional<Exposure>>> exposures() const {
+        std::vector<std::pair<std::uint16_t, std::shared_ptr<RelayTunnel>>> tunnels;
+        {
+            std::lock_guard<std::mutex> lock(tunnels_mu_);
+            for (const auto& [port, t] : tunnels_) tunnels.emplace_back(port, t);
+        }
+        std::vector<std::pair<std::uint16_t, std::optional<Exposure>>> out;
+        for (const auto& [port, t] : tunnels) out.emplace_back(port, t ? t->current() : std::nullopt);
+        return out;
+    }
+
+    // When start() last ran (the epoch before).
+    std::chrono::system_clock::time_point started_at() const {
+        return std::chrono::system_clock::time_point(std::chrono::milliseconds(started_at_ms_.load()));
+    }
+
 private:
+    void count_learned(const LearnOutcome& o) {
+        auto& m = metrics_->learned;
+        if (o.added) m.add({"accepted", "alive"}, o.added);
+        if (o.checked > o.added) m.add({"refused", "dead"}, o.checked - o.added);
+        if (o.filter.dropped_scope) m.add({"refused", "scope"}, o.filter.dropped_scope);
+        if (o.filter.dropped_over_limit) m.add({"refused", "entry_limit"}, o.filter.dropped_over_limit);
+        if (o.unchecked) m.add({"deferred", "unchecked"}, o.unchecked);
+    }
+
     static void by_latency(std::vector<RelayCandidate>& v) {
         std::stable_sort(v.begin(), v.end(), [](const auto& a, const auto& b) { return a.latency_ms < b.latency_ms; });
     }
@@ -1064,12 +1122,16 @@ private:
         }
         if (!port) return r.error(400, "expected a JSON body {\"port\": 1-65535}");
         if (auto wait = dialback_limit_.take(caller)) {
+            metrics_->dialbacks.add({"served", "rate_limited"});
             r.headers.emplace_back("Retry-After", std::to_string((wait + 999) / 1000));
             return r.error(429, "too many dialback requests from " + caller.to_string() + "; retry in " +
                                     std::to_string(wait) + " ms");
         }
         detail::InFlightSlot slot(dialing_, max_concurrent_dialbacks);
-        if (!slot.held()) return r.error(503, "too many dialbacks in progress; retry shortly");
+        if (!slot.held()) {
+            metrics_->dialbacks.add({"served", "busy"});
+            return r.error(503, "too many dialbacks in progress; retry shortly");
+        }
         const Endpoint target{caller, *port};
         nlohmann::json answer{{"address", caller.to_string()}, {"port", *port}};
         const auto t0 = std::chrono::steady_clock::now();
@@ -1077,8 +1139,10 @@ private:
             auto conn = detail::TcpConnection::connect(target, dialback_connect_timeout);
             conn->close();
             answer["reachable"] = true;
+            metrics_->dialbacks.add({"served", "reachable"});
         } catch (const error& e) {
             answer["reachable"] = false;
+            metrics_->dialbacks.add({"served", "unreachable"});
             answer["error"] = e.what();
         }
         answer["elapsed_ms"] = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0).count();
@@ -1115,7 +1179,7 @@ private:
     std::atomic<bool> running_{false};
     std::atomic<int> learning_{0};  // learn() calls probing right now
     ObservedAddress observed_;
-    std::mutex relays_mu_;
+    mutable std::mutex relays_mu_;
     std::shared_ptr<RelayPool> relays_;  // the relays served on GET /FRPPort (see relay_pool)
     mutable std::mutex tunnels_mu_;
     // By local port; shared with an expose() that is still bringing its tunnel up.
@@ -1127,6 +1191,10 @@ private:
     const std::string instance_id_;
     mutable std::mutex distrust_mu_;
     std::unordered_set<Endpoint> distrusted_relays_;  // gave an endpoint that led elsewhere
+    std::shared_ptr<Metrics> metrics_ = std::make_shared<Metrics>();
+    std::atomic<std::int64_t> started_at_ms_{0};  // Unix milliseconds of the last start()
 };
 
 }  // namespace p2prc
+
+#include "status.hpp"

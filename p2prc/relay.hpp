@@ -171,6 +171,16 @@ struct RelayInfo {
     std::size_t clients = 0;
     bool logged_in = false;  // a client has logged in at least once
     std::chrono::milliseconds age{0};
+    std::vector<std::uint16_t> public_ports;  // the proxies' public ports
+    std::uint64_t connections = 0, connections_total = 0;  // piped user connections
+    std::uint64_t bytes_in = 0, bytes_out = 0;             // users -> service, service -> users
+};
+
+// Counts of a RelayPool since it started (what its relays carried is in RelayPool::traffic).
+struct RelayPoolCounters {
+    std::atomic<std::uint64_t> allocated{0};
+    std::atomic<std::uint64_t> refused_cap{0};          // at the cap of live relays
+    std::atomic<std::uint64_t> refused_per_address{0};  // at one requester's share
 };
 
 class RelayPool {
@@ -193,17 +203,21 @@ class RelayPool {
         std::lock_guard<std::mutex> lock(mu_);
         if (stopped_) throw error(errc::state_error, "the relay pool is stopped");
         if (opt_.cap == 0) throw error(errc::state_error, "this node does not relay (relay.cap is 0)");
-        if (relays_.size() >= opt_.cap)
+        if (relays_.size() >= opt_.cap) {
+            ++counters_.refused_cap;
             throw error(errc::limit_exceeded, "all " + std::to_string(opt_.cap) +
                                                   " relays of this node are in use; try later");
+        }
         const std::string who = requester ? requester_key(*requester) : std::string();
         if (!who.empty()) {
             std::size_t held = 0;
             for (const auto& [port, e] : relays_) held += e.requester == who;
-            if (held >= opt_.per_requester)
+            if (held >= opt_.per_requester) {
+                ++counters_.refused_per_address;
                 throw error(errc::limit_exceeded, who + " already holds " + std::to_string(held) +
                                                       " relays of this node (the most one requester may hold); "
                                                       "try later");
+            }
         }
         frp::ServerOptions so;
         so.bind = Endpoint{opt_.bind, 0};
@@ -214,12 +228,15 @@ class RelayPool {
         so.max_connections = opt_.max_connections_per_relay;
         so.login_timeout = std::min(opt_.login_timeout, std::chrono::milliseconds(10000));
         so.log = opt_.log;
+        so.stats = std::make_shared<frp::TrafficStats>();
+        so.stats->parent = traffic_;
         Entry e;
         e.server = std::make_unique<frp::Server>(std::move(so));
         e.created = e.last_active = Clock::now();
         e.requester = who;
         const std::uint16_t port = e.server->port();
         relays_.emplace(port, std::move(e));
+        ++counters_.allocated;
         log("relay allocated on port " + std::to_string(port));
         return port;
     }
@@ -239,10 +256,21 @@ class RelayPool {
             i.clients = e.server->client_count();
             i.logged_in = e.logged_in;
             i.age = std::chrono::duration_cast<std::chrono::milliseconds>(now - e.created);
+            for (const auto& p : e.server->proxies()) i.public_ports.push_back(p.port);
+            const auto& st = e.server->stats();
+            i.connections = st.connections_live;
+            i.connections_total = st.connections_total;
+            i.bytes_in = st.bytes_in;
+            i.bytes_out = st.bytes_out;
             out.push_back(i);
         }
         return out;
     }
+
+    // What every relay of the pool carried, the reclaimed ones included.
+    const frp::TrafficStats& traffic() const noexcept { return *traffic_; }
+    const RelayPoolCounters& counters() const noexcept { return counters_; }
+    const RelayPoolOptions& options() const noexcept { return opt_; }
 
     // Closes every relay (and every tunnel through them) and joins every thread.
     void stop() {
@@ -317,6 +345,8 @@ class RelayPool {
     std::map<std::uint16_t, Entry> relays_;
     bool stopped_ = false;
     std::thread reaper_;
+    std::shared_ptr<frp::TrafficStats> traffic_ = std::make_shared<frp::TrafficStats>();
+    RelayPoolCounters counters_;
 };
 
 // ==== The exposing side ====================================================================
@@ -375,6 +405,7 @@ struct Exposure {
     double relay_latency_ms = 0;
     std::uint16_t relay_port = 0;  // the frp port the relay gave for this tunnel
     std::uint64_t changes = 0;     // relay switches and failovers so far
+    std::string last_change;       // why the last one: "failover", "move" or "reconnect"
 };
 
 struct ExposeOptions {
@@ -627,7 +658,7 @@ class RelayTunnel {
     }
 
     // Puts a new tunnel in place of the old one (make before break) and reports it.
-    void replace(Up up) {
+    void replace(Up up, const char* why) {
         std::unique_ptr<frp::Client> old;
         Exposure now;
         {
@@ -638,6 +669,7 @@ class RelayTunnel {
                 old = std::move(client_);
                 client_ = std::move(up.client);
                 up.exposure.changes = (current_ ? current_->changes : 0) + 1;
+                up.exposure.last_change = why;
                 current_ = up.exposure;
                 now = *current_;
             }
@@ -678,6 +710,7 @@ class RelayTunnel {
                         std::lock_guard<std::mutex> lock(mu_);
                         current_->public_endpoint = st.public_endpoint;
                         ++current_->changes;
+                        current_->last_change = "reconnect";
                         cur = *current_;
                     }
                     p2prc::detail::notify(opt_.on_change, cur);
@@ -694,7 +727,7 @@ class RelayTunnel {
                 }
                 std::string why;
                 if (auto up = establish({cur.relay}, &why, true)) {
-                    replace(std::move(*up));
+                    replace(std::move(*up), "failover");
                     down = false;
                     next_eval = Clock::now() + opt_.reevaluate_interval;
                 } else {
@@ -734,7 +767,7 @@ class RelayTunnel {
             cur.relay.to_string() + " (" + std::to_string(*here) + " ms); moving");
         std::string why;
         if (auto up = try_relay(best, &why, true)) {
-            replace(std::move(*up));
+            replace(std::move(*up), "move");
             return;
         }
         log("moving to " + best.http.to_string() + " failed: " + why);

@@ -9741,8 +9741,9 @@ inline constexpr Millis kHalfClosedLinger{30000};
 // stream in one direction is passed on as a half-close) or either side failed (then
 // both are closed at once). One direction runs on a thread owned by this call. A
 // direction silent for `idle` (or for kHalfClosedLinger once the other one ended) ends
-// the pipe.
-inline void pipe_streams(const StreamPtr& a, const StreamPtr& b, Millis idle) {
+// the pipe. `on_bytes(a_to_b, n)`, when set, is told of every n bytes written (for counters).
+inline void pipe_streams(const StreamPtr& a, const StreamPtr& b, Millis idle,
+                         const std::function<void(bool, std::size_t)>& on_bytes = {}) {
     std::atomic<int> ended{0};
     Millis linger = std::min(idle, kHalfClosedLinger);
     auto copy = [&](Stream& from, Stream& to) {
@@ -9768,6 +9769,7 @@ inline void pipe_streams(const StreamPtr& a, const StreamPtr& b, Millis idle) {
                 }
                 last = Clock::now();
                 to.write_all(buf.data(), k, idle);
+                if (on_bytes) on_bytes(&from == a.get(), k);
             }
         } catch (...) {
             ++ended;
@@ -9865,6 +9867,35 @@ namespace p2prc::frp {
 // The frp version we speak and announce (the wire format of frp 0.45.0).
 inline constexpr const char* kProtocolVersion = "0.45.0";
 
+// What a relay carried, counted as it happens (read by Server::stats() and by the node's
+// /metrics). A stats object may be shared by several servers, and each count is also added
+// to `parent` when set, so a pool of relays keeps totals that outlive its relays.
+struct TrafficStats {
+    std::atomic<std::uint64_t> connections_total{0};  // user connections piped to a client
+    std::atomic<std::uint64_t> connections_live{0};
+    std::atomic<std::uint64_t> bytes_in{0};   // from users to the client's service
+    std::atomic<std::uint64_t> bytes_out{0};  // from the service back to users
+    std::atomic<std::uint64_t> refused_connections{0};  // beyond max_connections
+    std::atomic<std::uint64_t> refused_clients{0};      // logins beyond max_clients
+    std::shared_ptr<TrafficStats> parent;
+
+    void connection_opened() {
+        for (auto* s = this; s; s = s->parent.get()) ++s->connections_total, ++s->connections_live;
+    }
+    void connection_closed() {
+        for (auto* s = this; s; s = s->parent.get()) --s->connections_live;
+    }
+    void bytes(bool inbound, std::uint64_t n) {
+        for (auto* s = this; s; s = s->parent.get()) (inbound ? s->bytes_in : s->bytes_out) += n;
+    }
+    void refused_connection() {
+        for (auto* s = this; s; s = s->parent.get()) ++s->refused_connections;
+    }
+    void refused_client() {
+        for (auto* s = this; s; s = s->parent.get()) ++s->refused_clients;
+    }
+};
+
 struct ServerOptions {
     // Where clients connect (port 0 = any free port; Server::port() tells which).
     Endpoint bind{IpAddress::from_string("0.0.0.0"), 7000};
@@ -9902,6 +9933,8 @@ struct ServerOptions {
     bool tls_only = false;
     // Optional event log (logins, proxies, refusals), one line per call.
     std::function<void(const std::string&)> log;
+    // Where traffic is counted; default: a stats object of the server's own.
+    std::shared_ptr<TrafficStats> stats;
 };
 
 // A registered proxy as the server sees it.
@@ -10122,7 +10155,10 @@ class ServerCore {
             }
             if (!c) continue;
             std::shared_ptr<p2prc::detail::TcpConnection> conn(std::move(c));
-            if (!tasks_.spawn([this, conn] { handle_connection(conn); })) conn->close();
+            if (!tasks_.spawn([this, conn] { handle_connection(conn); })) {
+                opt_.stats->refused_connection();
+                conn->close();
+            }
         }
     }
 
@@ -10319,9 +10355,11 @@ class ServerCore {
                 std::lock_guard<std::mutex> lk(mu_);
                 auto it = controls_.find(run_id);
                 if (it != controls_.end()) old = it->second;
-                if (!old && controls_.size() >= opt_.max_clients)
+                if (!old && controls_.size() >= opt_.max_clients) {
                     why = "too many clients (the server allows " +
                           std::to_string(opt_.max_clients) + ")";
+                    opt_.stats->refused_client();
+                }
             }
             if (old) {
                 // A reconnecting client: its stale control goes first, ports included.
@@ -10498,8 +10536,10 @@ class ServerCore {
             std::shared_ptr<p2prc::detail::TcpConnection> user(std::move(c));
             auto ctl = weak.lock();
             if (!ctl ||
-                !tasks_.spawn([this, ctl, spec, port, user] { serve_user(ctl, spec, port, user); }))
+                !tasks_.spawn([this, ctl, spec, port, user] { serve_user(ctl, spec, port, user); })) {
+                if (ctl) opt_.stats->refused_connection();
                 user->close();
+            }
         }
     }
 
@@ -10533,7 +10573,14 @@ class ServerCore {
             user->close();
             return;
         }
-        pipe_streams(user, work, opt_.idle_timeout);
+        TrafficStats& stats = *opt_.stats;
+        stats.connection_opened();
+        struct Closed {  // the live count comes down however the pipe ends
+            TrafficStats& s;
+            ~Closed() { s.connection_closed(); }
+        } closed{stats};
+        pipe_streams(user, work, opt_.idle_timeout,
+                     [&stats](bool from_user, std::size_t n) { stats.bytes(from_user, n); });
     }
 
     // ---- lifecycle ------------------------------------------------------------------
@@ -10615,6 +10662,8 @@ class Server {
             throw error(errc::invalid_argument,
                         "frp::Server: max_clients, timeouts must be > 0, max_connections >= 4, "
                         "max_pool_count >= 0");
+        if (!opt.stats) opt.stats = std::make_shared<TrafficStats>();
+        stats_ = opt.stats;
         listener_ = std::make_unique<p2prc::detail::TcpListener>(opt.bind);
         local_ = listener_->local_endpoint();
         core_ = std::make_unique<detail::ServerCore>(std::move(opt));
@@ -10631,6 +10680,8 @@ class Server {
     // Logged-in clients and their proxies, now.
     std::size_t client_count() { return core_->client_count(); }
     std::vector<ServerProxyInfo> proxies() { return core_->proxies(); }
+    // What the relay carried so far.
+    const TrafficStats& stats() const noexcept { return *stats_; }
 
     // Closes everything and joins every thread. Idempotent.
     void stop() {
@@ -10647,6 +10698,7 @@ class Server {
     std::thread acceptor_;
     std::atomic<bool> stopped_{false};
     Endpoint local_;
+    std::shared_ptr<TrafficStats> stats_;
 };
 
 }  // namespace p2prc::frp
@@ -11480,6 +11532,16 @@ struct RelayInfo {
     std::size_t clients = 0;
     bool logged_in = false;  // a client has logged in at least once
     std::chrono::milliseconds age{0};
+    std::vector<std::uint16_t> public_ports;  // the proxies' public ports
+    std::uint64_t connections = 0, connections_total = 0;  // piped user connections
+    std::uint64_t bytes_in = 0, bytes_out = 0;             // users -> service, service -> users
+};
+
+// Counts of a RelayPool since it started (what its relays carried is in RelayPool::traffic).
+struct RelayPoolCounters {
+    std::atomic<std::uint64_t> allocated{0};
+    std::atomic<std::uint64_t> refused_cap{0};          // at the cap of live relays
+    std::atomic<std::uint64_t> refused_per_address{0};  // at one requester's share
 };
 
 class RelayPool {
@@ -11502,17 +11564,21 @@ class RelayPool {
         std::lock_guard<std::mutex> lock(mu_);
         if (stopped_) throw error(errc::state_error, "the relay pool is stopped");
         if (opt_.cap == 0) throw error(errc::state_error, "this node does not relay (relay.cap is 0)");
-        if (relays_.size() >= opt_.cap)
+        if (relays_.size() >= opt_.cap) {
+            ++counters_.refused_cap;
             throw error(errc::limit_exceeded, "all " + std::to_string(opt_.cap) +
                                                   " relays of this node are in use; try later");
+        }
         const std::string who = requester ? requester_key(*requester) : std::string();
         if (!who.empty()) {
             std::size_t held = 0;
             for (const auto& [port, e] : relays_) held += e.requester == who;
-            if (held >= opt_.per_requester)
+            if (held >= opt_.per_requester) {
+                ++counters_.refused_per_address;
                 throw error(errc::limit_exceeded, who + " already holds " + std::to_string(held) +
                                                       " relays of this node (the most one requester may hold); "
                                                       "try later");
+            }
         }
         frp::ServerOptions so;
         so.bind = Endpoint{opt_.bind, 0};
@@ -11523,12 +11589,15 @@ class RelayPool {
         so.max_connections = opt_.max_connections_per_relay;
         so.login_timeout = std::min(opt_.login_timeout, std::chrono::milliseconds(10000));
         so.log = opt_.log;
+        so.stats = std::make_shared<frp::TrafficStats>();
+        so.stats->parent = traffic_;
         Entry e;
         e.server = std::make_unique<frp::Server>(std::move(so));
         e.created = e.last_active = Clock::now();
         e.requester = who;
         const std::uint16_t port = e.server->port();
         relays_.emplace(port, std::move(e));
+        ++counters_.allocated;
         log("relay allocated on port " + std::to_string(port));
         return port;
     }
@@ -11548,10 +11617,21 @@ class RelayPool {
             i.clients = e.server->client_count();
             i.logged_in = e.logged_in;
             i.age = std::chrono::duration_cast<std::chrono::milliseconds>(now - e.created);
+            for (const auto& p : e.server->proxies()) i.public_ports.push_back(p.port);
+            const auto& st = e.server->stats();
+            i.connections = st.connections_live;
+            i.connections_total = st.connections_total;
+            i.bytes_in = st.bytes_in;
+            i.bytes_out = st.bytes_out;
             out.push_back(i);
         }
         return out;
     }
+
+    // What every relay of the pool carried, the reclaimed ones included.
+    const frp::TrafficStats& traffic() const noexcept { return *traffic_; }
+    const RelayPoolCounters& counters() const noexcept { return counters_; }
+    const RelayPoolOptions& options() const noexcept { return opt_; }
 
     // Closes every relay (and every tunnel through them) and joins every thread.
     void stop() {
@@ -11626,6 +11706,8 @@ class RelayPool {
     std::map<std::uint16_t, Entry> relays_;
     bool stopped_ = false;
     std::thread reaper_;
+    std::shared_ptr<frp::TrafficStats> traffic_ = std::make_shared<frp::TrafficStats>();
+    RelayPoolCounters counters_;
 };
 
 // ==== The exposing side ====================================================================
@@ -11684,6 +11766,7 @@ struct Exposure {
     double relay_latency_ms = 0;
     std::uint16_t relay_port = 0;  // the frp port the relay gave for this tunnel
     std::uint64_t changes = 0;     // relay switches and failovers so far
+    std::string last_change;       // why the last one: "failover", "move" or "reconnect"
 };
 
 struct ExposeOptions {
@@ -11936,7 +12019,7 @@ class RelayTunnel {
     }
 
     // Puts a new tunnel in place of the old one (make before break) and reports it.
-    void replace(Up up) {
+    void replace(Up up, const char* why) {
         std::unique_ptr<frp::Client> old;
         Exposure now;
         {
@@ -11947,6 +12030,7 @@ class RelayTunnel {
                 old = std::move(client_);
                 client_ = std::move(up.client);
                 up.exposure.changes = (current_ ? current_->changes : 0) + 1;
+                up.exposure.last_change = why;
                 current_ = up.exposure;
                 now = *current_;
             }
@@ -11987,6 +12071,7 @@ class RelayTunnel {
                         std::lock_guard<std::mutex> lock(mu_);
                         current_->public_endpoint = st.public_endpoint;
                         ++current_->changes;
+                        current_->last_change = "reconnect";
                         cur = *current_;
                     }
                     p2prc::detail::notify(opt_.on_change, cur);
@@ -12003,7 +12088,7 @@ class RelayTunnel {
                 }
                 std::string why;
                 if (auto up = establish({cur.relay}, &why, true)) {
-                    replace(std::move(*up));
+                    replace(std::move(*up), "failover");
                     down = false;
                     next_eval = Clock::now() + opt_.reevaluate_interval;
                 } else {
@@ -12043,7 +12128,7 @@ class RelayTunnel {
             cur.relay.to_string() + " (" + std::to_string(*here) + " ms); moving");
         std::string why;
         if (auto up = try_relay(best, &why, true)) {
-            replace(std::move(*up));
+            replace(std::move(*up), "move");
             return;
         }
         log("moving to " + best.http.to_string() + " failed: " + why);
@@ -12066,6 +12151,229 @@ class RelayTunnel {
     std::optional<Exposure> current_;
     std::unordered_map<Endpoint, Clock::time_point> failed_;
     std::thread monitor_;
+};
+
+}  // namespace p2prc
+
+// ---- p2prc/metrics.hpp ----
+// What a node counts about itself, and the Prometheus text exposition format it is served in
+// (GET /metrics).
+//
+// Most figures are read when /metrics is scraped (the table, the relays served, the tunnels);
+// only events that leave no state behind are counted here: probe rounds, prunes, learned
+// entries, relay changes of exposures and dialbacks. The text format is written by hand:
+// it is a few lines of escaping and number formatting, and the C++ client library
+// (prometheus-cpp) is a compiled library with its own HTTP server, which a header-only
+// library that already serves HTTP does not want.
+// Format: https://prometheus.io/docs/instrumenting/exposition_formats/ (text format 0.0.4).
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <initializer_list>
+#include <map>
+#include <mutex>
+#include <set>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace p2prc {
+
+using MetricLabels = std::vector<std::pair<std::string, std::string>>;
+
+namespace detail {
+
+// Label values: backslash, double quote and line feed are escaped.
+inline std::string prometheus_label_value(const std::string& v) {
+    std::string out;
+    out.reserve(v.size());
+    for (char c : v) {
+        if (c == '\\')
+            out += "\\\\";
+        else if (c == '"')
+            out += "\\\"";
+        else if (c == '\n')
+            out += "\\n";
+        else
+            out += c;
+    }
+    return out;
+}
+
+// HELP text: backslash and line feed are escaped (quotes are not).
+inline std::string prometheus_help(const std::string& v) {
+    std::string out;
+    for (char c : v) {
+        if (c == '\\')
+            out += "\\\\";
+        else if (c == '\n')
+            out += "\\n";
+        else
+            out += c;
+    }
+    return out;
+}
+
+// Go's ParseFloat spelling, which Prometheus reads: +Inf, -Inf, NaN; integers in full.
+inline std::string prometheus_number(double v) {
+    if (std::isnan(v)) return "NaN";
+    if (std::isinf(v)) return v > 0 ? "+Inf" : "-Inf";
+    char buf[64];
+    if (v == std::floor(v) && std::fabs(v) < 9.0e15) {
+        std::snprintf(buf, sizeof buf, "%.0f", v);
+        return buf;
+    }
+    // The shortest of 15-17 digits that reads back as the same double (0.1, not 0.1000...01).
+    for (int digits = 15; digits <= 17; ++digits) {
+        std::snprintf(buf, sizeof buf, "%.*g", digits, v);
+        if (std::strtod(buf, nullptr) == v) break;
+    }
+    return buf;
+}
+
+inline bool prometheus_name_ok(const std::string& n) {
+    if (n.empty()) return false;
+    for (std::size_t i = 0; i < n.size(); ++i) {
+        const char c = n[i];
+        const bool alpha = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_' || c == ':';
+        if (!alpha && !(i > 0 && c >= '0' && c <= '9')) return false;
+    }
+    return true;
+}
+
+}  // namespace detail
+
+// Writes metric families in the text format: each family's HELP and TYPE, then its samples.
+class PrometheusWriter {
+  public:
+    // Starts a family; type is counter, gauge, histogram or untyped.
+    void family(const std::string& name, const std::string& type, const std::string& help) {
+        out_ += "# HELP " + name + " " + detail::prometheus_help(help) + "\n";
+        out_ += "# TYPE " + name + " " + type + "\n";
+    }
+
+    void sample(const std::string& name, const MetricLabels& labels, double value) {
+        out_ += name;
+        if (!labels.empty()) {
+            out_ += '{';
+            for (std::size_t i = 0; i < labels.size(); ++i) {
+                if (i) out_ += ',';
+                out_ += labels[i].first + "=\"" + detail::prometheus_label_value(labels[i].second) +
+                        "\"";
+            }
+            out_ += '}';
+        }
+        out_ += ' ' + detail::prometheus_number(value) + '\n';
+    }
+
+    // A family with one unlabelled sample.
+    void single(const std::string& name, const std::string& type, const std::string& help,
+                double value) {
+        family(name, type, help);
+        sample(name, {}, value);
+    }
+
+    const std::string& text() const noexcept { return out_; }
+
+  private:
+    std::string out_;
+};
+
+// A counter with labels (one value per label combination). Thread-safe.
+class LabeledCounter {
+  public:
+    explicit LabeledCounter(std::vector<std::string> label_names)
+        : names_(std::move(label_names)) {}
+
+    // Adds n to the series with these label values (as many as there are label names).
+    void add(const std::vector<std::string>& values, std::uint64_t n = 1) {
+        if (values.size() != names_.size()) return;  // a programming error; never a crash
+        std::lock_guard<std::mutex> lock(mu_);
+        counts_[values] += n;
+    }
+
+    std::uint64_t value(const std::vector<std::string>& values) const {
+        std::lock_guard<std::mutex> lock(mu_);
+        auto it = counts_.find(values);
+        return it == counts_.end() ? 0 : it->second;
+    }
+
+    // Every series, plus a zero for each of `always` not seen yet (so a dashboard sees the
+    // series before its first event).
+    void write(PrometheusWriter& w, const std::string& name,
+               const std::vector<std::vector<std::string>>& always = {}) const {
+        std::map<std::vector<std::string>, std::uint64_t> copy;
+        {
+            std::lock_guard<std::mutex> lock(mu_);
+            copy = counts_;
+        }
+        for (const auto& a : always)
+            if (a.size() == names_.size()) copy.emplace(a, 0);
+        for (const auto& [values, n] : copy) {
+            MetricLabels labels;
+            for (std::size_t i = 0; i < names_.size(); ++i)
+                labels.emplace_back(names_[i], values[i]);
+            w.sample(name, labels, double(n));
+        }
+    }
+
+  private:
+    std::vector<std::string> names_;
+    mutable std::mutex mu_;
+    std::map<std::vector<std::string>, std::uint64_t> counts_;
+};
+
+// A histogram with fixed upper bounds (cumulative buckets, as Prometheus wants). Thread-safe.
+class Histogram {
+  public:
+    explicit Histogram(std::vector<double> bounds)
+        : bounds_(std::move(bounds)), counts_(bounds_.size(), 0) {
+        std::sort(bounds_.begin(), bounds_.end());
+    }
+
+    void observe(double v) {
+        std::lock_guard<std::mutex> lock(mu_);
+        for (std::size_t i = 0; i < bounds_.size(); ++i)
+            if (v <= bounds_[i]) ++counts_[i];
+        ++count_;
+        sum_ += v;
+    }
+
+    std::uint64_t count() const {
+        std::lock_guard<std::mutex> lock(mu_);
+        return count_;
+    }
+
+    // name_bucket{le=...}, name_sum and name_count (the family is written by the caller).
+    void write(PrometheusWriter& w, const std::string& name) const {
+        std::lock_guard<std::mutex> lock(mu_);
+        for (std::size_t i = 0; i < bounds_.size(); ++i)
+            w.sample(name + "_bucket", {{"le", detail::prometheus_number(bounds_[i])}},
+                     double(counts_[i]));
+        w.sample(name + "_bucket", {{"le", "+Inf"}}, double(count_));
+        w.sample(name + "_sum", {}, sum_);
+        w.sample(name + "_count", {}, double(count_));
+    }
+
+  private:
+    std::vector<double> bounds_;
+    mutable std::mutex mu_;
+    std::vector<std::uint64_t> counts_;
+    std::uint64_t count_ = 0;
+    double sum_ = 0;
+};
+
+// The event counters of one node (p2prc::Node keeps one; Node::metrics()).
+struct Metrics {
+    Histogram probe_round_seconds{{0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60}};
+    LabeledCounter prunes{{"reason"}};             // ProbeFailure names
+    LabeledCounter learned{{"result", "reason"}};  // accepted/refused/deferred
+    LabeledCounter exposure_changes{{"reason"}};   // failover, move, reconnect
+    LabeledCounter dialbacks{{"role", "result"}};  // asked (by us) / served (for others)
 };
 
 }  // namespace p2prc
@@ -12284,6 +12592,12 @@ class CallerRateLimit {
 
 }  // namespace detail
 
+class Node;
+namespace detail {
+// GET /metrics, GET /status (and /) and GET /status.json; defined in status.hpp.
+inline void install_status_routes(Server& server, Node& node);
+}  // namespace detail
+
 class Node {
 public:
     // New servers in one POST /IpTable that are probed before they enter the table; the
@@ -12333,6 +12647,10 @@ public:
         server->get("/whoami", [this](const HttpRequest& q, HttpResponse& r) { handle_whoami(q, r); });
         server->get("/FRPPort", [this](const HttpRequest& q, HttpResponse& r) { handle_frp_port(q, r); });
         server->post("/dialback", [this](const HttpRequest& q, HttpResponse& r) { handle_dialback(q, r); });
+        detail::install_status_routes(*server, *this);
+        started_at_ms_ = std::chrono::duration_cast<std::chrono::milliseconds>(
+                             std::chrono::system_clock::now().time_since_epoch())
+                             .count();
         server->start();
         bound_port_ = server->port();
         server_ = std::move(server);
@@ -12609,6 +12927,8 @@ public:
         ro.measure_throughput = measure_throughput;
         ro.progress = progress;
         RefreshReport report = refresh(snapshot, ro);
+        metrics_->probe_round_seconds.observe(report.seconds);
+        for (const auto& e : report.pruned) metrics_->prunes.add({to_string(e.latency.failure)});
         modify([&](IpTable& t) { detail::apply_refresh(t, report); });
         return report;
     }
@@ -12661,6 +12981,7 @@ public:
         detail::InFlightSlot slot(learning_, max_concurrent_learning);
         if (!slot.held()) {
             out.unchecked = fresh.size();
+            count_learned(out);
             return out;
         }
         if (fresh.size() > max_liveness_checks) {
@@ -12725,6 +13046,7 @@ public:
         out.added = add.size();
         out.added_peers = add.peers();
         if (!add.empty()) modify([&](IpTable& t) { t.merge(add); });
+        count_learned(out);
         return out;
     }
 
@@ -12792,6 +13114,10 @@ private:
                 return std::nullopt;
             };
         }
+        options.on_change = [m = metrics_, user = std::move(options.on_change)](const Exposure& e) {
+            m->exposure_changes.add({e.last_change});
+            if (user) user(e);
+        };
         auto tunnel = std::make_shared<RelayTunnel>(
             Endpoint{options.local_host, local_port}, config_.token, options,
             [this](const std::vector<Endpoint>& exclude) { return relay_candidates(exclude); },
@@ -12886,6 +13212,7 @@ public:
             for (const auto& p : peers) {
                 if (report.asked.size() >= 3 || !running_) break;
                 auto r = request_dialback(*p.endpoint(), port());
+                metrics_->dialbacks.add({"asked", !r.answered ? "no_answer" : r.reachable ? "reachable" : "unreachable"});
                 report.asked.push_back(r);
                 if (!r.answered) continue;
                 if (r.observed) observed_.report(r.peer.address, *r.observed);
@@ -12951,7 +13278,45 @@ public:
     // tells whether an endpoint leads to this very node.
     const std::string& instance_id() const noexcept { return instance_id_; }
 
+    // ---- what the node shows of itself (GET /metrics, /status; see status.hpp) -------------
+
+    // The node's event counters (probe rounds, prunes, learned entries, relay changes,
+    // dialbacks); shared, so they may outlive the node.
+    std::shared_ptr<Metrics> metrics() const { return metrics_; }
+
+    // The relays served on GET /FRPPort, or nullptr when none was ever asked for.
+    std::shared_ptr<const RelayPool> served_relays() const {
+        std::lock_guard<std::mutex> lock(relays_mu_);
+        return relays_;
+    }
+
+    // The ports exposed through relays and where they are now (nullopt: coming up).
+    std::vector<std::pair<std::uint16_t, std::optional<Exposure>>> exposures() const {
+        std::vector<std::pair<std::uint16_t, std::shared_ptr<RelayTunnel>>> tunnels;
+        {
+            std::lock_guard<std::mutex> lock(tunnels_mu_);
+            for (const auto& [port, t] : tunnels_) tunnels.emplace_back(port, t);
+        }
+        std::vector<std::pair<std::uint16_t, std::optional<Exposure>>> out;
+        for (const auto& [port, t] : tunnels) out.emplace_back(port, t ? t->current() : std::nullopt);
+        return out;
+    }
+
+    // When start() last ran (the epoch before).
+    std::chrono::system_clock::time_point started_at() const {
+        return std::chrono::system_clock::time_point(std::chrono::milliseconds(started_at_ms_.load()));
+    }
+
 private:
+    void count_learned(const LearnOutcome& o) {
+        auto& m = metrics_->learned;
+        if (o.added) m.add({"accepted", "alive"}, o.added);
+        if (o.checked > o.added) m.add({"refused", "dead"}, o.checked - o.added);
+        if (o.filter.dropped_scope) m.add({"refused", "scope"}, o.filter.dropped_scope);
+        if (o.filter.dropped_over_limit) m.add({"refused", "entry_limit"}, o.filter.dropped_over_limit);
+        if (o.unchecked) m.add({"deferred", "unchecked"}, o.unchecked);
+    }
+
     static void by_latency(std::vector<RelayCandidate>& v) {
         std::stable_sort(v.begin(), v.end(), [](const auto& a, const auto& b) { return a.latency_ms < b.latency_ms; });
     }
@@ -13127,12 +13492,16 @@ private:
         }
         if (!port) return r.error(400, "expected a JSON body {\"port\": 1-65535}");
         if (auto wait = dialback_limit_.take(caller)) {
+            metrics_->dialbacks.add({"served", "rate_limited"});
             r.headers.emplace_back("Retry-After", std::to_string((wait + 999) / 1000));
             return r.error(429, "too many dialback requests from " + caller.to_string() + "; retry in " +
                                     std::to_string(wait) + " ms");
         }
         detail::InFlightSlot slot(dialing_, max_concurrent_dialbacks);
-        if (!slot.held()) return r.error(503, "too many dialbacks in progress; retry shortly");
+        if (!slot.held()) {
+            metrics_->dialbacks.add({"served", "busy"});
+            return r.error(503, "too many dialbacks in progress; retry shortly");
+        }
         const Endpoint target{caller, *port};
         nlohmann::json answer{{"address", caller.to_string()}, {"port", *port}};
         const auto t0 = std::chrono::steady_clock::now();
@@ -13140,8 +13509,10 @@ private:
             auto conn = detail::TcpConnection::connect(target, dialback_connect_timeout);
             conn->close();
             answer["reachable"] = true;
+            metrics_->dialbacks.add({"served", "reachable"});
         } catch (const error& e) {
             answer["reachable"] = false;
+            metrics_->dialbacks.add({"served", "unreachable"});
             answer["error"] = e.what();
         }
         answer["elapsed_ms"] = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0).count();
@@ -13178,7 +13549,7 @@ private:
     std::atomic<bool> running_{false};
     std::atomic<int> learning_{0};  // learn() calls probing right now
     ObservedAddress observed_;
-    std::mutex relays_mu_;
+    mutable std::mutex relays_mu_;
     std::shared_ptr<RelayPool> relays_;  // the relays served on GET /FRPPort (see relay_pool)
     mutable std::mutex tunnels_mu_;
     // By local port; shared with an expose() that is still bringing its tunnel up.
@@ -13190,6 +13561,477 @@ private:
     const std::string instance_id_;
     mutable std::mutex distrust_mu_;
     std::unordered_set<Endpoint> distrusted_relays_;  // gave an endpoint that led elsewhere
+    std::shared_ptr<Metrics> metrics_ = std::make_shared<Metrics>();
+    std::atomic<std::int64_t> started_at_ms_{0};  // Unix milliseconds of the last start()
 };
+
+}  // namespace p2prc
+
+
+// ---- p2prc/status.hpp ----
+// What a node shows of itself over HTTP:
+// - GET /metrics: Prometheus text format (metrics.hpp), read from the node when scraped;
+// - GET /status.json: the same facts as JSON (identity, reachability, table, relays served,
+//   exposures), for the status page and `p2prc status`;
+// - GET /status (and GET /): one self-contained HTML page (no external script, font or
+//   style) that renders /status.json and refreshes itself.
+// The table is public (any peer gets it from POST /IpTable), and so is how the node is
+// reached (its own entry in that answer). When the network has a token, the rest (relays
+// served, exposures, /metrics) needs it: header X-P2PRC-Token or query parameter token.
+
+
+#include <nlohmann/json.hpp>
+
+#include <chrono>
+#include <string>
+
+namespace p2prc {
+
+namespace detail {
+
+// 1: the caller may see everything (the network has no token, or it gave the right one);
+// 0: it gave none; -1: it gave a wrong one.
+inline int status_access(const Config& config, const HttpRequest& q) {
+    if (config.token.empty()) return 1;
+    std::string given = q.header(token_header);
+    auto param = q.param("token");
+    if (given.empty() && param) given = *param;
+    if (given.empty()) return 0;
+    return same_secret(given, config.token) ? 1 : -1;
+}
+
+inline nlohmann::json optional_number(const std::optional<double>& v) {
+    return v ? nlohmann::json(*v) : nlohmann::json(nullptr);
+}
+
+inline nlohmann::json exposure_status(std::uint16_t port, const std::optional<Exposure>& e) {
+    nlohmann::json j{{"local_port", port}, {"up", e.has_value()}};
+    if (e) {
+        j["local"] = e->local.to_string();
+        j["public"] = e->public_endpoint.to_string();
+        j["relay"] = e->relay.to_string();
+        j["relay_name"] = e->relay_name;
+        j["relay_latency_ms"] = e->relay_latency_ms;
+        j["relay_port"] = e->relay_port;
+        j["changes"] = e->changes;
+        j["last_change"] = e->last_change;
+    }
+    return j;
+}
+
+}  // namespace detail
+
+// The facts GET /status.json answers. `full`: also the relays served and the exposures
+// (what needs the network token when there is one).
+inline nlohmann::json node_status(const Node& node, bool full) {
+    const Config& c = node.config();
+    nlohmann::json out;
+    const auto started = node.started_at();
+    const auto now = std::chrono::system_clock::now();
+    const bool running = node.running() && started.time_since_epoch().count() != 0;
+    out["node"] = {
+        {"name", c.name},
+        {"instance", node.instance_id()},
+        {"version", version},
+        {"port", node.port()},
+        {"running", node.running()},
+        {"uptime_s",
+         running ? std::chrono::duration_cast<std::chrono::seconds>(now - started).count() : 0},
+    };
+    out["access"] = {{"token_required", !c.token.empty()}, {"full", full}};
+
+    // How peers reach it: the entry it gives them.
+    const Peer self = node.self_entry();
+    nlohmann::json reach{{"behind_nat", node.behind_nat()}};
+    if (auto e = self.endpoint()) reach["endpoint"] = e->to_string();
+    if (auto relayed = node.self_exposure()) {
+        reach["via"] = "relay";
+        reach["relay"] = relayed->relay.to_string();
+        reach["relay_name"] = relayed->relay_name;
+        reach["relay_latency_ms"] = relayed->relay_latency_ms;
+    } else {
+        reach["via"] = self.nat ? "unreachable" : "direct";
+    }
+    out["reachability"] = reach;
+
+    nlohmann::json table = nlohmann::json::array();
+    for (const auto& p : node.table().peers()) {
+        auto e = p.endpoint();
+        table.push_back({
+            {"name", p.name},
+            {"endpoint", e ? e->to_string() : std::string()},
+            {"ipv4", p.ipv4 ? p.ipv4->to_string() : std::string()},
+            {"ipv6", p.ipv6 ? p.ipv6->to_string() : std::string()},
+            {"port", p.server_port},
+            {"nat", p.nat},
+            {"escape", p.escape_implementation},
+            {"latency_ms", detail::optional_number(p.latency_ms)},
+            {"download_mbps", detail::optional_number(p.download_mbps)},
+            {"upload_mbps", detail::optional_number(p.upload_mbps)},
+            {"measured_at",
+             p.measured_at ? nlohmann::json(*p.measured_at) : nlohmann::json(nullptr)},
+        });
+    }
+    out["table"] = std::move(table);
+    if (!full) return out;
+
+    nlohmann::json relays{{"cap", c.relay.cap}, {"live", 0}, {"list", nlohmann::json::array()}};
+    if (auto pool = node.served_relays()) {
+        const auto& t = pool->traffic();
+        relays["allocated_total"] = pool->counters().allocated.load();
+        relays["connections_total"] = t.connections_total.load();
+        relays["connections"] = t.connections_live.load();
+        relays["bytes_in"] = t.bytes_in.load();
+        relays["bytes_out"] = t.bytes_out.load();
+        auto list = pool->relays();
+        relays["live"] = list.size();
+        for (const auto& r : list)
+            relays["list"].push_back({{"port", r.port},
+                                      {"clients", r.clients},
+                                      {"logged_in", r.logged_in},
+                                      {"age_s", r.age.count() / 1000},
+                                      {"public_ports", r.public_ports},
+                                      {"connections", r.connections},
+                                      {"connections_total", r.connections_total},
+                                      {"bytes_in", r.bytes_in},
+                                      {"bytes_out", r.bytes_out}});
+    }
+    out["relays"] = std::move(relays);
+    nlohmann::json exposures = nlohmann::json::array();
+    for (const auto& [port, e] : node.exposures())
+        exposures.push_back(detail::exposure_status(port, e));
+    out["exposures"] = std::move(exposures);
+    return out;
+}
+
+// GET /metrics: the Prometheus text exposition of the node.
+inline std::string node_metrics(const Node& node) {
+    PrometheusWriter w;
+    const Config& c = node.config();
+    w.family("p2prc_node_info", "gauge", "Constant 1; the labels name the node.");
+    w.sample("p2prc_node_info",
+             {{"name", c.name}, {"instance", node.instance_id()}, {"version", version}}, 1);
+    const auto started = node.started_at().time_since_epoch();
+    w.single(
+        "p2prc_start_time_seconds", "gauge", "When the node's server started, in Unix seconds.",
+        double(std::chrono::duration_cast<std::chrono::milliseconds>(started).count()) / 1000.0);
+    w.single("p2prc_behind_nat", "gauge",
+             "1 when the node is behind NAT (configured or found out).", node.behind_nat() ? 1 : 0);
+
+    std::size_t nat = 0, open = 0, measured = 0;
+    for (const auto& p : node.table().peers()) {
+        (p.nat ? nat : open) += 1;
+        measured += p.measured();
+    }
+    w.family("p2prc_peers", "gauge", "Servers in the table, by whether they are behind NAT.");
+    w.sample("p2prc_peers", {{"nat", "false"}}, double(open));
+    w.sample("p2prc_peers", {{"nat", "true"}}, double(nat));
+    w.single("p2prc_peers_measured", "gauge", "Servers in the table with a measured latency.",
+             double(measured));
+
+    const auto m = node.metrics();
+    w.family(
+        "p2prc_probe_round_duration_seconds", "histogram",
+        "Duration of the probe rounds over the whole table (the count is the number of rounds).");
+    m->probe_round_seconds.write(w, "p2prc_probe_round_duration_seconds");
+    w.family("p2prc_peers_pruned_total", "counter",
+             "Servers removed from the table because they did not answer, by failure.");
+    m->prunes.write(w, "p2prc_peers_pruned_total", {{"refused"}, {"timeout"}});
+    w.family("p2prc_learned_entries_total", "counter",
+             "Entries of tables received from peers: accepted (alive), refused (scope rule, entry "
+             "bound, "
+             "dead) or deferred (not checked yet).");
+    m->learned.write(w, "p2prc_learned_entries_total",
+                     {{"accepted", "alive"},
+                      {"refused", "dead"},
+                      {"refused", "scope"},
+                      {"refused", "entry_limit"},
+                      {"deferred", "unchecked"}});
+
+    auto pool = node.served_relays();
+    std::uint64_t live = 0, clients = 0;
+    std::vector<RelayInfo> list;
+    if (pool) list = pool->relays();
+    live = list.size();
+    for (const auto& r : list) clients += r.clients;
+    const frp::TrafficStats none;
+    const frp::TrafficStats& t = pool ? pool->traffic() : none;
+    w.single("p2prc_relays", "gauge", "Relays this node serves now (each made by a GET /FRPPort).",
+             double(live));
+    w.single("p2prc_relays_cap", "gauge", "The most relays this node serves at once (relay.cap).",
+             double(c.relay.cap));
+    w.single("p2prc_relays_allocated_total", "counter", "Relays made on GET /FRPPort.",
+             pool ? double(pool->counters().allocated.load()) : 0.0);
+    w.single("p2prc_relay_clients", "gauge", "frp clients logged in to the relays served.",
+             double(clients));
+    w.single("p2prc_relay_connections", "gauge",
+             "User connections tunnelled through the relays served, now.",
+             double(t.connections_live.load()));
+    w.single("p2prc_relay_connections_total", "counter",
+             "User connections tunnelled through the relays served.",
+             double(t.connections_total.load()));
+    w.family("p2prc_relay_bytes_total", "counter",
+             "Bytes relayed: to_service from users to the exposed services, to_user back.");
+    w.sample("p2prc_relay_bytes_total", {{"direction", "to_service"}}, double(t.bytes_in.load()));
+    w.sample("p2prc_relay_bytes_total", {{"direction", "to_user"}}, double(t.bytes_out.load()));
+    w.family("p2prc_relay_refusals_total", "counter",
+             "Refused by a bound: cap (live relays), per_address (one requester's share), clients "
+             "(logins "
+             "per relay), connections (connections per relay).");
+    w.sample("p2prc_relay_refusals_total", {{"bound", "cap"}},
+             pool ? double(pool->counters().refused_cap.load()) : 0.0);
+    w.sample("p2prc_relay_refusals_total", {{"bound", "per_address"}},
+             pool ? double(pool->counters().refused_per_address.load()) : 0.0);
+    w.sample("p2prc_relay_refusals_total", {{"bound", "clients"}},
+             double(t.refused_clients.load()));
+    w.sample("p2prc_relay_refusals_total", {{"bound", "connections"}},
+             double(t.refused_connections.load()));
+
+    std::size_t up = 0, pending = 0;
+    for (const auto& [port, e] : node.exposures()) (e ? up : pending) += 1;
+    w.family("p2prc_exposures", "gauge",
+             "Local ports this node exposes through a relay, by state.");
+    w.sample("p2prc_exposures", {{"state", "up"}}, double(up));
+    w.sample("p2prc_exposures", {{"state", "starting"}}, double(pending));
+    w.family("p2prc_exposure_changes_total", "counter",
+             "Relay changes of exposed ports: failover (relay lost), move (a clearly nearer "
+             "relay), reconnect "
+             "(same relay, new public port).");
+    m->exposure_changes.write(w, "p2prc_exposure_changes_total",
+                              {{"failover"}, {"move"}, {"reconnect"}});
+    w.family("p2prc_dialbacks_total", "counter",
+             "Dialbacks: asked (this node asked a peer to connect back) and served (for a peer), "
+             "by result.");
+    m->dialbacks.write(w, "p2prc_dialbacks_total",
+                       {{"asked", "reachable"},
+                        {"asked", "unreachable"},
+                        {"asked", "no_answer"},
+                        {"served", "reachable"},
+                        {"served", "unreachable"}});
+    return w.text();
+}
+
+namespace detail {
+
+// The status page. Everything it needs is here (no external script, font, style or image);
+// peers' names are set as text, never as markup, since any peer picks its own name.
+inline constexpr const char* status_page_html = R"HTML(<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>p2prc node</title>
+<style>
+:root{--bg:#f5f6f8;--card:#fff;--ink:#1d2330;--muted:#667085;--line:#e3e6eb;--accent:#2f6fdd;--good:#1a8f5a;--warn:#c27c0e;--bad:#c9372c}
+*{box-sizing:border-box}
+body{margin:0;font:15px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,"Helvetica Neue",Arial,sans-serif;background:var(--bg);color:var(--ink)}
+header{background:#1d2330;color:#fff;padding:14px 20px;display:flex;flex-wrap:wrap;gap:6px 16px;align-items:baseline}
+header h1{margin:0;font-size:20px;font-weight:600;word-break:break-all}
+header .sub{color:#b8c0cc;font-size:13px}
+header .updated{margin-left:auto;color:#b8c0cc;font-size:13px}
+main{max-width:1200px;margin:0 auto;padding:16px 20px 40px}
+.cards{display:grid;grid-template-columns:repeat(auto-fit,minmax(220px,1fr));gap:12px;margin-bottom:16px}
+.card{background:var(--card);border:1px solid var(--line);border-radius:8px;padding:12px 14px}
+.card .k{color:var(--muted);font-size:12px;text-transform:uppercase;letter-spacing:.04em}
+.card .v{font-size:18px;font-weight:600;margin-top:2px;overflow-wrap:anywhere}
+.card .d{color:var(--muted);font-size:13px;overflow-wrap:anywhere}
+.pill{display:inline-block;border-radius:10px;padding:0 8px;font-size:12px;font-weight:600;color:#fff;background:var(--muted)}
+.pill.good{background:var(--good)}.pill.warn{background:var(--warn)}.pill.bad{background:var(--bad)}
+section{background:var(--card);border:1px solid var(--line);border-radius:8px;margin-bottom:16px;overflow-x:auto}
+section h2{font-size:16px;margin:0;padding:10px 14px;border-bottom:1px solid var(--line);display:flex;align-items:center;gap:8px;flex-wrap:wrap}
+section h2 .count{color:var(--muted);font-weight:400;font-size:14px}
+section h2 label{margin-left:auto;font-weight:400;font-size:13px;color:var(--muted)}
+.empty{color:var(--muted);padding:12px 14px;margin:0}
+.notice{background:#fff8e6;border:1px solid #f0d79a;border-radius:8px;padding:10px 14px;margin-bottom:16px}
+.notice.error{background:#fdecea;border-color:#f2b8b5}
+table{width:100%;border-collapse:collapse}
+th,td{text-align:left;padding:7px 14px;border-bottom:1px solid var(--line);vertical-align:middle}
+tbody tr:last-child td{border-bottom:0}
+th{font-size:12px;color:var(--muted);text-transform:uppercase;letter-spacing:.04em;font-weight:600;white-space:nowrap}
+th[data-key]{cursor:pointer;user-select:none}
+th[data-key]:hover{color:var(--ink)}
+th.sorted::after{content:" \25B2"}th.sorted.desc::after{content:" \25BC"}
+td.num{font-variant-numeric:tabular-nums;white-space:nowrap}
+.mono{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;font-size:13px}
+td.mono{white-space:nowrap}
+.bar{display:flex;align-items:center;gap:8px;min-width:150px}
+.bar .track{flex:1;height:8px;background:#eef0f3;border-radius:4px;overflow:hidden;min-width:60px}
+.bar .fill{height:100%;background:var(--accent);border-radius:4px}
+.bar.lat .fill{background:var(--good)}.bar.lat .fill.slow{background:var(--warn)}
+.bar .v{min-width:84px;text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
+.na{color:var(--muted)}
+select{font:inherit;padding:2px 4px}
+@media (max-width:700px){
+  header{padding:12px 14px}header .updated{margin-left:0;width:100%}
+  main{padding:12px 10px 30px}
+  table,tbody,tr,td{display:block;width:100%}
+  thead{display:none}
+  tbody tr{border-bottom:1px solid var(--line);padding:6px 0}
+  tbody tr:last-child{border-bottom:0}
+  td{border:0;padding:3px 14px;display:flex;gap:10px;align-items:center}
+  td::before{content:attr(data-label);flex:0 0 92px;color:var(--muted);font-size:12px;text-transform:uppercase;letter-spacing:.03em}
+  td>.bar{flex:1;min-width:0}
+  td.mono{white-space:normal;overflow-wrap:anywhere}
+  .cards{grid-template-columns:repeat(2,minmax(0,1fr));gap:8px}
+  .card{padding:10px 12px}.card .v{font-size:16px}
+}
+</style>
+</head>
+<body>
+<header><h1 id="name">p2prc node</h1><span class="sub" id="identity"></span><span class="updated" id="updated">loading…</span></header>
+<main>
+<div id="notice" class="notice" hidden></div>
+<div class="cards">
+  <div class="card"><div class="k">Reachable</div><div class="v" id="reach-how">–</div><div class="d" id="reach-detail"></div></div>
+  <div class="card"><div class="k">Servers known</div><div class="v" id="peer-count">–</div><div class="d" id="peer-detail"></div></div>
+  <div class="card"><div class="k">Relays served</div><div class="v" id="relay-count">–</div><div class="d" id="relay-detail"></div></div>
+  <div class="card"><div class="k">Exposures</div><div class="v" id="exposure-count">–</div><div class="d" id="exposure-detail"></div></div>
+</div>
+<section id="table-section">
+  <h2>IP table <span class="count" id="table-count"></span>
+    <label>sort <select id="sort">
+      <option value="latency_ms">latency</option><option value="name">name</option><option value="endpoint">address</option>
+      <option value="nat">NAT</option><option value="download_mbps">download</option><option value="upload_mbps">upload</option>
+    </select></label></h2>
+  <table id="peers"><thead><tr>
+    <th data-key="name">Name</th><th data-key="endpoint">Address</th><th data-key="nat">NAT</th>
+    <th data-key="latency_ms">Latency</th><th data-key="download_mbps">Download</th><th data-key="upload_mbps">Upload</th>
+  </tr></thead><tbody></tbody></table>
+  <p class="empty" id="peers-empty" hidden>The table is empty.</p>
+</section>
+<section id="relays-section">
+  <h2>Relays served <span class="count" id="relays-count"></span></h2>
+  <table id="relays"><thead><tr>
+    <th>Port</th><th>Clients</th><th>Public ports</th><th>Connections</th><th>To service</th><th>To users</th><th>Age</th>
+  </tr></thead><tbody></tbody></table>
+  <p class="empty" id="relays-empty">No relay served.</p>
+</section>
+<section id="exposures-section">
+  <h2>Exposures <span class="count" id="exposures-count"></span></h2>
+  <table id="exposures"><thead><tr>
+    <th>Local</th><th>Public</th><th>Relay</th><th>Relay latency</th><th>Changes</th>
+  </tr></thead><tbody></tbody></table>
+  <p class="empty" id="exposures-empty">Nothing exposed.</p>
+</section>
+</main>
+<script>
+(function(){
+"use strict";
+var q=new URLSearchParams(location.search),h=new URLSearchParams(location.hash.slice(1));
+var token=h.get("token")||q.get("token")||"";
+var sortKey="latency_ms",sortDesc=false,last=null;
+function $(id){return document.getElementById(id);}
+function el(tag,cls,text){var e=document.createElement(tag);if(cls)e.className=cls;if(text!==undefined&&text!==null)e.textContent=String(text);return e;}
+function cell(tr,label,child,cls){var td=el("td",cls);td.setAttribute("data-label",label);if(child instanceof Node)td.appendChild(child);else td.textContent=child;tr.appendChild(td);return td;}
+function bytes(n){var u=["B","KiB","MiB","GiB","TiB"],i=0;while(n>=1024&&i<u.length-1){n/=1024;i++;}return (i?n.toFixed(1):n)+" "+u[i];}
+function dur(s){if(s<60)return s+" s";if(s<3600)return Math.floor(s/60)+" min";if(s<86400)return (s/3600).toFixed(1)+" h";return (s/86400).toFixed(1)+" d";}
+function bar(v,max,unit,cls,slow){var b=el("div","bar "+cls);var t=el("div","track");var f=el("div","fill"+(slow?" slow":""));
+  if(v===null||v===undefined){b.appendChild(t);b.appendChild(el("span","v na","–"));return b;}
+  f.style.width=Math.max(2,Math.min(100,max>0?v/max*100:0))+"%";t.appendChild(f);b.appendChild(t);
+  var shown=v;if(unit==="Mbit/s"&&v>=1000){shown=v/1000;unit="Gbit/s";}
+  b.appendChild(el("span","v",(shown<10?shown.toFixed(2):shown<100?shown.toFixed(1):shown.toFixed(0))+" "+unit));return b;}
+function cmp(a,b){var x=a[sortKey],y=b[sortKey];var nx=(x===null||x===undefined),ny=(y===null||y===undefined);
+  if(nx||ny)return nx===ny?0:(nx?1:-1);if(x<y)return sortDesc?1:-1;if(x>y)return sortDesc?-1:1;return 0;}
+function notice(text,error){var n=$("notice");n.hidden=!text;n.textContent=text||"";n.className="notice"+(error?" error":"");}
+function renderPeers(rows){
+  var body=$("peers").tBodies[0];body.textContent="";
+  var maxLat=0,maxTp=0;rows.forEach(function(p){if(p.latency_ms>maxLat)maxLat=p.latency_ms;["download_mbps","upload_mbps"].forEach(function(k){if(p[k]>maxTp)maxTp=p[k];});});
+  rows.slice().sort(cmp).forEach(function(p){var tr=el("tr");tr.setAttribute("data-peer",p.endpoint);
+    cell(tr,"Name",p.name||"–");cell(tr,"Address",p.endpoint,"mono");
+    cell(tr,"NAT",el("span","pill "+(p.nat?(p.escape==="FRP"?"warn":"bad"):"good"),p.nat?(p.escape==="FRP"?"via relay":"behind NAT"):"open"));
+    cell(tr,"Latency",bar(p.latency_ms,maxLat,"ms","lat",p.latency_ms>200));
+    cell(tr,"Download",bar(p.download_mbps,maxTp,"Mbit/s","tp"));cell(tr,"Upload",bar(p.upload_mbps,maxTp,"Mbit/s","tp"));
+    body.appendChild(tr);});
+  $("peers-empty").hidden=rows.length>0;
+  Array.prototype.forEach.call(document.querySelectorAll("#peers th"),function(th){th.classList.toggle("sorted",th.getAttribute("data-key")===sortKey);th.classList.toggle("desc",sortDesc);});
+  $("sort").value=sortKey;}
+function renderRelays(r){
+  var body=$("relays").tBodies[0];body.textContent="";
+  (r.list||[]).forEach(function(x){var tr=el("tr");tr.setAttribute("data-relay-port",x.port);
+    cell(tr,"Port",x.port,"num");cell(tr,"Clients",x.clients,"num");
+    cell(tr,"Public ports",x.public_ports.length?x.public_ports.join(", "):"–","num");
+    cell(tr,"Connections",x.connections+" now, "+x.connections_total+" total","num");
+    cell(tr,"To service",bytes(x.bytes_in),"num");cell(tr,"To users",bytes(x.bytes_out),"num");cell(tr,"Age",dur(x.age_s),"num");
+    body.appendChild(tr);});
+  $("relays-empty").hidden=(r.list||[]).length>0;$("relays").hidden=!(r.list||[]).length;
+  $("relays-count").textContent=r.live+" of "+r.cap;}
+function renderExposures(list){
+  var body=$("exposures").tBodies[0];body.textContent="";
+  list.forEach(function(x){var tr=el("tr");tr.setAttribute("data-exposure",x.local_port);
+    cell(tr,"Local",x.local||("port "+x.local_port),"mono");cell(tr,"Public",x.up?x.public:"coming up…","mono");
+    cell(tr,"Relay",x.up?(x.relay_name?x.relay_name+" ("+x.relay+")":x.relay):"–","mono");
+    cell(tr,"Relay latency",x.up?x.relay_latency_ms.toFixed(1)+" ms":"–","num");
+    cell(tr,"Changes",x.up?(x.changes+(x.last_change?" (last: "+x.last_change+")":"")):"–","num");
+    body.appendChild(tr);});
+  $("exposures-empty").hidden=list.length>0;$("exposures").hidden=!list.length;}
+function render(s){
+  last=s;var n=s.node,r=s.reachability;
+  document.title=n.name+" · p2prc";$("name").textContent=n.name;
+  $("identity").textContent="instance "+n.instance+" · p2prc "+n.version+" · port "+n.port+" · up "+dur(n.uptime_s);
+  $("reach-how").textContent=r.via==="relay"?"through a relay":r.via==="direct"?"directly":"not reachable";
+  $("reach-detail").textContent=(r.endpoint?"at "+r.endpoint:"")+(r.via==="relay"?" via "+(r.relay_name||"")+" "+r.relay:"")+(r.behind_nat?" · behind NAT":"");
+  var open=s.table.filter(function(p){return !p.nat;}).length;
+  $("peer-count").textContent=s.table.length;$("peer-detail").textContent=open+" open, "+(s.table.length-open)+" behind NAT";
+  $("table-count").textContent=s.table.length+(s.table.length===1?" server":" servers");
+  renderPeers(s.table);
+  var full=s.access.full;
+  $("relays-section").hidden=!full;$("exposures-section").hidden=!full;
+  if(full){renderRelays(s.relays);renderExposures(s.exposures);
+    $("relay-count").textContent=s.relays.live;$("relay-detail").textContent=(s.relays.connections||0)+" connections now, "+bytes((s.relays.bytes_in||0)+(s.relays.bytes_out||0))+" relayed";
+    $("exposure-count").textContent=s.exposures.length;
+    $("exposure-detail").textContent=s.exposures.filter(function(x){return x.up;}).map(function(x){return x.public;}).join(", ");
+    notice("");}
+  else{$("relay-count").textContent="–";$("exposure-count").textContent="–";$("relay-detail").textContent="needs the network token";$("exposure-detail").textContent="needs the network token";
+    notice("This network has a token: relays served and exposures are shown with it (open this page as /status#token=…).");}
+  $("updated").textContent="updated "+new Date().toLocaleTimeString();
+  document.body.setAttribute("data-loaded","1");}
+function load(){
+  var headers={};if(token)headers["X-P2PRC-Token"]=token;
+  fetch("status.json",{headers:headers,cache:"no-store"}).then(function(res){
+    if(res.status===401){notice("The token given is not this network's token.",true);throw null;}
+    if(!res.ok)throw new Error("HTTP "+res.status);return res.json();})
+  .then(render).catch(function(e){if(e){notice("Cannot reach the node: "+e.message,true);$("updated").textContent="not updated";}});}
+Array.prototype.forEach.call(document.querySelectorAll("#peers th[data-key]"),function(th){th.addEventListener("click",function(){
+  var k=th.getAttribute("data-key");if(k===sortKey)sortDesc=!sortDesc;else{sortKey=k;sortDesc=(k==="download_mbps"||k==="upload_mbps");}if(last)renderPeers(last.table);});});
+$("sort").addEventListener("change",function(){sortKey=this.value;sortDesc=(sortKey==="download_mbps"||sortKey==="upload_mbps");if(last)renderPeers(last.table);});
+load();setInterval(load,5000);
+})();
+</script>
+</body>
+</html>
+)HTML";
+
+inline void install_status_routes(Server& server, Node& node) {
+    const Node* n = &node;
+    server.get("/metrics", [n](const HttpRequest& q, HttpResponse& r) {
+        if (status_access(n->config(), q) != 1)
+            return r.error(
+                401, "a valid network token is required (header X-P2PRC-Token or query token)");
+        r.status = 200;
+        r.content_type = "text/plain; version=0.0.4; charset=utf-8";
+        r.body = node_metrics(*n);
+    });
+    server.get("/status.json", [n](const HttpRequest& q, HttpResponse& r) {
+        const int access = status_access(n->config(), q);
+        if (access < 0) return r.error(401, "the network token given is wrong");
+        r.json(node_status(*n, access == 1));
+        r.headers.emplace_back("Cache-Control", "no-store");
+    });
+    auto page = [](const HttpRequest&, HttpResponse& r) {
+        r.status = 200;
+        r.content_type = "text/html; charset=utf-8";
+        r.body = status_page_html;
+        // The page loads nothing from anywhere: say so to the browser too.
+        r.headers.emplace_back(
+            "Content-Security-Policy",
+            "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+            "connect-src 'self'; img-src data:; base-uri 'none'; form-action 'none'");
+        r.headers.emplace_back("X-Content-Type-Options", "nosniff");
+    };
+    server.get("/status", page);
+    server.get("/", page);
+}
+
+}  // namespace detail
 
 }  // namespace p2prc

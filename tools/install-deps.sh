@@ -5,8 +5,9 @@ set -euo pipefail
 
 required=(g++ make cmake pkg-config python3 libssl-dev nlohmann-json3-dev libcpp-httplib-dev doctest-dev)
 # clang and its runtime build the fuzz targets; iproute2 and nftables build the
-# network-namespace tests. Suites that need them say so and skip when they are absent.
-optional=(clang libclang-rt-14-dev iproute2 nftables procps)
+# network-namespace tests; chromium renders the status page in the browser suite. Suites
+# that need them say so and skip when they are absent.
+optional=(clang libclang-rt-14-dev iproute2 nftables procps chromium)
 
 missing_from() {
   local out=()

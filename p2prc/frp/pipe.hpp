@@ -230,8 +230,9 @@ inline constexpr Millis kHalfClosedLinger{30000};
 // stream in one direction is passed on as a half-close) or either side failed (then
 // both are closed at once). One direction runs on a thread owned by this call. A
 // direction silent for `idle` (or for kHalfClosedLinger once the other one ended) ends
-// the pipe.
-inline void pipe_streams(const StreamPtr& a, const StreamPtr& b, Millis idle) {
+// the pipe. `on_bytes(a_to_b, n)`, when set, is told of every n bytes written (for counters).
+inline void pipe_streams(const StreamPtr& a, const StreamPtr& b, Millis idle,
+                         const std::function<void(bool, std::size_t)>& on_bytes = {}) {
     std::atomic<int> ended{0};
     Millis linger = std::min(idle, kHalfClosedLinger);
     auto copy = [&](Stream& from, Stream& to) {
@@ -257,6 +258,7 @@ inline void pipe_streams(const StreamPtr& a, const StreamPtr& b, Millis idle) {
                 }
                 last = Clock::now();
                 to.write_all(buf.data(), k, idle);
+                if (on_bytes) on_bytes(&from == a.get(), k);
             }
         } catch (...) {
             ++ended;

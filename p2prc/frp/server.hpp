@@ -59,6 +59,35 @@ namespace p2prc::frp {
 // The frp version we speak and announce (the wire format of frp 0.45.0).
 inline constexpr const char* kProtocolVersion = "0.45.0";
 
+// What a relay carried, counted as it happens (read by Server::stats() and by the node's
+// /metrics). A stats object may be shared by several servers, and each count is also added
+// to `parent` when set, so a pool of relays keeps totals that outlive its relays.
+struct TrafficStats {
+    std::atomic<std::uint64_t> connections_total{0};  // user connections piped to a client
+    std::atomic<std::uint64_t> connections_live{0};
+    std::atomic<std::uint64_t> bytes_in{0};   // from users to the client's service
+    std::atomic<std::uint64_t> bytes_out{0};  // from the service back to users
+    std::atomic<std::uint64_t> refused_connections{0};  // beyond max_connections
+    std::atomic<std::uint64_t> refused_clients{0};      // logins beyond max_clients
+    std::shared_ptr<TrafficStats> parent;
+
+    void connection_opened() {
+        for (auto* s = this; s; s = s->parent.get()) ++s->connections_total, ++s->connections_live;
+    }
+    void connection_closed() {
+        for (auto* s = this; s; s = s->parent.get()) --s->connections_live;
+    }
+    void bytes(bool inbound, std::uint64_t n) {
+        for (auto* s = this; s; s = s->parent.get()) (inbound ? s->bytes_in : s->bytes_out) += n;
+    }
+    void refused_connection() {
+        for (auto* s = this; s; s = s->parent.get()) ++s->refused_connections;
+    }
+    void refused_client() {
+        for (auto* s = this; s; s = s->parent.get()) ++s->refused_clients;
+    }
+};
+
 struct ServerOptions {
     // Where clients connect (port 0 = any free port; Server::port() tells which).
     Endpoint bind{IpAddress::from_string("0.0.0.0"), 7000};
@@ -96,6 +125,8 @@ struct ServerOptions {
     bool tls_only = false;
     // Optional event log (logins, proxies, refusals), one line per call.
     std::function<void(const std::string&)> log;
+    // Where traffic is counted; default: a stats object of the server's own.
+    std::shared_ptr<TrafficStats> stats;
 };
 
 // A registered proxy as the server sees it.
@@ -316,7 +347,10 @@ class ServerCore {
             }
             if (!c) continue;
             std::shared_ptr<p2prc::detail::TcpConnection> conn(std::move(c));
-            if (!tasks_.spawn([this, conn] { handle_connection(conn); })) conn->close();
+            if (!tasks_.spawn([this, conn] { handle_connection(conn); })) {
+                opt_.stats->refused_connection();
+                conn->close();
+            }
         }
     }
 
@@ -513,9 +547,11 @@ class ServerCore {
                 std::lock_guard<std::mutex> lk(mu_);
                 auto it = controls_.find(run_id);
                 if (it != controls_.end()) old = it->second;
-                if (!old && controls_.size() >= opt_.max_clients)
+                if (!old && controls_.size() >= opt_.max_clients) {
                     why = "too many clients (the server allows " +
                           std::to_string(opt_.max_clients) + ")";
+                    opt_.stats->refused_client();
+                }
             }
             if (old) {
                 // A reconnecting client: its stale control goes first, ports included.
@@ -692,8 +728,10 @@ class ServerCore {
             std::shared_ptr<p2prc::detail::TcpConnection> user(std::move(c));
             auto ctl = weak.lock();
             if (!ctl ||
-                !tasks_.spawn([this, ctl, spec, port, user] { serve_user(ctl, spec, port, user); }))
+                !tasks_.spawn([this, ctl, spec, port, user] { serve_user(ctl, spec, port, user); })) {
+                if (ctl) opt_.stats->refused_connection();
                 user->close();
+            }
         }
     }
 
@@ -727,7 +765,14 @@ class ServerCore {
             user->close();
             return;
         }
-        pipe_streams(user, work, opt_.idle_timeout);
+        TrafficStats& stats = *opt_.stats;
+        stats.connection_opened();
+        struct Closed {  // the live count comes down however the pipe ends
+            TrafficStats& s;
+            ~Closed() { s.connection_closed(); }
+        } closed{stats};
+        pipe_streams(user, work, opt_.idle_timeout,
+                     [&stats](bool from_user, std::size_t n) { stats.bytes(from_user, n); });
     }
 
     // ---- lifecycle ------------------------------------------------------------------
@@ -809,6 +854,8 @@ class Server {
             throw error(errc::invalid_argument,
                         "frp::Server: max_clients, timeouts must be > 0, max_connections >= 4, "
                         "max_pool_count >= 0");
+        if (!opt.stats) opt.stats = std::make_shared<TrafficStats>();
+        stats_ = opt.stats;
         listener_ = std::make_unique<p2prc::detail::TcpListener>(opt.bind);
         local_ = listener_->local_endpoint();
         core_ = std::make_unique<detail::ServerCore>(std::move(opt));
@@ -825,6 +872,8 @@ class Server {
     // Logged-in clients and their proxies, now.
     std::size_t client_count() { return core_->client_count(); }
     std::vector<ServerProxyInfo> proxies() { return core_->proxies(); }
+    // What the relay carried so far.
+    const TrafficStats& stats() const noexcept { return *stats_; }
 
     // Closes everything and joins every thread. Idempotent.
     void stop() {
@@ -841,6 +890,7 @@ class Server {
     std::thread acceptor_;
     std::atomic<bool> stopped_{false};
     Endpoint local_;
+    std::shared_ptr<TrafficStats> stats_;
 };
 
 }  // namespace p2prc::frp

@@ -194,7 +194,11 @@ TEST_CASE("relay protocol: refusals carry frp's texts and leave the control up")
     c.start_cipher("s3cret");
     CHECK(c.new_proxy("dns", "udp", 5353).error == "udp proxies are not supported");
     CHECK(c.new_proxy("site", "http", 0).error.find("not supported") != std::string::npos);
-    CHECK(c.new_proxy("", "tcp", 0).error != "");
+    // An empty name and no type are what P2PRC's Go client sends: frps 0.45 takes them as
+    // an unnamed tcp proxy, unique per server like any name.
+    CHECK(c.new_proxy("", "", 0).error == "");
+    CHECK(c.new_proxy("", "tcp", 0).error == "proxy name [] is already in use");
+    c.send(CloseProxy{""});
     p2prc::detail::TcpListener squatter(loopback(0));
     CHECK(c.new_proxy("busy", "tcp", squatter.port()).error == "port unavailable");
     auto ok = c.new_proxy("ssh", "tcp", 0);
