@@ -279,7 +279,7 @@ class ConnectionRegistry {
     // Called on the accepting thread with the socket cpp-httplib just accepted. Returns
     // the connection's id; a connection over a limit is shut down at once (the worker
     // that takes it finds it closed and ends).
-    std::uint64_t adopt(int sock) {
+    std::uint64_t adopt(int sock, bool& refused) {
         sockaddr_storage peer{};
         socklen_t pl = sizeof peer;
         std::string bucket;
@@ -306,6 +306,7 @@ class ConnectionRegistry {
             shut(c);
             ++stats_.refused_per_address;
         }
+        refused = c.refused = c.cut;
         by_fd_[sock] = id;
         conns_.emplace(id, std::move(c));
         return id;
@@ -315,6 +316,11 @@ class ConnectionRegistry {
         std::lock_guard<std::mutex> lock(mutex_);
         auto it = by_fd_.find(sock);
         return it == by_fd_.end() ? 0 : it->second;
+    }
+    bool refused(std::uint64_t id) const {
+        std::lock_guard<std::mutex> lock(mutex_);
+        auto it = conns_.find(id);
+        return it != conns_.end() && it->second.refused;
     }
 
     // May the gate hand this connection to a main worker now? Not while its address
@@ -504,6 +510,7 @@ class ConnectionRegistry {
         bool priority = false;
         bool in_headers = false;
         bool long_request = false;
+        bool refused = false;  // closed at adopt(): never served
         Clock::time_point started_at{};
         std::uint64_t received = 0;     // bytes read from the socket so far
         std::uint64_t window_mark = 0;  // `received` when the progress window began
@@ -732,6 +739,7 @@ class HttpServer : public httplib::Server {
         ConnStream strm(sock, limits_, &registry_, id);
         std::size_t left = keep_alive_max_count_ ? keep_alive_max_count_ : 1;
         bool first = true;
+        if (id && registry_.refused(id)) left = 0;  // over a limit: closed unread
         while (!stopping_ && left > 0) {
             if (!first && !strm.buffered()) {
                 pollfd p{sock, POLLIN, 0};
@@ -805,7 +813,18 @@ class WatchedPool : public httplib::TaskQueue {
           short_pool_(std::max<std::size_t>(short_threads, 1)),
           short_paths_(std::move(short_paths)),
           registry_(registry) {
+#if defined(__linux__)
         if (pipe2(wake_, O_CLOEXEC | O_NONBLOCK) != 0) wake_[0] = wake_[1] = -1;
+#else
+        if (pipe(wake_) != 0) {
+            wake_[0] = wake_[1] = -1;
+        } else {
+            for (int fd : wake_) {
+                fcntl(fd, F_SETFD, FD_CLOEXEC);
+                fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+            }
+        }
+#endif
         registry_.set_wake(wake_[1]);
         if (wake_[0] >= 0) gate_ = std::thread([this] { gate_loop(); });
     }
@@ -820,8 +839,13 @@ class WatchedPool : public httplib::TaskQueue {
 
     EnqueueResult enqueue(std::function<void()> fn) override {
         const int sock = HttpServer::socket_of(fn);
-        const std::uint64_t id = sock >= 0 ? registry_.adopt(sock) : 0;
-        if (!id || !gate_.joinable()) {
+        bool refused = false;
+        const std::uint64_t id = sock >= 0 ? registry_.adopt(sock, refused) : 0;
+        if (refused) {
+            // Shut down already: served here and now (one read sees the end), so it never
+            // queues for a worker.
+            fn();
+        } else if (!id || !gate_.joinable()) {
             dispatch(id, std::move(fn), false);
         } else {
             {
@@ -973,6 +997,14 @@ class WatchedPool : public httplib::TaskQueue {
     std::thread gate_;
 };
 
+// Gives freed heap back to the system after a large transient allocation (glibc keeps
+// it otherwise, and RSS stays at the peak). Elsewhere a no-op.
+inline void release_heap() {
+#if defined(__GLIBC__)
+    malloc_trim(0);
+#endif
+}
+
 inline std::string regex_escape(const std::string& s) {
     std::string out;
     for (char c : s) {
@@ -1064,7 +1096,9 @@ class Server {
         limits.max_pending = options_.max_queued_connections;
         limits.max_active = options_.worker_threads;
         limits.per_address = options_.max_connections_per_address;
-        limits.header_per_address = options_.max_header_connections_per_address;
+        // One address never holds more than half the workers with unfinished headers.
+        limits.header_per_address = std::min(options_.max_header_connections_per_address,
+                                             std::max<std::size_t>(1, options_.worker_threads / 2));
         registry_.set_limits(limits);
         stopping_ = false;
         httplib::Server* h = http_.get();
@@ -1469,11 +1503,9 @@ class Server {
             registry_.enforce(options_.header_timeout, options_.keep_alive_timeout,
                               options_.request_timeout, options_.upload_timeout,
                               options_.overload_idle_timeout);
-#if defined(__GLIBC__)
             // A large body or answer leaves freed heap that glibc keeps: give it back
             // once that connection has ended, so memory returns after a burst.
-            if (registry_.take_trim_due()) malloc_trim(0);
-#endif
+            if (registry_.take_trim_due()) detail::release_heap();
         }
     }
 
