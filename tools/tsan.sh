@@ -9,9 +9,10 @@ bin=${1:-$root/build-tsan}
 shift || true
 jobs=${JOBS:-2}
 flags="-fsanitize=thread -g -O1"
+mkdir -p "$bin"
 cmake -S "$root" -B "$bin" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DP2PRC_BUILD_BENCH=OFF \
       -DCMAKE_CXX_FLAGS="$flags" -DCMAKE_EXE_LINKER_FLAGS="-fsanitize=thread" \
-      >"$bin.configure.log" 2>&1 || { tail -n 30 "$bin.configure.log"; exit 1; }
+      >"$bin/configure.log" 2>&1 || { tail -n 30 "$bin/configure.log"; exit 1; }
 cmake --build "$bin" --target integration_tests p2prc_cli -j "$jobs" || exit 1
 
 log="$bin/tsan-integration.log"
