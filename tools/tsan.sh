@@ -23,7 +23,7 @@ if command -v setarch >/dev/null 2>&1 && setarch "$(uname -m)" -R true 2>/dev/nu
     run=(setarch "$(uname -m)" -R)
 fi
 # A TSan-built CLI exits 66 on a report; reports land in the log either way.
-TSAN_OPTIONS="halt_on_error=0 exitcode=66 second_deadlock_stack=1 ${TSAN_OPTIONS:-}" \
+TSAN_OPTIONS="halt_on_error=0 exitcode=66 second_deadlock_stack=1 suppressions=$root/tools/tsan.supp ${TSAN_OPTIONS:-}" \
     "${run[@]}" "$bin/tests/integration_tests" "$@" >"$log" 2>&1
 status=$?
 reports=$(grep -c '^WARNING: ThreadSanitizer' "$log")

@@ -23,6 +23,20 @@
 
 namespace p2prc_test {
 
+// A sanitizer's allocator keeps freed memory (and malloc_trim does not reach it), so
+// "RSS comes back" cannot be observed in such a build.
+#if defined(__SANITIZE_THREAD__) || defined(__SANITIZE_ADDRESS__)
+constexpr bool kSanitizedAllocator = true;
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer) || __has_feature(address_sanitizer)
+constexpr bool kSanitizedAllocator = true;
+#else
+constexpr bool kSanitizedAllocator = false;
+#endif
+#else
+constexpr bool kSanitizedAllocator = false;
+#endif
+
 // This process's resident set, KiB (-1 when unknown).
 inline long rss_kib() {
     std::ifstream f("/proc/self/status");
