@@ -8,6 +8,7 @@
 
 #include <httplib.h>
 
+#include <atomic>
 #include <chrono>
 #include <memory>
 #include <string>
@@ -30,7 +31,7 @@ p2prc::ServerOptions loopback() {
 
 TEST_CASE("limits: a POST route's own body limit holds for Content-Length and chunked bodies") {
     p2prc::Server s(loopback());
-    std::size_t seen = 0;
+    std::atomic<std::size_t> seen{0};  // written by a worker
     s.post(
         "/small",
         [&](const p2prc::HttpRequest& q, p2prc::HttpResponse& r) {
@@ -58,7 +59,7 @@ TEST_CASE("limits: a POST route's own body limit holds for Content-Length and ch
     auto ok = c.Post("/small", std::string(100, 'x'), "text/plain");
     REQUIRE(ok);
     CHECK(ok->status == 200);
-    CHECK(seen == 100);
+    CHECK(seen.load() == 100);
 }
 
 TEST_CASE("limits: a GET carries no real body") {
