@@ -758,7 +758,7 @@ int run(const Cli& cli) {
             std::cerr << "p2prc: error: " << e.to_string() << " answered HTTP " << res->status << "\n";
             return 1;
         }
-        auto j = nlohmann::json::parse(body, nullptr, false);
+        auto j = p2prc::detail::parse_json_small(body, 1u << 20, 16);
         if (j.is_discarded()) {
             std::cerr << "p2prc: error: " << e.to_string() << " answered something that is not JSON\n";
             return 1;

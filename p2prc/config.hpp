@@ -86,8 +86,9 @@ struct AdvertisedAddress {
 
 // The relay (GET /FRPPort): bounded so that it cannot be used to exhaust the node.
 struct RelaySettings {
-    std::size_t cap = 32;                // live relays at most; 0 turns relaying off
-    std::uint32_t idle_timeout_s = 300;  // a relay left without a logged-in client this long is reclaimed
+    std::size_t cap = 32;  // live relays at most; 0 turns relaying off
+    std::uint32_t idle_timeout_s =
+        300;  // a relay left without a logged-in client this long is reclaimed
     std::uint32_t login_timeout_s = 60;  // an allocated port nobody logs into is reclaimed
     std::size_t per_address = 4;         // live relays one requester (IPv4 address, IPv6 /64) holds
 };
@@ -105,6 +106,11 @@ struct NodeLimits {
     std::uint32_t discovery_budget_s = 60;     // a whole discover() run
     std::size_t discovery_concurrency = 8;     // peers contacted at once while discovering
     std::size_t server_threads = 8;            // HTTP worker threads
+    std::size_t server_queue = 64;             // connections open beyond the workers
+    std::uint32_t request_deadline_ms = 5000;  // one request served, headers to answer
+    std::uint32_t header_deadline_ms = 3000;   // request line and headers in, from accept
+    std::size_t connections_per_address = 32;  // open connections of one IPv4 /32 or IPv6 /64
+    std::size_t table_answer_entries = 1000;   // entries answered on POST /IpTable (freshest first)
 };
 
 // Looks up one environment variable. A parameter, so tests inject their own environment
@@ -141,7 +147,7 @@ inline std::string default_node_name() {
 }  // namespace detail
 
 class Config {
-public:
+  public:
     std::string name = detail::default_node_name();   // the node's name in tables
     std::string iptable = "p2prc-iptable.json";       // path of the table file
     TableFormat table_format = TableFormat::seed;     // format the table file is written in
@@ -511,7 +517,8 @@ inline const std::vector<ConfigKey>& config_keys() {
             "time POST /IpTable spends checking new entries", 1, 600000,
             [](auto& c) -> auto& { return c.limits.liveness_budget_ms; }));
         v.push_back(integer_key(
-            "limits.discovery_hops", "--discovery-hops", "N", "hops discover goes beyond the servers it was given", 0, 16,
+            "limits.discovery_hops", "--discovery-hops", "N",
+            "hops discover goes beyond the servers it was given", 0, 16,
             [](auto& c) -> auto& { return c.limits.discovery_hops; }));
         v.push_back(integer_key(
             "limits.discovery_budget_s", "--discovery-budget", "SECONDS",
@@ -524,6 +531,26 @@ inline const std::vector<ConfigKey>& config_keys() {
         v.push_back(integer_key(
             "limits.server_threads", "--server-threads", "N", "HTTP worker threads of the server",
             1, 256, [](auto& c) -> auto& { return c.limits.server_threads; }));
+        v.push_back(integer_key(
+            "limits.server_queue", "--server-queue", "N",
+            "connections the HTTP server keeps open beyond its workers (more are closed)", 1, 65536,
+            [](auto& c) -> auto& { return c.limits.server_queue; }));
+        v.push_back(integer_key(
+            "limits.request_deadline_ms", "--request-deadline-ms", "MS",
+            "whole-request deadline of the HTTP server (uploads: must keep moving instead)", 100,
+            600000, [](auto& c) -> auto& { return c.limits.request_deadline_ms; }));
+        v.push_back(integer_key(
+            "limits.header_deadline_ms", "--header-deadline-ms", "MS",
+            "request line and headers must be in this long after a connection opens", 100, 600000,
+            [](auto& c) -> auto& { return c.limits.header_deadline_ms; }));
+        v.push_back(integer_key(
+            "limits.connections_per_address", "--connections-per-address", "N",
+            "HTTP connections one IPv4 address or IPv6 /64 may hold open", 1, 65536,
+            [](auto& c) -> auto& { return c.limits.connections_per_address; }));
+        v.push_back(integer_key(
+            "limits.table_answer_entries", "--table-answer-entries", "N",
+            "most entries a POST /IpTable answer carries (the freshest)", 1, 1000000,
+            [](auto& c) -> auto& { return c.limits.table_answer_entries; }));
         return v;
     }();
     return keys;

@@ -93,6 +93,20 @@ inline nlohmann::json parse_json_bounded(std::string_view text, std::size_t max_
     }
 }
 
+// For small documents from the network (answers, request bodies): nlohmann's
+// "discarded" value when the text is longer than max_bytes, nested deeper than
+// max_depth, or not JSON; the depth is checked by a scan before anything is built.
+inline nlohmann::json parse_json_small(std::string_view text, std::size_t max_bytes = 64u << 10,
+                                       std::size_t max_depth = 8) {
+    if (text.size() > max_bytes) return nlohmann::json::value_t::discarded;
+    try {
+        check_json_depth(text, max_depth, "JSON");
+    } catch (const error&) {
+        return nlohmann::json::value_t::discarded;
+    }
+    return nlohmann::json::parse(text.begin(), text.end(), nullptr, false);
+}
+
 inline std::string line_column(std::string_view text, std::size_t byte) {
     std::size_t line = 1, col = 1;
     for (std::size_t i = 0; i < byte && i < text.size(); ++i) {

@@ -18,7 +18,11 @@
 #include "relay.hpp"
 #include "server.hpp"
 
+#include <sys/stat.h>
+
+#include <algorithm>
 #include <atomic>
+#include <cstdint>
 #include <chrono>
 #include <deque>
 #include <functional>
@@ -82,7 +86,7 @@ inline DialbackResult request_dialback(const Endpoint& peer, std::uint16_t port,
                      "): " + detail::answer_error(call);
         return out;
     }
-    auto j = nlohmann::json::parse(call.body, nullptr, false);
+    auto j = detail::parse_json_small(call.body);
     if (!j.is_object() || !j.contains("reachable") || !j["reachable"].is_boolean()) {
         out.reason = peer.to_string() + " answered the dialback with something other than {\"reachable\": bool}";
         return out;
@@ -220,6 +224,100 @@ class CallerRateLimit {
     std::unordered_map<std::string, Bucket> buckets_;
 };
 
+// The port of a POST /dialback body {"port": N} (N a number or a decimal string,
+// 1-65535), or nullopt. The body is bounded (1 KiB, nesting 4) before it is parsed.
+inline std::optional<std::uint16_t> dialback_port(std::string_view body) {
+    auto j = parse_json_small(body, 1024, 4);
+    if (!j.is_object() || !j.contains("port")) return std::nullopt;
+    const auto& p = j["port"];
+    if (p.is_number_unsigned() && p.get<std::uint64_t>() <= 65535)
+        return parse_port(std::to_string(p.get<std::uint64_t>()));
+    if (p.is_string()) return parse_port(p.get<std::string>());
+    return std::nullopt;
+}
+
+// The table a node answers on POST /IpTable, kept in memory: rebuilt only when the table
+// file changes (another inode after an atomic save, another size or modification time)
+// or the node's own entry does, never per request. At most `cap` entries, the freshest
+// (latest measured_at) first; never-measured entries follow in file order.
+class TableAnswer {
+  public:
+    explicit TableAnswer(std::size_t cap) : cap_(cap) {}
+
+    std::shared_ptr<const std::string> get(const std::string& path, const Peer& self, TableFormat format) {
+        const std::string self_key = peer_to_json(self, TableFormat::seed).dump();
+        std::lock_guard<std::mutex> lock(mu_);
+        const bool reloaded = refresh_locked(path);
+        if (reloaded || self_key != self_key_ || !text_[0]) {
+            IpTable answer;
+            for (const auto& p : freshest_) answer.add(p);
+            answer.add(self);
+            for (int f = 0; f < 2; ++f)
+                text_[f] = std::make_shared<const std::string>(answer.dump(f ? TableFormat::p2prc : TableFormat::seed, -1));
+            self_key_ = self_key;
+            ++builds_;
+        }
+        return text_[format == TableFormat::p2prc ? 1 : 0];
+    }
+    // Every endpoint the table file lists (all entries, not only those answered).
+    std::shared_ptr<const std::unordered_set<Endpoint>> known(const std::string& path) {
+        std::lock_guard<std::mutex> lock(mu_);
+        refresh_locked(path);
+        return known_;
+    }
+    std::uint64_t builds() const {
+        std::lock_guard<std::mutex> lock(mu_);
+        return builds_;
+    }
+
+  private:
+    struct Stamp {
+        bool exists = false;
+        std::uint64_t ino = 0;
+        std::int64_t size = 0;
+        std::int64_t mtime_ns = 0;
+        bool operator==(const Stamp& o) const {
+            return exists == o.exists && ino == o.ino && size == o.size && mtime_ns == o.mtime_ns;
+        }
+    };
+
+    // Reloads the file when it changed; true when it did.
+    bool refresh_locked(const std::string& path) {
+        struct stat st {};
+        const bool exists = ::stat(path.c_str(), &st) == 0;
+        Stamp now{exists, exists ? std::uint64_t(st.st_ino) : 0, exists ? std::int64_t(st.st_size) : 0,
+                  exists ? std::int64_t(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec : 0};
+        if (loaded_ && now == stamp_) return false;
+        IpTable t = IpTable::load(path);
+        auto known = std::make_shared<std::unordered_set<Endpoint>>();
+        for (const auto& p : t.peers()) p.for_each_endpoint([&](const Endpoint& e) { known->insert(e); });
+        std::vector<Peer> peers = t.peers();
+        std::stable_sort(peers.begin(), peers.end(), [](const Peer& a, const Peer& b) {
+            return a.measured_at.value_or(INT64_MIN) > b.measured_at.value_or(INT64_MIN);
+        });
+        if (peers.size() > cap_) peers.resize(cap_);
+        peers.shrink_to_fit();
+        const bool large = t.size() > 10000;
+        freshest_ = std::move(peers);
+        known_ = std::move(known);
+        stamp_ = now;
+        loaded_ = true;
+        t = IpTable();
+        if (large) release_heap();  // the parsed file was a large transient
+        return true;
+    }
+
+    std::size_t cap_;
+    mutable std::mutex mu_;
+    Stamp stamp_;
+    bool loaded_ = false;
+    std::vector<Peer> freshest_;
+    std::shared_ptr<const std::unordered_set<Endpoint>> known_;
+    std::string self_key_;
+    std::uint64_t builds_ = 0;
+    std::shared_ptr<const std::string> text_[2];
+};
+
 }  // namespace detail
 
 class Node;
@@ -255,6 +353,11 @@ public:
     const Config& config() const noexcept { return config_; }
     // The node's identity: its Ed25519 key (identity.hpp).
     const Identity& identity() const noexcept { return identity_; }
+    // What the HTTP server saw (zeros before start()).
+    ServerStats server_stats() const {
+        std::lock_guard<std::mutex> lock(lifecycle_);
+        return server_ ? server_->stats() : ServerStats{};
+    }
 
     // Starts the HTTP server (returns once it listens): /server_info, the speed tests,
     // POST /IpTable and GET /whoami. The table file is cleaned on the way (duplicates
@@ -272,11 +375,18 @@ public:
         so.worker_threads = config_.limits.server_threads;
         so.max_body_bytes = std::max(config_.limits.max_body_bytes, config_.limits.max_upload_bytes);
         so.read_timeout = so.write_timeout = detail::ms(config_.limits.request_timeout_ms);
+        so.request_timeout = detail::ms(config_.limits.request_deadline_ms);
+        so.header_timeout = detail::ms(config_.limits.header_deadline_ms);
+        so.max_queued_connections = config_.limits.server_queue;
+        so.max_connections_per_address = config_.limits.connections_per_address;
         auto server = std::make_unique<Server>(so);
-        server->post("/IpTable", [this](const HttpRequest& q, HttpResponse& r) { handle_table(q, r); });
+        server->post("/IpTable", [this](const HttpRequest& q, HttpResponse& r) { handle_table(q, r); },
+                     config_.limits.max_body_bytes);
         server->get("/whoami", [this](const HttpRequest& q, HttpResponse& r) { handle_whoami(q, r); });
         server->get("/FRPPort", [this](const HttpRequest& q, HttpResponse& r) { handle_frp_port(q, r); });
-        server->post("/dialback", [this](const HttpRequest& q, HttpResponse& r) { handle_dialback(q, r); });
+        // {"port": N}: a few dozen bytes.
+        server->post("/dialback", [this](const HttpRequest& q, HttpResponse& r) { handle_dialback(q, r); },
+                     max_dialback_body);
         detail::install_status_routes(*server, *this);
         started_at_ms_ = std::chrono::duration_cast<std::chrono::milliseconds>(
                              std::chrono::system_clock::now().time_since_epoch())
@@ -568,6 +678,7 @@ public:
     // live ones.
     LearnOutcome learn(IpTable incoming, const IpAddress& sender) {
         LearnOutcome out;
+        if (incoming.empty()) return out;  // nothing to learn: no need to read the table
         const IpTable current = table();
         // Signatures first: what the signer said is checked as it was signed.
         out.signatures = check_signatures(incoming, current);
@@ -1041,13 +1152,20 @@ private:
         } catch (const error& e) {
             return r.error(e.code() == errc::limit_exceeded ? 413 : 400, e.what());
         }
+        // A table that costs more than a small one to learn is rate-limited per sender.
+        if (incoming.size() > cheap_table_entries || text->size() > cheap_table_bytes) {
+            if (auto wait = table_limit_.take(sender)) {
+                r.headers.emplace_back("Retry-After", std::to_string((wait + 999) / 1000));
+                return r.error(429, "too many large tables from " + sender.to_string() + "; retry in " +
+                                        std::to_string(wait) + " ms");
+            }
+        }
         try {
             learn(std::move(incoming), sender);
-            IpTable answer = table();
-            answer.add(self_entry());
+            auto answer = table_answer_.get(config_.iptable, self_entry(), answer_format);
             r.status = 200;
             r.content_type = "application/json";
-            r.body = answer.dump(answer_format, -1);
+            r.body = *answer;
             r.headers.emplace_back(observed_address_header, sender.to_string());
             r.headers.emplace_back(identity_header, identity_.id());
         } catch (const error& e) {
@@ -1112,14 +1230,7 @@ private:
         if (via_own_relay(caller))
             return r.error(403, "dialback refused: this node is reached through a relay, so a caller at " +
                                     caller.to_string() + " may be anybody");
-        auto j = nlohmann::json::parse(q.body, nullptr, false);
-        std::optional<std::uint16_t> port;
-        if (j.is_object() && j.contains("port")) {
-            if (j["port"].is_number_unsigned() && j["port"].get<std::uint64_t>() <= 65535)
-                port = parse_port(std::to_string(j["port"].get<std::uint64_t>()));
-            else if (j["port"].is_string())
-                port = parse_port(j["port"].get<std::string>());
-        }
+        const std::optional<std::uint16_t> port = detail::dialback_port(q.body);
         if (!port) return r.error(400, "expected a JSON body {\"port\": 1-65535}");
         if (auto wait = dialback_limit_.take(caller)) {
             metrics_->dialbacks.add({"served", "rate_limited"});
@@ -1173,7 +1284,7 @@ private:
     Identity identity_;
     mutable std::mutex signed_mu_;
     mutable std::optional<SignedEntry> last_signed_;  // the last self-entry signed
-    std::mutex lifecycle_;
+    mutable std::mutex lifecycle_;
     std::unique_ptr<Server> server_;
     std::atomic<std::uint16_t> bound_port_{0};
     std::atomic<bool> running_{false};
@@ -1187,6 +1298,12 @@ private:
     std::uint16_t self_tunnel_port_ = 0;  // the tunnel of the node's own server, if any
     std::atomic<int> reachable_{-1};      // dialback verdict: -1 none, 0 no, 1 yes
     detail::CallerRateLimit dialback_limit_{3, std::chrono::milliseconds(2000)};
+    // POST /IpTable: a table beyond these is "large" (rate-limited per sender).
+    static constexpr std::size_t cheap_table_entries = 64;
+    static constexpr std::size_t cheap_table_bytes = 64u << 10;
+    static constexpr std::size_t max_dialback_body = 1024;
+    detail::CallerRateLimit table_limit_{4, std::chrono::milliseconds(5000)};
+    detail::TableAnswer table_answer_{config_.limits.table_answer_entries};
     std::atomic<int> dialing_{0};
     const std::string instance_id_;
     mutable std::mutex distrust_mu_;

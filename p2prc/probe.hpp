@@ -634,7 +634,7 @@ inline StreamFigures upload_stream(const Endpoint& e, const ThroughputOptions& o
         f.reason = "upload: HTTP status " + std::to_string(res.status);
         return f;
     }
-    auto j = nlohmann::json::parse(answer.data, nullptr, false);
+    auto j = detail::parse_json_small(answer.data);
     if (j.is_discarded() || !j.is_object() || !j.contains("measured_bytes") ||
         !j.contains("measured_seconds") || !j["measured_bytes"].is_number() ||
         !j["measured_seconds"].is_number()) {
@@ -726,7 +726,7 @@ inline std::optional<std::uint64_t> peer_body_limit(const Endpoint& e, const Thr
         return std::nullopt;
     }
     if (!res || res->status != 200) return std::nullopt;  // optional: the defaults hold
-    auto j = nlohmann::json::parse(answer.data, nullptr, false);
+    auto j = detail::parse_json_small(answer.data);
     if (j.is_object() && j.contains("MaxBodyBytes") && j["MaxBodyBytes"].is_number_unsigned())
         return j["MaxBodyBytes"].get<std::uint64_t>();
     return std::nullopt;

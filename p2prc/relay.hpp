@@ -106,7 +106,7 @@ inline HttpCall http_call(const Endpoint& peer, const std::string& method, const
 
 // The "error" member of a JSON error answer, else the (printable) start of the body.
 inline std::string answer_error(const HttpCall& c) {
-    auto j = nlohmann::json::parse(c.body, nullptr, false);
+    auto j = parse_json_small(c.body);
     if (j.is_object() && j.contains("error") && j["error"].is_string())
         return j["error"].get<std::string>();
     std::string s;

@@ -35,8 +35,11 @@ cmake --build "$bin" -j 2 >"$bin/build.log" 2>&1 || { tail -n 40 "$bin/build.log
 
 status=0
 # target:seconds (the snappy decoder is optional machinery: half the time)
-for entry in "fuzz_frame_decoder:$secs" "fuzz_yamux_parser:$secs" "fuzz_snappy_decoder:$(( (secs + 1) / 2 ))" \
-             "fuzz_v2_frame_decoder:$secs" "fuzz_v2_handshake:$secs"; do
+# (the table body, table file and config targets: half the time each, to keep the total short)
+half=$(( (secs + 1) / 2 ))
+for entry in "fuzz_frame_decoder:$secs" "fuzz_yamux_parser:$secs" "fuzz_snappy_decoder:$half" \
+             "fuzz_v2_frame_decoder:$secs" "fuzz_v2_handshake:$secs" \
+             "fuzz_table_body:$half" "fuzz_table_file:$half" "fuzz_config:$half"; do
     t=${entry%%:*}
     tsecs=${entry##*:}
     corpus="$bin/corpus-$t"
