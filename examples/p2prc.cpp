@@ -26,6 +26,11 @@
 
 namespace {
 
+// How the table file is laid out (the table_pretty key).
+p2prc::TableStyle table_style(const p2prc::Config& c) {
+    return c.table_pretty ? p2prc::TableStyle::pretty : p2prc::TableStyle::lines;
+}
+
 struct UsageError : std::runtime_error {
     using std::runtime_error::runtime_error;
 };
@@ -481,7 +486,8 @@ int run(const Cli& cli) {
         if (cli.args.size() > 1) p.name = cli.args[1];
         bool added = false;
         p2prc::IpTable::update(
-            config.iptable, [&](p2prc::IpTable& t) { added = t.add(p); }, config.table_format);
+            config.iptable, [&](p2prc::IpTable& t) { added = t.add(p); }, config.table_format,
+            std::chrono::seconds(30), {}, table_style(config));
         if (cli.json) std::cout << nlohmann::json{{"endpoint", e.to_string()}, {"added", added}}.dump() << "\n";
         else std::cout << (added ? "added " : "updated ") << e.to_string() << "\n";
         return 0;
@@ -490,7 +496,8 @@ int run(const Cli& cli) {
         want_args(1, 1);
         std::size_t n = 0;
         p2prc::IpTable::update(
-            config.iptable, [&](p2prc::IpTable& t) { n = t.remove(cli.args[0]); }, config.table_format);
+            config.iptable, [&](p2prc::IpTable& t) { n = t.remove(cli.args[0]); },
+            config.table_format, std::chrono::seconds(30), {}, table_style(config));
         if (cli.json) std::cout << nlohmann::json{{"removed", n}}.dump() << "\n";
         else std::cout << "removed " << n << " server" << (n == 1 ? "" : "s") << "\n";
         if (n == 0) {
@@ -562,7 +569,7 @@ int run(const Cli& cli) {
                             p->upload_mbps = r.upload_mbps;
                         }
                     },
-                    config.table_format);
+                    config.table_format, std::chrono::seconds(30), {}, table_style(config));
             }
             if (cli.json) {
                 out.push_back({{"endpoint", e.to_string()}, {"ok", r.ok}, {"download_mbps", r.download_mbps ? nlohmann::json(*r.download_mbps) : nlohmann::json()},

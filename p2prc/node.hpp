@@ -789,7 +789,8 @@ private:
                 t.dedupe();
                 t.remove_self(own);
             },
-            config_.table_format, std::chrono::seconds(30));
+            config_.table_format, std::chrono::seconds(30), TableLimits{},
+            config_.table_pretty ? TableStyle::pretty : TableStyle::lines);
     }
 
     static IpAddress best_interface_address() {
@@ -857,6 +858,10 @@ private:
             ro.idle_timeout = std::chrono::seconds(config_.relay.idle_timeout_s);
             ro.token = config_.token;
             ro.per_requester = config_.relay.per_address;
+            ro.allow_ports = parse_port_ranges(config_.relay.allow_ports);
+            // The node's own port is never a relay client's public port.
+            if (port() != 0) ro.deny_ports.push_back(port());
+            if (config_.port != 0 && config_.port != port()) ro.deny_ports.push_back(config_.port);
             relays_ = std::make_shared<RelayPool>(ro);
         }
         return relays_;
