@@ -4,7 +4,8 @@
 // fsyncs it, renames it over the old one and fsyncs the folder, so a crash at any point
 // leaves either the old or the new table. update() adds an advisory lock (flock on a
 // sidecar "<path>.lock") around load, change and save, so processes sharing one table
-// file lose nothing.
+// file lose nothing. A save first removes the temporaries that saves killed midway left
+// behind, and writes the file compactly, one entry a line, unless asked to indent it.
 #pragma once
 
 #include "address.hpp"

@@ -19,6 +19,9 @@
 // Threads: one accepts, one per logical connection being classified, one per control,
 // one per yamux session, one per proxy listener and two per piped user connection, all
 // owned by the Server (bounded by ServerOptions::max_connections) and joined by stop().
+// What one client address may hold before logging in is bounded apart (pending
+// connections, yamux sessions, streams owing a first message, stream opens a second),
+// so a flood from one address never uses up what the others need to log in.
 #pragma once
 
 #include "../address.hpp"
@@ -67,7 +70,7 @@ struct ServerOptions {
     // Shared secret: login proof and the cipher key. Empty is frp's default.
     std::string token;
     // Logged-in clients at once. Each costs a thread and a few buffers, so hundreds fit.
-    std::size_t max_clients = 512;
+    std::size_t max_clients = 1024;
     std::size_t max_proxies_per_client = 32;
     // A Login's pool_count is clamped to this (frps's max_pool_count).
     std::int64_t max_pool_count = 5;
