@@ -110,10 +110,12 @@ struct ServerOptions {
     std::size_t max_pending_per_address = 32;
     std::size_t max_sessions_per_address = 64;
     // Streams of one yamux session still owing their first message (each holds a
-    // thread); beyond it new streams are reset.
+    // thread); at this many the session's further streams wait in its accept backlog
+    // (MuxConfig::accept_backlog; beyond it, reset).
     std::size_t max_pending_streams_per_session = 16;
-    // Streams one yamux session may open per second (MuxConfig::max_opens_per_second).
-    std::uint32_t max_stream_opens_per_second = 100;
+    // Streams one yamux session may open per second (MuxConfig::max_opens_per_second):
+    // room for a busy tunnel's work connections, not for a flood of SYNs.
+    std::uint32_t max_stream_opens_per_second = 1000;
     // Optional event log (logins, proxies, refusals), one line per call.
     std::function<void(const std::string&)> log;
 };
@@ -474,6 +476,14 @@ class ServerCore {
                 session.close();
                 break;
             }
+            if (waiting->load() >= opt_.max_pending_streams_per_session) {
+                // Enough of its streams still owe their first message: the others wait
+                // (a burst of work connections is served a moment later, a flood of
+                // silent streams only holds this session up).
+                if (session.closed()) break;
+                std::this_thread::sleep_for(Millis(5));
+                continue;
+            }
             std::unique_ptr<MuxStream> s;
             try {
                 s = session.accept(Millis(250));
@@ -481,10 +491,6 @@ class ServerCore {
                 break;  // the session ended (peer gone, keepalive failed, stop)
             }
             if (!s) continue;
-            if (waiting->load() >= opt_.max_pending_streams_per_session) {
-                s->reset();  // enough of its streams still owe their first message
-                continue;
-            }
             StreamPtr stream(std::move(s));
             waiting->fetch_add(1);
             if (!tasks_.spawn([this, stream, pending, waiting] {
