@@ -630,6 +630,9 @@ int run(const Cli& cli) {
         for (const auto& f : cli.flags) port_given = port_given || f.first == "--port";
         opt.bind = {p2prc::IpAddress::from_string(config.bind), port_given ? config.port : std::uint16_t(7000)};
         opt.token = config.token;
+        // Clients open public ports only where relay.allow_ports says (unprivileged ones
+        // by default), as on the relays a node hands out.
+        opt.allow_ports = p2prc::parse_port_ranges(config.relay.allow_ports);
         p2prc::frp::Server relay(opt);
         if (cli.json) std::cout << nlohmann::json{{"port", relay.port()}}.dump() << std::endl;
         else std::cout << "p2prc relay listening on " << config.bind << ":" << relay.port() << std::endl;
