@@ -46,6 +46,10 @@ struct Relay {
     std::function<void()> stop;
 };
 
+// The parent's ends of the pipes that hold earlier relays open: a later child must not
+// keep them, or closing them would never reach the relay they hold.
+std::vector<int> held_pipes;
+
 // The p2prc relay with its defaults, in a child made before this process has threads.
 std::optional<Relay> start_p2prc() {
     int up[2], hold[2];
@@ -55,6 +59,7 @@ std::optional<Relay> start_p2prc() {
     if (pid == 0) {
         ::close(up[0]);
         ::close(hold[1]);
+        for (int fd : held_pipes) ::close(fd);
         {
             p2prc::frp::ServerOptions o;
             o.bind = loopback(0);
@@ -74,6 +79,7 @@ std::optional<Relay> start_p2prc() {
     if (::read(up[0], &r.port, sizeof r.port) != sizeof r.port) r.port = 0;
     ::close(up[0]);
     const int hold_fd = hold[1];
+    held_pipes.push_back(hold_fd);
     r.stop = [pid, hold_fd] {
         ::close(hold_fd);
         int st = 0;
