@@ -4,6 +4,8 @@
 // traffic and own no port do not keep relays from being reclaimed.
 #include <p2prc.hpp>
 
+#include "support/bytes.hpp"
+#include "support/loopback.hpp"
 #include "support/node_config.hpp"
 #include "support/relay.hpp"
 #include "support/relay_abuse.hpp"
@@ -224,4 +226,46 @@ TEST_CASE("relay ownership: idle logins do not keep relays; the squatted pool dr
     heartbeat.join();
     // The pool serves again.
     CHECK_NOTHROW(pool.allocate(p2prc::IpAddress::from_string("127.0.0.4")));
+}
+
+TEST_CASE("relay ownership: P2PRC's Go client's captured login works from the requester only") {
+    // The bytes P2PRC's Go client sent first (SYN of stream 1 + its Login, no token).
+    std::string login;
+    for (const auto& r : load_capture(P2PRC_TEST_DATA_DIR "/frp-captures/p2prc-go-client.wire.txt"))
+        if (r.dir == "C->S") {
+            login = r.bytes;
+            break;
+        }
+    REQUIRE(login.size() > 24);
+    RelayPoolOptions po;
+    po.bind = p2prc::IpAddress::from_string("127.0.0.1");
+    RelayPool pool(po);
+    const auto port = pool.allocate(p2prc::IpAddress::from_string("127.0.0.1"));
+    auto login_error = [&](const std::string& source) {
+        int fd = connect_from(source, port);
+        REQUIRE(fd >= 0);
+        RawPeer peer{std::make_shared<TcpConnection>(fd)};
+        peer.send_bytes(login);
+        // Stream 1's data until the LoginResp is whole.
+        std::string s1;
+        for (int i = 0; i < 20; ++i) {
+            std::string payload;
+            std::string h = peer.read_frame_hex(&payload, 5000ms);
+            if (h.substr(0, 4) == "0000" && h.substr(8, 8) == "00000001") s1 += payload;
+            if (s1.size() >= kFrameHeaderSize) {
+                std::size_t len =
+                    check_frame_header(reinterpret_cast<const unsigned char*>(s1.data()));
+                if (s1.size() >= kFrameHeaderSize + len) {
+                    REQUIRE(s1[0] == '1');
+                    auto m = decode_body('1', s1.substr(kFrameHeaderSize, len));
+                    return std::get<LoginResp>(m).error;
+                }
+            }
+        }
+        FAIL("no LoginResp");
+        return std::string();
+    };
+    CHECK(login_error("127.0.0.1") == "");
+    CHECK(login_error("127.0.0.3").find("serves only the address that requested it") !=
+          std::string::npos);
 }

@@ -259,21 +259,30 @@ class RelayAttacker {
 // proxy for `local`. Returns the time it took, or a negative duration when it failed
 // within `limit`.
 inline std::chrono::milliseconds legit_login(std::uint16_t port, const p2prc::Endpoint& local,
-                                             bool tcp_mux, std::chrono::milliseconds limit) {
+                                             bool tcp_mux, std::chrono::milliseconds limit,
+                                             std::string* why = nullptr) {
     p2prc::frp::ClientOptions o;
     o.server = p2prc::Endpoint{p2prc::IpAddress::from_string("127.0.0.1"), port};
     o.tcp_mux = tcp_mux;
     o.reconnect_min = std::chrono::milliseconds(100);
     o.reconnect_max = std::chrono::milliseconds(500);
+    // A name of its own: the relay may not have noticed the previous probe's end yet,
+    // and two clients may not share a proxy name.
+    static std::atomic<unsigned> serial{0};
     p2prc::frp::ProxySpec ps;
-    ps.name = "legit";
+    ps.name = "legit-" + std::to_string(serial.fetch_add(1));
     ps.local = local;
     o.proxies.push_back(ps);
     const auto t0 = std::chrono::steady_clock::now();
     p2prc::frp::Client c(o);
-    auto st = c.wait_running("legit", limit);
+    auto st = c.wait_running(ps.name, limit);
     auto took = std::chrono::duration_cast<std::chrono::milliseconds>(
         std::chrono::steady_clock::now() - t0);
+    if (why && st.state != p2prc::frp::ProxyState::running)
+        *why = (tcp_mux ? "tcp_mux: " : "no tcp_mux: ") +
+               (!st.error.empty()         ? st.error
+                : !c.last_error().empty() ? c.last_error()
+                                          : std::string("not running within the limit"));
     c.stop();
     return st.state == p2prc::frp::ProxyState::running ? took : std::chrono::milliseconds(-1);
 }
