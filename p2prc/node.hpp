@@ -887,7 +887,15 @@ private:
         // A relay opened behind NAT would be out of reach of the very peers that need it.
         if (behind_nat()) return r.error(503, "this node is behind NAT: it cannot relay for others");
         try {
-            const auto port = relay_pool()->allocate(q.remote ? std::optional<IpAddress>(q.remote->address) : std::nullopt);
+            // A request from loopback to a node that listens beyond loopback came through
+            // something local (a proxy in front of the node, a tunnel) that hides who
+            // asked: that relay cannot be bound to the requester's address. (It still
+            // counts towards the loopback address's share.)
+            const auto bind = IpAddress::parse(config_.bind);
+            const bool hidden = q.remote && q.remote->address.scope() == Scope::loopback &&
+                                !(bind && bind->scope() == Scope::loopback);
+            const auto port = relay_pool()->allocate(
+                q.remote ? std::optional<IpAddress>(q.remote->address) : std::nullopt, !hidden);
             r.status = 200;
             r.content_type = "text/plain";
             r.body = std::to_string(port);

@@ -168,10 +168,13 @@ class RelayPool {
     RelayPool& operator=(const RelayPool&) = delete;
 
     // Starts a relay on a free port for `requester` (when known) and returns the port.
+    // With `serve_requester_only` (and RelayPoolOptions::requester_only) its frp logins
+    // must come from the requester's address; the requester's share counts either way.
     // Throws p2prc::error: limit_exceeded at the cap or at the requester's share,
     // state_error when relaying is off (cap 0) or stopped, io_error when no port could be
     // opened.
-    std::uint16_t allocate(const std::optional<IpAddress>& requester = std::nullopt) {
+    std::uint16_t allocate(const std::optional<IpAddress>& requester = std::nullopt,
+                           bool serve_requester_only = true) {
         std::lock_guard<std::mutex> lock(mu_);
         if (stopped_) throw error(errc::state_error, "the relay pool is stopped");
         if (opt_.cap == 0) throw error(errc::state_error, "this node does not relay (relay.cap is 0)");
@@ -194,7 +197,7 @@ class RelayPool {
         so.max_proxies_per_client = opt_.max_proxies_per_client;
         so.max_connections = opt_.max_connections_per_relay;
         so.login_timeout = std::min(opt_.login_timeout, std::chrono::milliseconds(10000));
-        if (requester && opt_.requester_only) so.owner = *requester;
+        if (requester && opt_.requester_only && serve_requester_only) so.owner = *requester;
         so.allow_ports = opt_.allow_ports;
         so.deny_ports = opt_.deny_ports;
         // One requester's relay: a few clients and sessions, not a crowd.

@@ -269,3 +269,21 @@ TEST_CASE("relay ownership: P2PRC's Go client's captured login works from the re
     CHECK(login_error("127.0.0.3").find("serves only the address that requested it") !=
           std::string::npos);
 }
+
+TEST_CASE(
+    "relay ownership: a loopback request to a node listening on every address binds the relay to "
+    "nobody") {
+    // Such a request came through something local (a proxy in front of the node, a
+    // tunnel) that hides who asked, so the relay cannot hold the login to that address.
+    TempDir dir;
+    auto cfg = loopback_node_config(dir, "relay");
+    cfg.bind = "0.0.0.0";
+    p2prc::Node node(cfg);
+    node.start();
+    auto res = get(node.port(), "/FRPPort");
+    REQUIRE(res);
+    REQUIRE(res->status == 200);
+    const auto port = static_cast<std::uint16_t>(std::stoi(res->body));
+    RawLogin other("127.0.0.3", port);
+    CHECK(other.resp.error.empty());
+}
