@@ -26,6 +26,11 @@
 
 namespace {
 
+// How the table file is laid out (the table_pretty key).
+p2prc::TableStyle table_style(const p2prc::Config& c) {
+    return c.table_pretty ? p2prc::TableStyle::pretty : p2prc::TableStyle::lines;
+}
+
 struct UsageError : std::runtime_error {
     using std::runtime_error::runtime_error;
 };
@@ -632,7 +637,8 @@ int run(const Cli& cli) {
         if (cli.args.size() > 1) p.name = cli.args[1];
         bool added = false;
         p2prc::IpTable::update(
-            config.iptable, [&](p2prc::IpTable& t) { added = t.add(p); }, config.table_format);
+            config.iptable, [&](p2prc::IpTable& t) { added = t.add(p); }, config.table_format,
+            std::chrono::seconds(30), {}, table_style(config));
         if (cli.json) std::cout << nlohmann::json{{"endpoint", e.to_string()}, {"added", added}}.dump() << "\n";
         else std::cout << (added ? "added " : "updated ") << e.to_string() << "\n";
         return 0;
@@ -641,7 +647,8 @@ int run(const Cli& cli) {
         want_args(1, 1);
         std::size_t n = 0;
         p2prc::IpTable::update(
-            config.iptable, [&](p2prc::IpTable& t) { n = t.remove(cli.args[0]); }, config.table_format);
+            config.iptable, [&](p2prc::IpTable& t) { n = t.remove(cli.args[0]); },
+            config.table_format, std::chrono::seconds(30), {}, table_style(config));
         if (cli.json) std::cout << nlohmann::json{{"removed", n}}.dump() << "\n";
         else std::cout << "removed " << n << " server" << (n == 1 ? "" : "s") << "\n";
         if (n == 0) {
@@ -713,7 +720,7 @@ int run(const Cli& cli) {
                             p->upload_mbps = r.upload_mbps;
                         }
                     },
-                    config.table_format);
+                    config.table_format, std::chrono::seconds(30), {}, table_style(config));
             }
             if (cli.json) {
                 out.push_back({{"endpoint", e.to_string()}, {"ok", r.ok}, {"download_mbps", r.download_mbps ? nlohmann::json(*r.download_mbps) : nlohmann::json()},
@@ -781,6 +788,9 @@ int run(const Cli& cli) {
         for (const auto& f : cli.flags) port_given = port_given || f.first == "--port";
         opt.bind = {p2prc::IpAddress::from_string(config.bind), port_given ? config.port : std::uint16_t(7000)};
         opt.token = config.token;
+        // Clients open public ports only where relay.allow_ports says (unprivileged ones
+        // by default), as on the relays a node hands out.
+        opt.allow_ports = p2prc::parse_port_ranges(config.relay.allow_ports);
         p2prc::frp::Server relay(opt);
         if (cli.json) std::cout << nlohmann::json{{"port", relay.port()}}.dump() << std::endl;
         else std::cout << "p2prc relay listening on " << config.bind << ":" << relay.port() << std::endl;

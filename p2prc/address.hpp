@@ -17,6 +17,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 namespace p2prc {
 
@@ -237,6 +238,47 @@ struct Endpoint {
     friend bool operator!=(const Endpoint& x, const Endpoint& y) noexcept { return !(x == y); }
     std::size_t hash() const noexcept { return address.hash() * 31u + port; }
 };
+
+// An inclusive range of ports, as in frps's allow_ports ("2000-3000,3001,4000-50000").
+struct PortRange {
+    std::uint16_t lo = 0, hi = 0;
+    bool contains(std::uint16_t p) const noexcept { return p >= lo && p <= hi; }
+};
+
+// Parses "1024-65535" or "2000-3000, 3001, 4000-50000" (ports 1-65535, lo <= hi). Throws
+// p2prc::error(invalid_argument) naming the part that is wrong.
+inline std::vector<PortRange> parse_port_ranges(std::string_view text) {
+    std::vector<PortRange> out;
+    auto number = [](std::string_view part, std::string_view whole) -> std::uint16_t {
+        while (!part.empty() && part.front() == ' ') part.remove_prefix(1);
+        while (!part.empty() && part.back() == ' ') part.remove_suffix(1);
+        auto v = parse_port(part);  // decimal 1-65535, nothing else
+        if (!v)
+            throw error(errc::invalid_argument,
+                        "port range \"" + std::string(whole) + "\": expected ports 1-65535");
+        return *v;
+    };
+    std::size_t start = 0;
+    while (start <= text.size()) {
+        std::size_t comma = text.find(',', start);
+        if (comma == std::string_view::npos) comma = text.size();
+        std::string_view part = text.substr(start, comma - start);
+        std::size_t dash = part.find('-');
+        PortRange r;
+        if (dash == std::string_view::npos) {
+            r.lo = r.hi = number(part, part);
+        } else {
+            r.lo = number(part.substr(0, dash), part);
+            r.hi = number(part.substr(dash + 1), part);
+            if (r.lo > r.hi)
+                throw error(errc::invalid_argument, "port range \"" + std::string(part) +
+                                                        "\": the first port is above the last");
+        }
+        out.push_back(r);
+        start = comma + 1;
+    }
+    return out;
+}
 
 }  // namespace p2prc
 

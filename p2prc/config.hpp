@@ -86,11 +86,13 @@ struct AdvertisedAddress {
 
 // The relay (GET /FRPPort): bounded so that it cannot be used to exhaust the node.
 struct RelaySettings {
-    std::size_t cap = 32;  // live relays at most; 0 turns relaying off
-    std::uint32_t idle_timeout_s =
-        300;  // a relay left without a logged-in client this long is reclaimed
+    std::size_t cap = 32;                // live relays at most; 0 turns relaying off
+    std::uint32_t idle_timeout_s = 300;  // a relay without a public port or traffic is reclaimed
     std::uint32_t login_timeout_s = 60;  // an allocated port nobody logs into is reclaimed
     std::size_t per_address = 4;         // live relays one requester (IPv4 address, IPv6 /64) holds
+    // Public ports a relay client may open (frps's allow_ports); the node's own port is
+    // refused whatever this says.
+    std::string allow_ports = "1024-65535";
 };
 
 // Bounds on what the node accepts and spends. Everything from the network is bounded.
@@ -152,6 +154,7 @@ class Config {
     std::string iptable = "p2prc-iptable.json";       // path of the table file
     TableFormat table_format = TableFormat::seed;     // format the table file is written in
     std::string identity_key;  // the node's key file; "" = beside the table (identity_key_path)
+    bool table_pretty = false;                        // indented table file (else one entry a line)
     std::string bind = "0.0.0.0";                     // numeric address the server binds to
     std::uint16_t port = 8078;                        // server port; 0 picks a free one
     std::vector<AdvertisedAddress> public_addresses;  // addresses advertised as the node's own
@@ -375,6 +378,10 @@ inline const std::vector<ConfigKey>& config_keys() {
             "identity_key", "--identity-key", "PATH",
             "the node's Ed25519 key file (made at first start, mode 0600; \"\": beside the table)",
             4096, true, [](auto& c) -> auto& { return c.identity_key; }));
+        v.push_back(bool_key(
+            "table_pretty", "--table-pretty",
+            "write the table file indented (default: compact, one entry a line)",
+            [](auto& c) -> auto& { return c.table_pretty; }));
         {
             ConfigKey k;
             k.key = "bind";
@@ -472,7 +479,7 @@ inline const std::vector<ConfigKey>& config_keys() {
             [](auto& c) -> auto& { return c.relay.cap; }));
         v.push_back(integer_key(
             "relay.idle_timeout_s", "--relay-idle-timeout", "SECONDS",
-            "a relay left without a client this long is reclaimed", 1, 86400,
+            "a relay with no public port and no traffic this long is reclaimed", 1, 86400,
             [](auto& c) -> auto& { return c.relay.idle_timeout_s; }));
         v.push_back(integer_key(
             "relay.login_timeout_s", "--relay-login-timeout", "SECONDS",
@@ -482,6 +489,29 @@ inline const std::vector<ConfigKey>& config_keys() {
             "relay.per_address", "--relay-per-address", "N",
             "live relays one requester may hold (an IPv4 address, an IPv6 /64)", 1, 65535,
             [](auto& c) -> auto& { return c.relay.per_address; }));
+        {
+            ConfigKey k;
+            k.key = "relay.allow_ports";
+            k.flag = "--relay-allow-ports";
+            k.metavar = "RANGES";
+            k.help = "public ports a relay client may open, e.g. 1024-65535 or 2000-3000,4000";
+            k.expected = "port ranges such as \"1024-65535\" or \"2000-3000,4000\" (ports 1-65535)";
+            k.from_text = [](Config& c, std::string_view s) {
+                if (s.size() > 4096 || has_control_char(s)) return false;
+                try {
+                    (void)parse_port_ranges(s);
+                } catch (const error&) {
+                    return false;
+                }
+                c.relay.allow_ports = std::string(s);
+                return true;
+            };
+            k.from_json = [f = k.from_text](Config& c, const nlohmann::json& j) {
+                return j.is_string() && f(c, j.get_ref<const std::string&>());
+            };
+            k.to_json = [](const Config& c) { return nlohmann::json(c.relay.allow_ports); };
+            v.push_back(std::move(k));
+        }
         v.push_back(string_key(
             "token", "--token", "SECRET",
             "network secret required by /FRPPort and frp login (empty: none)", 1024, true,

@@ -4,13 +4,15 @@
 // fsyncs it, renames it over the old one and fsyncs the folder, so a crash at any point
 // leaves either the old or the new table. update() adds an advisory lock (flock on a
 // sidecar "<path>.lock") around load, change and save, so processes sharing one table
-// file lose nothing.
+// file lose nothing. A save first removes the temporaries that saves killed midway left
+// behind, and writes the file compactly, one entry a line, unless asked to indent it.
 #pragma once
 
 #include "address.hpp"
 #include "error.hpp"
 #include "peer.hpp"
 
+#include <dirent.h>
 #include <fcntl.h>
 #include <sys/file.h>
 #include <sys/stat.h>
@@ -182,6 +184,43 @@ inline void write_file_atomic(const std::string& path, std::string_view data, mo
         throw_io("cannot fsync the folder of", path, errno);
 }
 
+// Removes the temporaries write_file_atomic(path) left behind when a process died
+// mid-save ("<path>.tmp.XXXXXX", mkstemp's six characters): only regular files of ours,
+// last written more than `min_age` ago (a younger one may be another process's save in
+// progress). Returns how many were removed; a folder that cannot be read removes none.
+inline std::size_t remove_stale_temporaries(
+    const std::string& path, std::chrono::seconds min_age = std::chrono::seconds(60)) {
+    const std::string dir = parent_dir(path);
+    const auto slash = path.rfind('/');
+    const std::string prefix =
+        (slash == std::string::npos ? path : path.substr(slash + 1)) + ".tmp.";
+    DIR* d = ::opendir(dir.c_str());
+    if (!d) return 0;
+    std::size_t removed = 0;
+    const auto now = std::chrono::system_clock::now();
+    while (dirent* e = ::readdir(d)) {
+        const std::string name = e->d_name;
+        if (name.size() != prefix.size() + 6 || name.compare(0, prefix.size(), prefix) != 0)
+            continue;
+        bool six = true;
+        for (std::size_t i = prefix.size(); i < name.size(); ++i) {
+            const char c = name[i];
+            six =
+                six && ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9'));
+        }
+        if (!six) continue;
+        const std::string full = (dir == "/" ? "" : dir) + "/" + name;
+        struct stat st {};
+        if (::lstat(full.c_str(), &st) != 0 || !S_ISREG(st.st_mode) || st.st_uid != ::geteuid())
+            continue;
+        const auto written = std::chrono::system_clock::from_time_t(st.st_mtime);
+        if (now - written < min_age) continue;
+        if (::unlink(full.c_str()) == 0) ++removed;
+    }
+    ::closedir(d);
+    return removed;
+}
+
 // Reads a whole file; nullopt when it does not exist.
 inline std::optional<std::string> read_file(const std::string& path, std::size_t max_bytes) {
     Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
@@ -322,6 +361,9 @@ inline void merge_peer(Peer& kept, Peer&& incoming) {
 
 }  // namespace detail
 
+// How save() lays the file out: compact with one entry a line (the default), or indented.
+enum class TableStyle { lines, pretty };
+
 class IpTable {
 public:
     IpTable() = default;
@@ -383,9 +425,32 @@ public:
         return to_json(format).dump(indent) + (indent >= 0 ? "\n" : "");
     }
 
-    // Writes the table atomically and durably (see the file comment).
-    void save(const std::string& path, TableFormat format = TableFormat::seed) const {
-        detail::write_file_atomic(path, dump(format));
+    // The file's text: compact with one entry a line (small, and diffs stay readable),
+    // or indented.
+    std::string file_text(TableFormat format = TableFormat::seed,
+                          TableStyle style = TableStyle::lines) const {
+        if (style == TableStyle::pretty) return dump(format, 2);
+        std::string out = "{\"ip_address\":[";
+        for (std::size_t i = 0; i < peers_.size(); ++i) {
+            out += i == 0 ? "\n" : ",\n";
+            out += peer_to_json(peers_[i], format).dump();
+        }
+        out += peers_.empty() ? "]}\n" : "\n]}\n";
+        return out;
+    }
+
+    // Writes the table atomically and durably (see the file comment), after removing the
+    // temporaries that saves killed midway left behind.
+    void save(const std::string& path, TableFormat format = TableFormat::seed,
+              TableStyle style = TableStyle::lines) const {
+        detail::remove_stale_temporaries(path);
+        detail::write_file_atomic(path, file_text(format, style));
+    }
+
+    // Removes stale "<path>.tmp.XXXXXX" files of this table (older than a minute, ours);
+    // save() does it too. Returns how many were removed.
+    static std::size_t remove_stale_temporaries(const std::string& path) {
+        return detail::remove_stale_temporaries(path);
     }
 
     // Locks "<path>.lock", loads, calls fn(table), saves, unlocks. If fn throws, nothing
@@ -393,11 +458,11 @@ public:
     static IpTable update(const std::string& path, const std::function<void(IpTable&)>& fn,
                           TableFormat format = TableFormat::seed,
                           std::chrono::milliseconds lock_timeout = std::chrono::seconds(30),
-                          const TableLimits& limits = {}) {
+                          const TableLimits& limits = {}, TableStyle style = TableStyle::lines) {
         detail::FileLock lock(path + ".lock", lock_timeout);
         IpTable t = load(path, limits);
         fn(t);
-        t.save(path, format);
+        t.save(path, format, style);
         return t;
     }
 

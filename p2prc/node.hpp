@@ -1110,7 +1110,8 @@ private:
                 t.dedupe();
                 t.remove_self(own, identity_.id());
             },
-            config_.table_format, std::chrono::seconds(30));
+            config_.table_format, std::chrono::seconds(30), TableLimits{},
+            config_.table_pretty ? TableStyle::pretty : TableStyle::lines);
     }
 
     static IpAddress best_interface_address() {
@@ -1187,6 +1188,10 @@ private:
             ro.token = config_.token;
             ro.tls_key_pem = identity_.private_pem();
             ro.per_requester = config_.relay.per_address;
+            ro.allow_ports = parse_port_ranges(config_.relay.allow_ports);
+            // The node's own port is never a relay client's public port.
+            if (port() != 0) ro.deny_ports.push_back(port());
+            if (config_.port != 0 && config_.port != port()) ro.deny_ports.push_back(config_.port);
             relays_ = std::make_shared<RelayPool>(ro);
         }
         return relays_;
@@ -1212,7 +1217,15 @@ private:
         // A relay opened behind NAT would be out of reach of the very peers that need it.
         if (behind_nat()) return r.error(503, "this node is behind NAT: it cannot relay for others");
         try {
-            const auto port = relay_pool()->allocate(q.remote ? std::optional<IpAddress>(q.remote->address) : std::nullopt);
+            // A request from loopback to a node that listens beyond loopback came through
+            // something local (a proxy in front of the node, a tunnel) that hides who
+            // asked: that relay cannot be bound to the requester's address. (It still
+            // counts towards the loopback address's share.)
+            const auto bind = IpAddress::parse(config_.bind);
+            const bool hidden = q.remote && q.remote->address.scope() == Scope::loopback &&
+                                !(bind && bind->scope() == Scope::loopback);
+            const auto port = relay_pool()->allocate(
+                q.remote ? std::optional<IpAddress>(q.remote->address) : std::nullopt, !hidden);
             r.status = 200;
             r.content_type = "text/plain";
             r.body = std::to_string(port);

@@ -146,9 +146,18 @@ struct RelayPoolOptions {
     std::size_t cap = 32;                                // live relays at most
     // An allocated relay nobody logs into within this time is reclaimed.
     std::chrono::milliseconds login_timeout{60000};
-    // A relay whose clients are all gone for this long is reclaimed. (A logged-in client
-    // keeps its relay: frp's heartbeats flow while the tunnel waits for users.)
+    // A relay that is not in use for this long is reclaimed. In use means: a client owns
+    // a public port on it, or a user connection is piped through it or ended less than
+    // idle_timeout ago. A logged-in client alone does not count (its heartbeats are not
+    // use), so idle logins cannot hold the pool.
     std::chrono::milliseconds idle_timeout{300000};
+    // frp logins are accepted only from the requester's address (IPv4 address, IPv6 /64;
+    // behind a NAT, the NAT's address) when it is known.
+    bool requester_only = true;
+    // Public ports a relay client may open (frps's allow_ports): unprivileged ports by
+    // default; deny_ports (the node's own) are refused whatever the ranges say.
+    std::vector<PortRange> allow_ports{{1024, 65535}};
+    std::vector<std::uint16_t> deny_ports;
     std::string token;  // required at frp login; empty: frp's default (no secret)
     // The relays' TLS certificates are made for this private key (PEM; a node gives its
     // identity key), so a client that knows the node's identity verifies the relay.
@@ -196,10 +205,13 @@ class RelayPool {
     RelayPool& operator=(const RelayPool&) = delete;
 
     // Starts a relay on a free port for `requester` (when known) and returns the port.
+    // With `serve_requester_only` (and RelayPoolOptions::requester_only) its frp logins
+    // must come from the requester's address; the requester's share counts either way.
     // Throws p2prc::error: limit_exceeded at the cap or at the requester's share,
     // state_error when relaying is off (cap 0) or stopped, io_error when no port could be
     // opened.
-    std::uint16_t allocate(const std::optional<IpAddress>& requester = std::nullopt) {
+    std::uint16_t allocate(const std::optional<IpAddress>& requester = std::nullopt,
+                           bool serve_requester_only = true) {
         std::lock_guard<std::mutex> lock(mu_);
         if (stopped_) throw error(errc::state_error, "the relay pool is stopped");
         if (opt_.cap == 0) throw error(errc::state_error, "this node does not relay (relay.cap is 0)");
@@ -208,7 +220,7 @@ class RelayPool {
             throw error(errc::limit_exceeded, "all " + std::to_string(opt_.cap) +
                                                   " relays of this node are in use; try later");
         }
-        const std::string who = requester ? requester_key(*requester) : std::string();
+        const std::string who = requester ? frp::address_group(*requester) : std::string();
         if (!who.empty()) {
             std::size_t held = 0;
             for (const auto& [port, e] : relays_) held += e.requester == who;
@@ -227,6 +239,11 @@ class RelayPool {
         so.max_proxies_per_client = opt_.max_proxies_per_client;
         so.max_connections = opt_.max_connections_per_relay;
         so.login_timeout = std::min(opt_.login_timeout, std::chrono::milliseconds(10000));
+        if (requester && opt_.requester_only && serve_requester_only) so.owner = *requester;
+        so.allow_ports = opt_.allow_ports;
+        so.deny_ports = opt_.deny_ports;
+        // One requester's relay: a few clients and sessions, not a crowd.
+        so.max_sessions_per_address = std::max<std::size_t>(opt_.max_clients_per_relay, 1);
         so.log = opt_.log;
         so.stats = std::make_shared<frp::TrafficStats>();
         so.stats->parent = traffic_;
@@ -292,16 +309,8 @@ class RelayPool {
         std::unique_ptr<frp::Server> server;
         Clock::time_point created, last_active;
         bool logged_in = false;
-        std::string requester;  // requester_key() of who asked, "" when unknown
+        std::string requester;  // frp::address_group() of who asked, "" when unknown
     };
-
-    // An IPv4 address, or the /64 of an IPv6 one (one site's addresses).
-    static std::string requester_key(const IpAddress& a) {
-        if (a.is_v4()) return a.to_string();
-        std::uint8_t prefix[16] = {};
-        std::copy(a.bytes(), a.bytes() + 8, prefix);
-        return IpAddress::from_v6(prefix).to_string() + "/64";
-    }
 
     void log(const std::string& line) { p2prc::detail::notify(opt_.log, line); }
 
@@ -314,13 +323,20 @@ class RelayPool {
             std::vector<std::pair<std::uint16_t, Entry>> doomed;
             for (auto it = relays_.begin(); it != relays_.end();) {
                 Entry& e = it->second;
-                if (e.server->client_count() > 0) {
+                const auto a = e.server->activity();
+                if (a.clients > 0 && !e.logged_in) {
                     e.logged_in = true;
-                    e.last_active = now;
+                    e.last_active = now;  // a client just came: idle_timeout from here
                 }
+                // What keeps a relay: a public port, or traffic (see idle_timeout).
+                if (a.proxies > 0 || a.piped_connections > 0) e.last_active = now;
+                if (a.last_traffic && *a.last_traffic > e.last_active)
+                    e.last_active = *a.last_traffic;
                 const char* why = nullptr;
                 if (!e.logged_in && now - e.created >= opt_.login_timeout) why = "nobody logged in";
-                else if (e.logged_in && now - e.last_active >= opt_.idle_timeout) why = "no client left";
+                else if (e.logged_in && now - e.last_active >= opt_.idle_timeout)
+                    why = a.clients > 0 ? "its clients own no port and carry no traffic"
+                                        : "no client left";
                 if (why) {
                     log("relay on port " + std::to_string(it->first) + " reclaimed: " + why);
                     doomed.emplace_back(it->first, std::move(e));

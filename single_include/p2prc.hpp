@@ -89,6 +89,7 @@ private:
 #include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 namespace p2prc {
 
@@ -309,6 +310,47 @@ struct Endpoint {
     friend bool operator!=(const Endpoint& x, const Endpoint& y) noexcept { return !(x == y); }
     std::size_t hash() const noexcept { return address.hash() * 31u + port; }
 };
+
+// An inclusive range of ports, as in frps's allow_ports ("2000-3000,3001,4000-50000").
+struct PortRange {
+    std::uint16_t lo = 0, hi = 0;
+    bool contains(std::uint16_t p) const noexcept { return p >= lo && p <= hi; }
+};
+
+// Parses "1024-65535" or "2000-3000, 3001, 4000-50000" (ports 1-65535, lo <= hi). Throws
+// p2prc::error(invalid_argument) naming the part that is wrong.
+inline std::vector<PortRange> parse_port_ranges(std::string_view text) {
+    std::vector<PortRange> out;
+    auto number = [](std::string_view part, std::string_view whole) -> std::uint16_t {
+        while (!part.empty() && part.front() == ' ') part.remove_prefix(1);
+        while (!part.empty() && part.back() == ' ') part.remove_suffix(1);
+        auto v = parse_port(part);  // decimal 1-65535, nothing else
+        if (!v)
+            throw error(errc::invalid_argument,
+                        "port range \"" + std::string(whole) + "\": expected ports 1-65535");
+        return *v;
+    };
+    std::size_t start = 0;
+    while (start <= text.size()) {
+        std::size_t comma = text.find(',', start);
+        if (comma == std::string_view::npos) comma = text.size();
+        std::string_view part = text.substr(start, comma - start);
+        std::size_t dash = part.find('-');
+        PortRange r;
+        if (dash == std::string_view::npos) {
+            r.lo = r.hi = number(part, part);
+        } else {
+            r.lo = number(part.substr(0, dash), part);
+            r.hi = number(part.substr(dash + 1), part);
+            if (r.lo > r.hi)
+                throw error(errc::invalid_argument, "port range \"" + std::string(part) +
+                                                        "\": the first port is above the last");
+        }
+        out.push_back(r);
+        start = comma + 1;
+    }
+    return out;
+}
 
 }  // namespace p2prc
 
@@ -1242,9 +1284,11 @@ inline nlohmann::json peer_to_json(const Peer& p, TableFormat format = TableForm
 // fsyncs it, renames it over the old one and fsyncs the folder, so a crash at any point
 // leaves either the old or the new table. update() adds an advisory lock (flock on a
 // sidecar "<path>.lock") around load, change and save, so processes sharing one table
-// file lose nothing.
+// file lose nothing. A save first removes the temporaries that saves killed midway left
+// behind, and writes the file compactly, one entry a line, unless asked to indent it.
 
 
+#include <dirent.h>
 #include <fcntl.h>
 #include <sys/file.h>
 #include <sys/stat.h>
@@ -1416,6 +1460,43 @@ inline void write_file_atomic(const std::string& path, std::string_view data, mo
         throw_io("cannot fsync the folder of", path, errno);
 }
 
+// Removes the temporaries write_file_atomic(path) left behind when a process died
+// mid-save ("<path>.tmp.XXXXXX", mkstemp's six characters): only regular files of ours,
+// last written more than `min_age` ago (a younger one may be another process's save in
+// progress). Returns how many were removed; a folder that cannot be read removes none.
+inline std::size_t remove_stale_temporaries(
+    const std::string& path, std::chrono::seconds min_age = std::chrono::seconds(60)) {
+    const std::string dir = parent_dir(path);
+    const auto slash = path.rfind('/');
+    const std::string prefix =
+        (slash == std::string::npos ? path : path.substr(slash + 1)) + ".tmp.";
+    DIR* d = ::opendir(dir.c_str());
+    if (!d) return 0;
+    std::size_t removed = 0;
+    const auto now = std::chrono::system_clock::now();
+    while (dirent* e = ::readdir(d)) {
+        const std::string name = e->d_name;
+        if (name.size() != prefix.size() + 6 || name.compare(0, prefix.size(), prefix) != 0)
+            continue;
+        bool six = true;
+        for (std::size_t i = prefix.size(); i < name.size(); ++i) {
+            const char c = name[i];
+            six =
+                six && ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9'));
+        }
+        if (!six) continue;
+        const std::string full = (dir == "/" ? "" : dir) + "/" + name;
+        struct stat st {};
+        if (::lstat(full.c_str(), &st) != 0 || !S_ISREG(st.st_mode) || st.st_uid != ::geteuid())
+            continue;
+        const auto written = std::chrono::system_clock::from_time_t(st.st_mtime);
+        if (now - written < min_age) continue;
+        if (::unlink(full.c_str()) == 0) ++removed;
+    }
+    ::closedir(d);
+    return removed;
+}
+
 // Reads a whole file; nullopt when it does not exist.
 inline std::optional<std::string> read_file(const std::string& path, std::size_t max_bytes) {
     Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
@@ -1556,6 +1637,9 @@ inline void merge_peer(Peer& kept, Peer&& incoming) {
 
 }  // namespace detail
 
+// How save() lays the file out: compact with one entry a line (the default), or indented.
+enum class TableStyle { lines, pretty };
+
 class IpTable {
 public:
     IpTable() = default;
@@ -1617,9 +1701,32 @@ public:
         return to_json(format).dump(indent) + (indent >= 0 ? "\n" : "");
     }
 
-    // Writes the table atomically and durably (see the file comment).
-    void save(const std::string& path, TableFormat format = TableFormat::seed) const {
-        detail::write_file_atomic(path, dump(format));
+    // The file's text: compact with one entry a line (small, and diffs stay readable),
+    // or indented.
+    std::string file_text(TableFormat format = TableFormat::seed,
+                          TableStyle style = TableStyle::lines) const {
+        if (style == TableStyle::pretty) return dump(format, 2);
+        std::string out = "{\"ip_address\":[";
+        for (std::size_t i = 0; i < peers_.size(); ++i) {
+            out += i == 0 ? "\n" : ",\n";
+            out += peer_to_json(peers_[i], format).dump();
+        }
+        out += peers_.empty() ? "]}\n" : "\n]}\n";
+        return out;
+    }
+
+    // Writes the table atomically and durably (see the file comment), after removing the
+    // temporaries that saves killed midway left behind.
+    void save(const std::string& path, TableFormat format = TableFormat::seed,
+              TableStyle style = TableStyle::lines) const {
+        detail::remove_stale_temporaries(path);
+        detail::write_file_atomic(path, file_text(format, style));
+    }
+
+    // Removes stale "<path>.tmp.XXXXXX" files of this table (older than a minute, ours);
+    // save() does it too. Returns how many were removed.
+    static std::size_t remove_stale_temporaries(const std::string& path) {
+        return detail::remove_stale_temporaries(path);
     }
 
     // Locks "<path>.lock", loads, calls fn(table), saves, unlocks. If fn throws, nothing
@@ -1627,11 +1734,11 @@ public:
     static IpTable update(const std::string& path, const std::function<void(IpTable&)>& fn,
                           TableFormat format = TableFormat::seed,
                           std::chrono::milliseconds lock_timeout = std::chrono::seconds(30),
-                          const TableLimits& limits = {}) {
+                          const TableLimits& limits = {}, TableStyle style = TableStyle::lines) {
         detail::FileLock lock(path + ".lock", lock_timeout);
         IpTable t = load(path, limits);
         fn(t);
-        t.save(path, format);
+        t.save(path, format, style);
         return t;
     }
 
@@ -1965,11 +2072,13 @@ struct AdvertisedAddress {
 
 // The relay (GET /FRPPort): bounded so that it cannot be used to exhaust the node.
 struct RelaySettings {
-    std::size_t cap = 32;  // live relays at most; 0 turns relaying off
-    std::uint32_t idle_timeout_s =
-        300;  // a relay left without a logged-in client this long is reclaimed
+    std::size_t cap = 32;                // live relays at most; 0 turns relaying off
+    std::uint32_t idle_timeout_s = 300;  // a relay without a public port or traffic is reclaimed
     std::uint32_t login_timeout_s = 60;  // an allocated port nobody logs into is reclaimed
     std::size_t per_address = 4;         // live relays one requester (IPv4 address, IPv6 /64) holds
+    // Public ports a relay client may open (frps's allow_ports); the node's own port is
+    // refused whatever this says.
+    std::string allow_ports = "1024-65535";
 };
 
 // Bounds on what the node accepts and spends. Everything from the network is bounded.
@@ -2031,6 +2140,7 @@ class Config {
     std::string iptable = "p2prc-iptable.json";       // path of the table file
     TableFormat table_format = TableFormat::seed;     // format the table file is written in
     std::string identity_key;  // the node's key file; "" = beside the table (identity_key_path)
+    bool table_pretty = false;                        // indented table file (else one entry a line)
     std::string bind = "0.0.0.0";                     // numeric address the server binds to
     std::uint16_t port = 8078;                        // server port; 0 picks a free one
     std::vector<AdvertisedAddress> public_addresses;  // addresses advertised as the node's own
@@ -2254,6 +2364,10 @@ inline const std::vector<ConfigKey>& config_keys() {
             "identity_key", "--identity-key", "PATH",
             "the node's Ed25519 key file (made at first start, mode 0600; \"\": beside the table)",
             4096, true, [](auto& c) -> auto& { return c.identity_key; }));
+        v.push_back(bool_key(
+            "table_pretty", "--table-pretty",
+            "write the table file indented (default: compact, one entry a line)",
+            [](auto& c) -> auto& { return c.table_pretty; }));
         {
             ConfigKey k;
             k.key = "bind";
@@ -2351,7 +2465,7 @@ inline const std::vector<ConfigKey>& config_keys() {
             [](auto& c) -> auto& { return c.relay.cap; }));
         v.push_back(integer_key(
             "relay.idle_timeout_s", "--relay-idle-timeout", "SECONDS",
-            "a relay left without a client this long is reclaimed", 1, 86400,
+            "a relay with no public port and no traffic this long is reclaimed", 1, 86400,
             [](auto& c) -> auto& { return c.relay.idle_timeout_s; }));
         v.push_back(integer_key(
             "relay.login_timeout_s", "--relay-login-timeout", "SECONDS",
@@ -2361,6 +2475,29 @@ inline const std::vector<ConfigKey>& config_keys() {
             "relay.per_address", "--relay-per-address", "N",
             "live relays one requester may hold (an IPv4 address, an IPv6 /64)", 1, 65535,
             [](auto& c) -> auto& { return c.relay.per_address; }));
+        {
+            ConfigKey k;
+            k.key = "relay.allow_ports";
+            k.flag = "--relay-allow-ports";
+            k.metavar = "RANGES";
+            k.help = "public ports a relay client may open, e.g. 1024-65535 or 2000-3000,4000";
+            k.expected = "port ranges such as \"1024-65535\" or \"2000-3000,4000\" (ports 1-65535)";
+            k.from_text = [](Config& c, std::string_view s) {
+                if (s.size() > 4096 || has_control_char(s)) return false;
+                try {
+                    (void)parse_port_ranges(s);
+                } catch (const error&) {
+                    return false;
+                }
+                c.relay.allow_ports = std::string(s);
+                return true;
+            };
+            k.from_json = [f = k.from_text](Config& c, const nlohmann::json& j) {
+                return j.is_string() && f(c, j.get_ref<const std::string&>());
+            };
+            k.to_json = [](const Config& c) { return nlohmann::json(c.relay.allow_ports); };
+            v.push_back(std::move(k));
+        }
         v.push_back(string_key(
             "token", "--token", "SECRET",
             "network secret required by /FRPPort and frp login (empty: none)", 1024, true,
@@ -8656,6 +8793,7 @@ class SnappyStream final : public p2prc::detail::Stream {
 // ~MuxSession; closing the transport makes every blocked stream operation fail promptly.
 
 
+#include <algorithm>
 #include <array>
 #include <atomic>
 #include <chrono>
@@ -8826,6 +8964,10 @@ struct MuxConfig {
     // Queued control frames (window updates, ping replies...) before the peer counts as
     // not reading and the session is closed.
     std::size_t max_queued_control = 65536;
+    // Streams the peer may open per second (a token bucket holding one second's worth);
+    // a SYN beyond it is answered with RST, so a flood of opens costs the peer, not us.
+    // 0: no bound (the default; the relay sets one for its sessions).
+    std::uint32_t max_opens_per_second = 0;
 };
 
 namespace detail {
@@ -9090,7 +9232,8 @@ class MuxCore {
                     throw error(errc::protocol_error, "yamux: SYN for stream " +
                                                           std::to_string(h.stream_id) +
                                                           " which already exists");
-                if (local_goaway_ || accept_q_.size() >= cfg_.accept_backlog) {
+                if (local_goaway_ || accept_q_.size() >= cfg_.accept_backlog ||
+                    !take_open_token_locked()) {
                     queue_rst = true;  // refuse it; its payload is dropped below
                 } else {
                     auto st = std::make_shared<MuxStreamState>(h.stream_id);
@@ -9482,8 +9625,42 @@ class MuxCore {
         }
     }
 
+    // One token of the peer's stream-open budget (see MuxConfig::max_opens_per_second).
+    bool take_open_token_locked() {
+        if (cfg_.max_opens_per_second == 0) return true;
+        const double rate = cfg_.max_opens_per_second;
+        const auto now = Clock::now();
+        if (!bucket_started_) {
+            bucket_started_ = true;
+            open_tokens_ = rate;
+        } else {
+            open_tokens_ = std::min(
+                rate,
+                open_tokens_ + rate * std::chrono::duration<double>(now - bucket_time_).count());
+        }
+        bucket_time_ = now;
+        if (open_tokens_ < 1.0) {
+            ++refused_opens_;
+            return false;
+        }
+        open_tokens_ -= 1.0;
+        return true;
+    }
+
+  public:
+    // SYNs refused because the peer opened streams faster than max_opens_per_second.
+    std::uint64_t refused_opens() const {
+        std::lock_guard<std::mutex> lk(mu_);
+        return refused_opens_;
+    }
+
+  private:
     std::shared_ptr<p2prc::detail::Stream> transport_;
     MuxConfig cfg_;
+    double open_tokens_ = 0;
+    Clock::time_point bucket_time_{};
+    bool bucket_started_ = false;
+    std::uint64_t refused_opens_ = 0;
 
     mutable std::mutex mu_;  // everything below except write_mu_/scratch_
     std::unordered_map<std::uint32_t, StatePtr> streams_;
@@ -9566,6 +9743,8 @@ class MuxSession {
         if (!st) return nullptr;
         return std::make_unique<MuxStream>(core_, std::move(st));
     }
+    // Streams of the peer refused for opening faster than MuxConfig::max_opens_per_second.
+    std::uint64_t refused_opens() const { return core_->refused_opens(); }
     // Round-trip time of one Ping, or nullopt if no answer within `timeout`.
     std::optional<p2prc::detail::Millis> ping(p2prc::detail::Millis timeout) {
         return core_->ping(timeout);
@@ -10291,6 +10470,9 @@ inline std::array<long, 3> parse_version(const std::string& v) {
 // Threads: one accepts, one per logical connection being classified, one per control,
 // one per yamux session, one per proxy listener and two per piped user connection, all
 // owned by the Server (bounded by ServerOptions::max_connections) and joined by stop().
+// What one client address may hold before logging in is bounded apart (pending
+// connections, yamux sessions, streams owing a first message, stream opens a second),
+// so a flood from one address never uses up what the others need to log in.
 
 
 #include <atomic>
@@ -10341,6 +10523,15 @@ struct TrafficStats {
     }
 };
 
+// How clients are grouped for the per-address bounds and the owner check: an IPv4
+// address, or the /64 of an IPv6 one (one site's addresses).
+inline std::string address_group(const IpAddress& a) {
+    if (a.is_v4()) return a.to_string();
+    std::uint8_t prefix[16] = {};
+    std::copy(a.bytes(), a.bytes() + 8, prefix);
+    return IpAddress::from_v6(prefix).to_string() + "/64";
+}
+
 struct ServerOptions {
     // Where clients connect (port 0 = any free port; Server::port() tells which).
     Endpoint bind{IpAddress::from_string("0.0.0.0"), 7000};
@@ -10348,7 +10539,8 @@ struct ServerOptions {
     std::optional<IpAddress> proxy_bind;
     // Shared secret: login proof and the cipher key. Empty is frp's default.
     std::string token;
-    std::size_t max_clients = 64;
+    // Logged-in clients at once. Each costs a thread and a few buffers, so hundreds fit.
+    std::size_t max_clients = 1024;
     std::size_t max_proxies_per_client = 32;
     // A Login's pool_count is clamped to this (frps's max_pool_count).
     std::int64_t max_pool_count = 5;
@@ -10376,10 +10568,44 @@ struct ServerOptions {
     std::string tls_key_pem;
     // Refuse connections that do not start TLS (frps's tls_only).
     bool tls_only = false;
+    // Logins are accepted from this address only (its /64 for IPv6); others get a
+    // LoginResp error. Unset: from anywhere. A relay handed to one requester sets it.
+    std::optional<IpAddress> owner;
+    // Public ports clients may open (frps's allow_ports); empty: any port. A proxy asking
+    // for remote_port 0 gets a free port inside these ranges.
+    std::vector<PortRange> allow_ports;
+    // Ports never handed out, whatever allow_ports says (the host's own services).
+    std::vector<std::uint16_t> deny_ports;
+    // Bounds per client address (IPv4 /32, IPv6 /64), so that a flood from one address
+    // never locks out the others. Pending: connections (or yamux sessions) that have not
+    // yet carried a successful Login or NewWorkConn; beyond the cap new ones are closed
+    // at once. Sessions: yamux sessions open at once, logged in or not.
+    std::size_t max_pending_per_address = 32;
+    std::size_t max_sessions_per_address = 64;
+    // Streams of one yamux session still owing their first message (each holds a
+    // thread); at this many the session's further streams wait in its accept backlog
+    // (MuxConfig::accept_backlog; beyond it, reset).
+    std::size_t max_pending_streams_per_session = 16;
+    // Streams one yamux session may open per second (MuxConfig::max_opens_per_second):
+    // room for a busy tunnel's work connections, not for a flood of SYNs.
+    std::uint32_t max_stream_opens_per_second = 1000;
     // Optional event log (logins, proxies, refusals), one line per call.
     std::function<void(const std::string&)> log;
     // Where traffic is counted; default: a stats object of the server's own.
     std::shared_ptr<TrafficStats> stats;
+};
+
+// What a server is doing now, for whoever decides whether it is still in use.
+struct ServerActivity {
+    std::size_t clients = 0;            // logged-in controls
+    std::size_t proxies = 0;            // public ports open
+    std::size_t piped_connections = 0;  // user connections being piped now
+    // When a user connection last started or ended; unset: never.
+    std::optional<p2prc::detail::Clock::time_point> last_traffic;
+    std::size_t pending_connections = 0;  // connections and sessions not logged in yet
+    std::size_t mux_sessions = 0;
+    // Connections closed at once for the per-address caps, since start.
+    std::uint64_t refused_pending = 0, refused_sessions = 0;
 };
 
 // A registered proxy as the server sees it.
@@ -10409,6 +10635,33 @@ struct PooledWork {
 };
 
 class ServerCore;
+
+// A connection's place in its address's count of pending connections: given back once,
+// when the connection first carries a successful Login or NewWorkConn, or when it ends.
+class PendingSlot {
+  public:
+    PendingSlot(std::mutex& mu, std::map<std::string, std::size_t>& counts, std::string key)
+        : mu_(mu), counts_(counts), key_(std::move(key)) {}
+    ~PendingSlot() { release(); }
+    PendingSlot(const PendingSlot&) = delete;
+    PendingSlot& operator=(const PendingSlot&) = delete;
+
+    void release() noexcept {
+        if (released_.exchange(true)) return;
+        std::lock_guard<std::mutex> lk(mu_);
+        auto it = counts_.find(key_);
+        if (it != counts_.end() && --it->second == 0) counts_.erase(it);
+    }
+    bool released() const noexcept { return released_.load(); }
+    const std::string& key() const noexcept { return key_; }
+
+  private:
+    std::mutex& mu_;
+    std::map<std::string, std::size_t>& counts_;
+    std::string key_;
+    std::atomic<bool> released_{false};
+};
+using PendingPtr = std::shared_ptr<PendingSlot>;
 
 // One tcp proxy: its public listener and the thread accepting on it.
 struct ServerProxy {
@@ -10600,15 +10853,34 @@ class ServerCore {
             }
             if (!c) continue;
             std::shared_ptr<p2prc::detail::TcpConnection> conn(std::move(c));
-            if (!tasks_.spawn([this, conn] { handle_connection(conn); })) {
+            auto remote = conn->remote_endpoint();
+            auto pending = admit(remote ? address_group(remote->address) : std::string("?"));
+            if (!pending) {
+                conn->close();  // this address has enough connections still to log in
+                continue;
+            }
+            if (!tasks_.spawn([this, conn, pending] { handle_connection(conn, pending); })) {
                 opt_.stats->refused_connection();
                 conn->close();
             }
         }
     }
 
+    // A pending slot for one more connection from `key`, or nullptr at its cap.
+    PendingPtr admit(const std::string& key) {
+        std::lock_guard<std::mutex> lk(count_mu_);
+        auto& n = pending_[key];
+        if (n >= opt_.max_pending_per_address) {
+            ++refused_pending_;
+            return nullptr;
+        }
+        ++n;
+        return std::make_shared<PendingSlot>(count_mu_, pending_, key);
+    }
+
     // Sniffs the first byte: TLS (then sniffs again inside), yamux or a plain message.
-    void handle_connection(std::shared_ptr<p2prc::detail::TcpConnection> tcp) {
+    void handle_connection(std::shared_ptr<p2prc::detail::TcpConnection> tcp,
+                           const PendingPtr& pending) {
         StreamRegistry::Registration reg(live_, tcp);
         auto deadline = p2prc::detail::deadline_after(opt_.login_timeout);
         auto left = [&] {
@@ -10637,9 +10909,11 @@ class ServerCore {
             return;
         }
         if (first == 0x00) {
-            run_mux_session(s);
+            run_mux_session(s, pending, deadline);
         } else if (first >= 0 && (is_known_type(char(first)) || first == kV2Preface[0])) {
-            handle_logical(s, false);
+            // The same deadline as the first byte: a connection has login_timeout in all
+            // to say what it is for (frps: 10 s).
+            handle_logical(s, false, pending, left());
         } else {
             tcp->close();
         }
@@ -10660,41 +10934,103 @@ class ServerCore {
         }
     }
 
-    void run_mux_session(StreamPtr transport) {
+    // A yamux session: each stream the client opens is a logical connection. The session
+    // counts as pending (see ServerOptions) until one of its streams logs in or joins a
+    // pool, and must do so by `deadline`; its streams are bounded in rate and in how many
+    // may be waiting for their first message at once.
+    void run_mux_session(StreamPtr transport, const PendingPtr& pending,
+                         Clock::time_point deadline) {
+        const std::string key = pending->key();
+        {
+            std::lock_guard<std::mutex> lk(count_mu_);
+            auto& n = sessions_[key];
+            if (n >= opt_.max_sessions_per_address) {
+                ++refused_sessions_;
+                if (n == 0) sessions_.erase(key);
+                transport->close();
+                return;
+            }
+            ++n;
+        }
+        struct SessionCount {
+            ServerCore& core;
+            const std::string& key;
+            ~SessionCount() {
+                std::lock_guard<std::mutex> lk(core.count_mu_);
+                auto it = core.sessions_.find(key);
+                if (it != core.sessions_.end() && --it->second == 0) core.sessions_.erase(it);
+            }
+        } count{*this, key};
         MuxConfig cfg;
         cfg.keepalive_interval = opt_.mux_keepalive_interval;
         cfg.ping_timeout = opt_.mux_ping_timeout;
+        cfg.max_opens_per_second = opt_.max_stream_opens_per_second;
         MuxSession session(transport, MuxRole::server, cfg);
+        auto waiting = std::make_shared<std::atomic<std::size_t>>(0);
+        std::string why;
         while (!stopping_.load()) {
+            if (!pending->released() && Clock::now() >= deadline) {
+                why = "no login within " + std::to_string(opt_.login_timeout.count()) + " ms";
+                session.close();
+                break;
+            }
+            if (waiting->load() >= opt_.max_pending_streams_per_session) {
+                // Enough of its streams still owe their first message: the others wait
+                // (a burst of work connections is served a moment later, a flood of
+                // silent streams only holds this session up).
+                if (session.closed()) break;
+                std::this_thread::sleep_for(Millis(5));
+                continue;
+            }
             std::unique_ptr<MuxStream> s;
             try {
-                s = session.accept(Millis(500));
+                s = session.accept(Millis(250));
             } catch (const error&) {
                 break;  // the session ended (peer gone, keepalive failed, stop)
             }
             if (!s) continue;
             StreamPtr stream(std::move(s));
-            if (!tasks_.spawn([this, stream] { handle_logical(stream, true); })) stream->close();
+            waiting->fetch_add(1);
+            if (!tasks_.spawn([this, stream, pending, waiting] {
+                    handle_logical(stream, true, pending, opt_.login_timeout, waiting.get());
+                })) {
+                waiting->fetch_sub(1);
+                stream->close();
+            }
         }
-        log("yamux session " + transport->describe() + " ended: " + session.close_reason());
+        log("yamux session " + transport->describe() +
+            " ended: " + (why.empty() ? session.close_reason() : why));
         // ~MuxSession kills every stream of the session, controls included.
     }
 
     // The first message decides: Login (a control) or NewWorkConn (a pooled work conn).
-    void handle_logical(StreamPtr s, bool mux) {
+    // `waiting` (a session's count of streams owing their first message) is decremented
+    // once the first message is in.
+    void handle_logical(StreamPtr s, bool mux, const PendingPtr& pending, Millis first_message,
+                        std::atomic<std::size_t>* waiting = nullptr) {
         LogicalStart start;
+        std::string failed;
         try {
-            start = start_logical(s);
+            start = start_logical(s, first_message);
         } catch (const std::exception& e) {
-            log("connection " + s->describe() + " closed before its first message: " + e.what());
+            failed = e.what();
+            if (failed.empty()) failed = "error";
+        }
+        if (waiting) waiting->fetch_sub(1);
+        if (!failed.empty()) {
+            log("connection " + s->describe() + " closed before its first message: " + failed);
             s->close();
             return;
         }
         if (auto* login = std::get_if<Login>(&start.first)) {
-            run_control(start, std::move(*login), mux);
+            run_control(start, std::move(*login), mux, pending);
         } else if (auto* nwc = std::get_if<NewWorkConn>(&start.first)) {
             auto ctl = find_control(nwc->run_id);
-            if (!ctl || !ctl->park(start.stream, start.codec)) start.stream->close();
+            if (!ctl || !ctl->park(start.stream, start.codec)) {
+                start.stream->close();
+            } else {
+                pending->release();  // a work connection of a logged-in client
+            }
         } else {
             log("connection " + s->describe() + " closed: its first message is " +
                 name_of(start.first) + ", not Login or NewWorkConn");
@@ -10703,10 +11039,10 @@ class ServerCore {
     }
 
     // The preface (7 bytes: v2, else replayed to the v1 reader), a v2 ClientHello if one
-    // comes, and the first message, all within login_timeout (frps: 10 s). Throws with
+    // comes, and the first message, all within `timeout` (login_timeout, frps: 10 s). Throws with
     // the reason on anything malformed; a refused ClientHello is answered first.
-    LogicalStart start_logical(const StreamPtr& s) {
-        auto deadline = p2prc::detail::deadline_after(opt_.login_timeout);
+    LogicalStart start_logical(const StreamPtr& s, Millis timeout) {
+        auto deadline = p2prc::detail::deadline_after(timeout);
         auto left = [&] {
             auto l = std::chrono::duration_cast<Millis>(deadline - Clock::now());
             return l.count() > 0 ? l : Millis(0);
@@ -10764,23 +11100,26 @@ class ServerCore {
         return out;
     }
 
-    std::string check_login(const Login& login) {
+    std::string check_login(const Login& login, const std::string& from) {
         auto v = parse_version(login.version);
         if (v < std::array<long, 3>{0, 18, 0})
             return "Please upgrade your frpc version to at least 0.18.0";
         if (privilege_key(opt_.token, login.timestamp) != login.privilege_key)
             return "token in login doesn't match token from configuration";
+        if (opt_.owner && from != address_group(*opt_.owner))
+            return "this relay serves only the address that requested it, not " + from;
         return {};
     }
 
-    void run_control(const LogicalStart& start, Login login, bool mux) {
+    void run_control(const LogicalStart& start, Login login, bool mux,
+                     const PendingPtr& pending) {
         const StreamPtr& raw = start.stream;
         const Codec codec = start.codec;
         std::string run_id = login.run_id.empty() ? new_run_id() : login.run_id;
         // frps checks the negotiation before the token (its control needs the keys first).
         std::string why = codec.wire == WireProtocol::v2 && !start.crypto
                               ? "missing v2 crypto negotiation"
-                              : check_login(login);
+                              : check_login(login, pending->key());
         if (why.empty() && run_id.size() > 64) why = "run_id is too long (at most 64 characters)";
         std::shared_ptr<ServerControl> ctl;
         if (why.empty()) {
@@ -10832,6 +11171,7 @@ class ServerCore {
             linger_close(*raw);
             return;
         }
+        pending->release();  // logged in: no longer counts against its address
         log("client " + run_id + " logged in from " + raw->describe() +
             (mux ? " (tcp_mux" : " (no tcp_mux") + ", wire " + to_string(codec.wire) +
             (start.crypto ? std::string(" ") + to_string(start.crypto->algorithm) : "") + ")");
@@ -10912,6 +11252,7 @@ class ServerCore {
             return fail("exceed the max_ports_per_client");
         if (np.remote_port < 0 || np.remote_port > 65535) return fail("port not allowed");
         auto port = std::uint16_t(np.remote_port);
+        if (port != 0 && !port_allowed(port)) return fail("port not allowed");
         {
             std::lock_guard<std::mutex> lk(mu_);
             if (names_.count(np.proxy_name))
@@ -10923,7 +11264,7 @@ class ServerCore {
         p->spec = np;
         p->spec.proxy_type = type;
         try {
-            p->listener = std::make_unique<p2prc::detail::TcpListener>(Endpoint{proxy_bind_, port});
+            p->listener = bind_proxy(port);
         } catch (const error&) {
             std::lock_guard<std::mutex> lk(mu_);
             names_.erase(np.proxy_name);
@@ -10950,6 +11291,56 @@ class ServerCore {
             std::to_string(bound));
         resp.remote_addr = ":" + std::to_string(bound);
         return resp;
+    }
+
+    // Whether a client may open this public port (ServerOptions::allow_ports, deny_ports).
+    bool port_allowed(std::uint16_t port) const {
+        if (port == 0) return false;
+        for (auto d : opt_.deny_ports)
+            if (d == port) return false;
+        if (opt_.allow_ports.empty()) return true;
+        for (const auto& r : opt_.allow_ports)
+            if (r.contains(port)) return true;
+        return false;
+    }
+
+    // A listener on `port`, or for 0 on a free allowed port: the system's choice when it
+    // is allowed, else random picks inside the allowed ranges. Throws when none binds.
+    std::unique_ptr<p2prc::detail::TcpListener> bind_proxy(std::uint16_t port) {
+        using p2prc::detail::TcpListener;
+        if (port != 0) return std::make_unique<TcpListener>(Endpoint{proxy_bind_, port});
+        auto l = std::make_unique<TcpListener>(Endpoint{proxy_bind_, 0});
+        if (port_allowed(l->port())) return l;
+        l.reset();
+        std::uint64_t total = 0;
+        for (const auto& r : opt_.allow_ports) total += std::uint64_t(r.hi) - r.lo + 1;
+        if (total == 0) throw error(errc::io_error, "no available port");
+        for (int attempt = 0; attempt < 64; ++attempt) {
+            CipherIv rnd = random_iv();
+            std::uint64_t pick = 0;
+            for (int i = 0; i < 8; ++i) pick = (pick << 8) | rnd[i];
+            pick %= total;
+            std::uint16_t candidate = 0;
+            for (const auto& r : opt_.allow_ports) {
+                const std::uint64_t n = std::uint64_t(r.hi) - r.lo + 1;
+                if (pick < n) {
+                    candidate = std::uint16_t(r.lo + pick);
+                    break;
+                }
+                pick -= n;
+            }
+            if (!port_allowed(candidate)) continue;
+            {
+                std::lock_guard<std::mutex> lk(mu_);
+                if (ports_.count(candidate)) continue;
+            }
+            try {
+                return std::make_unique<TcpListener>(Endpoint{proxy_bind_, candidate});
+            } catch (const error&) {
+                // taken by someone else: another pick
+            }
+        }
+        throw error(errc::io_error, "no available port");
     }
 
     void release(const std::string& name, std::uint16_t port) {
@@ -11010,6 +11401,17 @@ class ServerCore {
             return;
         }
         StreamRegistry::Registration wreg(live_, work);
+        struct Traffic {
+            ServerCore& core;
+            explicit Traffic(ServerCore& c) : core(c) {
+                core.piped_.fetch_add(1);
+                core.touch();
+            }
+            ~Traffic() {
+                core.touch();
+                core.piped_.fetch_sub(1);
+            }
+        } traffic(*this);
         try {
             if (spec.use_encryption) work = std::make_shared<CryptoStream>(work, key_);
             if (spec.use_compression) work = std::make_shared<SnappyStream>(work);
@@ -11048,6 +11450,28 @@ class ServerCore {
         return controls_.size();
     }
 
+    void touch() {
+        std::lock_guard<std::mutex> lk(count_mu_);
+        last_traffic_ = Clock::now();
+    }
+
+    ServerActivity activity() {
+        ServerActivity a;
+        {
+            std::lock_guard<std::mutex> lk(mu_);
+            a.clients = controls_.size();
+            a.proxies = ports_.size();
+        }
+        a.piped_connections = piped_.load();
+        std::lock_guard<std::mutex> lk(count_mu_);
+        a.last_traffic = last_traffic_;
+        for (auto& [k, n] : pending_) a.pending_connections += n;
+        for (auto& [k, n] : sessions_) a.mux_sessions += n;
+        a.refused_pending = refused_pending_;
+        a.refused_sessions = refused_sessions_;
+        return a;
+    }
+
     std::vector<ServerProxyInfo> proxies() {
         std::vector<std::shared_ptr<ServerControl>> all;
         {
@@ -11073,6 +11497,12 @@ class ServerCore {
     std::set<std::uint16_t> ports_;
     StreamRegistry live_;
     TaskGroup tasks_;
+    // Per-address counts (see ServerOptions) and traffic, under count_mu_.
+    std::mutex count_mu_;
+    std::map<std::string, std::size_t> pending_, sessions_;
+    std::uint64_t refused_pending_ = 0, refused_sessions_ = 0;
+    std::optional<Clock::time_point> last_traffic_;
+    std::atomic<std::size_t> piped_{0};
 };
 
 inline void ServerControl::shutdown() {
@@ -11102,10 +11532,13 @@ class Server {
   public:
     explicit Server(ServerOptions opt) {
         if (opt.max_clients == 0 || opt.max_connections < 4 || opt.max_pool_count < 0 ||
-            opt.login_timeout.count() <= 0 || opt.user_conn_timeout.count() <= 0 ||
-            opt.idle_timeout.count() <= 0 || opt.mux_ping_timeout.count() <= 0)
+            opt.max_pending_per_address == 0 || opt.max_sessions_per_address == 0 ||
+            opt.max_pending_streams_per_session == 0 || opt.login_timeout.count() <= 0 ||
+            opt.user_conn_timeout.count() <= 0 || opt.idle_timeout.count() <= 0 ||
+            opt.mux_ping_timeout.count() <= 0)
             throw error(errc::invalid_argument,
-                        "frp::Server: max_clients, timeouts must be > 0, max_connections >= 4, "
+                        "frp::Server: max_clients, the per-address caps, timeouts must be > 0, "
+                        "max_connections >= 4, "
                         "max_pool_count >= 0");
         if (!opt.stats) opt.stats = std::make_shared<TrafficStats>();
         stats_ = opt.stats;
@@ -11127,6 +11560,7 @@ class Server {
     std::vector<ServerProxyInfo> proxies() { return core_->proxies(); }
     // What the relay carried so far.
     const TrafficStats& stats() const noexcept { return *stats_; }
+    ServerActivity activity() { return core_->activity(); }
 
     // Closes everything and joins every thread. Idempotent.
     void stop() {
@@ -11952,9 +12386,18 @@ struct RelayPoolOptions {
     std::size_t cap = 32;                                // live relays at most
     // An allocated relay nobody logs into within this time is reclaimed.
     std::chrono::milliseconds login_timeout{60000};
-    // A relay whose clients are all gone for this long is reclaimed. (A logged-in client
-    // keeps its relay: frp's heartbeats flow while the tunnel waits for users.)
+    // A relay that is not in use for this long is reclaimed. In use means: a client owns
+    // a public port on it, or a user connection is piped through it or ended less than
+    // idle_timeout ago. A logged-in client alone does not count (its heartbeats are not
+    // use), so idle logins cannot hold the pool.
     std::chrono::milliseconds idle_timeout{300000};
+    // frp logins are accepted only from the requester's address (IPv4 address, IPv6 /64;
+    // behind a NAT, the NAT's address) when it is known.
+    bool requester_only = true;
+    // Public ports a relay client may open (frps's allow_ports): unprivileged ports by
+    // default; deny_ports (the node's own) are refused whatever the ranges say.
+    std::vector<PortRange> allow_ports{{1024, 65535}};
+    std::vector<std::uint16_t> deny_ports;
     std::string token;  // required at frp login; empty: frp's default (no secret)
     // The relays' TLS certificates are made for this private key (PEM; a node gives its
     // identity key), so a client that knows the node's identity verifies the relay.
@@ -12002,10 +12445,13 @@ class RelayPool {
     RelayPool& operator=(const RelayPool&) = delete;
 
     // Starts a relay on a free port for `requester` (when known) and returns the port.
+    // With `serve_requester_only` (and RelayPoolOptions::requester_only) its frp logins
+    // must come from the requester's address; the requester's share counts either way.
     // Throws p2prc::error: limit_exceeded at the cap or at the requester's share,
     // state_error when relaying is off (cap 0) or stopped, io_error when no port could be
     // opened.
-    std::uint16_t allocate(const std::optional<IpAddress>& requester = std::nullopt) {
+    std::uint16_t allocate(const std::optional<IpAddress>& requester = std::nullopt,
+                           bool serve_requester_only = true) {
         std::lock_guard<std::mutex> lock(mu_);
         if (stopped_) throw error(errc::state_error, "the relay pool is stopped");
         if (opt_.cap == 0) throw error(errc::state_error, "this node does not relay (relay.cap is 0)");
@@ -12014,7 +12460,7 @@ class RelayPool {
             throw error(errc::limit_exceeded, "all " + std::to_string(opt_.cap) +
                                                   " relays of this node are in use; try later");
         }
-        const std::string who = requester ? requester_key(*requester) : std::string();
+        const std::string who = requester ? frp::address_group(*requester) : std::string();
         if (!who.empty()) {
             std::size_t held = 0;
             for (const auto& [port, e] : relays_) held += e.requester == who;
@@ -12033,6 +12479,11 @@ class RelayPool {
         so.max_proxies_per_client = opt_.max_proxies_per_client;
         so.max_connections = opt_.max_connections_per_relay;
         so.login_timeout = std::min(opt_.login_timeout, std::chrono::milliseconds(10000));
+        if (requester && opt_.requester_only && serve_requester_only) so.owner = *requester;
+        so.allow_ports = opt_.allow_ports;
+        so.deny_ports = opt_.deny_ports;
+        // One requester's relay: a few clients and sessions, not a crowd.
+        so.max_sessions_per_address = std::max<std::size_t>(opt_.max_clients_per_relay, 1);
         so.log = opt_.log;
         so.stats = std::make_shared<frp::TrafficStats>();
         so.stats->parent = traffic_;
@@ -12098,16 +12549,8 @@ class RelayPool {
         std::unique_ptr<frp::Server> server;
         Clock::time_point created, last_active;
         bool logged_in = false;
-        std::string requester;  // requester_key() of who asked, "" when unknown
+        std::string requester;  // frp::address_group() of who asked, "" when unknown
     };
-
-    // An IPv4 address, or the /64 of an IPv6 one (one site's addresses).
-    static std::string requester_key(const IpAddress& a) {
-        if (a.is_v4()) return a.to_string();
-        std::uint8_t prefix[16] = {};
-        std::copy(a.bytes(), a.bytes() + 8, prefix);
-        return IpAddress::from_v6(prefix).to_string() + "/64";
-    }
 
     void log(const std::string& line) { p2prc::detail::notify(opt_.log, line); }
 
@@ -12120,13 +12563,20 @@ class RelayPool {
             std::vector<std::pair<std::uint16_t, Entry>> doomed;
             for (auto it = relays_.begin(); it != relays_.end();) {
                 Entry& e = it->second;
-                if (e.server->client_count() > 0) {
+                const auto a = e.server->activity();
+                if (a.clients > 0 && !e.logged_in) {
                     e.logged_in = true;
-                    e.last_active = now;
+                    e.last_active = now;  // a client just came: idle_timeout from here
                 }
+                // What keeps a relay: a public port, or traffic (see idle_timeout).
+                if (a.proxies > 0 || a.piped_connections > 0) e.last_active = now;
+                if (a.last_traffic && *a.last_traffic > e.last_active)
+                    e.last_active = *a.last_traffic;
                 const char* why = nullptr;
                 if (!e.logged_in && now - e.created >= opt_.login_timeout) why = "nobody logged in";
-                else if (e.logged_in && now - e.last_active >= opt_.idle_timeout) why = "no client left";
+                else if (e.logged_in && now - e.last_active >= opt_.idle_timeout)
+                    why = a.clients > 0 ? "its clients own no port and carry no traffic"
+                                        : "no client left";
                 if (why) {
                     log("relay on port " + std::to_string(it->first) + " reclaimed: " + why);
                     doomed.emplace_back(it->first, std::move(e));
@@ -13925,7 +14375,8 @@ private:
                 t.dedupe();
                 t.remove_self(own, identity_.id());
             },
-            config_.table_format, std::chrono::seconds(30));
+            config_.table_format, std::chrono::seconds(30), TableLimits{},
+            config_.table_pretty ? TableStyle::pretty : TableStyle::lines);
     }
 
     static IpAddress best_interface_address() {
@@ -14002,6 +14453,10 @@ private:
             ro.token = config_.token;
             ro.tls_key_pem = identity_.private_pem();
             ro.per_requester = config_.relay.per_address;
+            ro.allow_ports = parse_port_ranges(config_.relay.allow_ports);
+            // The node's own port is never a relay client's public port.
+            if (port() != 0) ro.deny_ports.push_back(port());
+            if (config_.port != 0 && config_.port != port()) ro.deny_ports.push_back(config_.port);
             relays_ = std::make_shared<RelayPool>(ro);
         }
         return relays_;
@@ -14027,7 +14482,15 @@ private:
         // A relay opened behind NAT would be out of reach of the very peers that need it.
         if (behind_nat()) return r.error(503, "this node is behind NAT: it cannot relay for others");
         try {
-            const auto port = relay_pool()->allocate(q.remote ? std::optional<IpAddress>(q.remote->address) : std::nullopt);
+            // A request from loopback to a node that listens beyond loopback came through
+            // something local (a proxy in front of the node, a tunnel) that hides who
+            // asked: that relay cannot be bound to the requester's address. (It still
+            // counts towards the loopback address's share.)
+            const auto bind = IpAddress::parse(config_.bind);
+            const bool hidden = q.remote && q.remote->address.scope() == Scope::loopback &&
+                                !(bind && bind->scope() == Scope::loopback);
+            const auto port = relay_pool()->allocate(
+                q.remote ? std::optional<IpAddress>(q.remote->address) : std::nullopt, !hidden);
             r.status = 200;
             r.content_type = "text/plain";
             r.body = std::to_string(port);

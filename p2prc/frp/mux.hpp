@@ -35,6 +35,7 @@
 #include "../error.hpp"
 #include "../net.hpp"
 
+#include <algorithm>
 #include <array>
 #include <atomic>
 #include <chrono>
@@ -205,6 +206,10 @@ struct MuxConfig {
     // Queued control frames (window updates, ping replies...) before the peer counts as
     // not reading and the session is closed.
     std::size_t max_queued_control = 65536;
+    // Streams the peer may open per second (a token bucket holding one second's worth);
+    // a SYN beyond it is answered with RST, so a flood of opens costs the peer, not us.
+    // 0: no bound (the default; the relay sets one for its sessions).
+    std::uint32_t max_opens_per_second = 0;
 };
 
 namespace detail {
@@ -469,7 +474,8 @@ class MuxCore {
                     throw error(errc::protocol_error, "yamux: SYN for stream " +
                                                           std::to_string(h.stream_id) +
                                                           " which already exists");
-                if (local_goaway_ || accept_q_.size() >= cfg_.accept_backlog) {
+                if (local_goaway_ || accept_q_.size() >= cfg_.accept_backlog ||
+                    !take_open_token_locked()) {
                     queue_rst = true;  // refuse it; its payload is dropped below
                 } else {
                     auto st = std::make_shared<MuxStreamState>(h.stream_id);
@@ -861,8 +867,42 @@ class MuxCore {
         }
     }
 
+    // One token of the peer's stream-open budget (see MuxConfig::max_opens_per_second).
+    bool take_open_token_locked() {
+        if (cfg_.max_opens_per_second == 0) return true;
+        const double rate = cfg_.max_opens_per_second;
+        const auto now = Clock::now();
+        if (!bucket_started_) {
+            bucket_started_ = true;
+            open_tokens_ = rate;
+        } else {
+            open_tokens_ = std::min(
+                rate,
+                open_tokens_ + rate * std::chrono::duration<double>(now - bucket_time_).count());
+        }
+        bucket_time_ = now;
+        if (open_tokens_ < 1.0) {
+            ++refused_opens_;
+            return false;
+        }
+        open_tokens_ -= 1.0;
+        return true;
+    }
+
+  public:
+    // SYNs refused because the peer opened streams faster than max_opens_per_second.
+    std::uint64_t refused_opens() const {
+        std::lock_guard<std::mutex> lk(mu_);
+        return refused_opens_;
+    }
+
+  private:
     std::shared_ptr<p2prc::detail::Stream> transport_;
     MuxConfig cfg_;
+    double open_tokens_ = 0;
+    Clock::time_point bucket_time_{};
+    bool bucket_started_ = false;
+    std::uint64_t refused_opens_ = 0;
 
     mutable std::mutex mu_;  // everything below except write_mu_/scratch_
     std::unordered_map<std::uint32_t, StatePtr> streams_;
@@ -945,6 +985,8 @@ class MuxSession {
         if (!st) return nullptr;
         return std::make_unique<MuxStream>(core_, std::move(st));
     }
+    // Streams of the peer refused for opening faster than MuxConfig::max_opens_per_second.
+    std::uint64_t refused_opens() const { return core_->refused_opens(); }
     // Round-trip time of one Ping, or nullopt if no answer within `timeout`.
     std::optional<p2prc::detail::Millis> ping(p2prc::detail::Millis timeout) {
         return core_->ping(timeout);

@@ -26,6 +26,9 @@
 // Threads: one accepts, one per logical connection being classified, one per control,
 // one per yamux session, one per proxy listener and two per piped user connection, all
 // owned by the Server (bounded by ServerOptions::max_connections) and joined by stop().
+// What one client address may hold before logging in is bounded apart (pending
+// connections, yamux sessions, streams owing a first message, stream opens a second),
+// so a flood from one address never uses up what the others need to log in.
 #pragma once
 
 #include "../address.hpp"
@@ -88,6 +91,15 @@ struct TrafficStats {
     }
 };
 
+// How clients are grouped for the per-address bounds and the owner check: an IPv4
+// address, or the /64 of an IPv6 one (one site's addresses).
+inline std::string address_group(const IpAddress& a) {
+    if (a.is_v4()) return a.to_string();
+    std::uint8_t prefix[16] = {};
+    std::copy(a.bytes(), a.bytes() + 8, prefix);
+    return IpAddress::from_v6(prefix).to_string() + "/64";
+}
+
 struct ServerOptions {
     // Where clients connect (port 0 = any free port; Server::port() tells which).
     Endpoint bind{IpAddress::from_string("0.0.0.0"), 7000};
@@ -95,7 +107,8 @@ struct ServerOptions {
     std::optional<IpAddress> proxy_bind;
     // Shared secret: login proof and the cipher key. Empty is frp's default.
     std::string token;
-    std::size_t max_clients = 64;
+    // Logged-in clients at once. Each costs a thread and a few buffers, so hundreds fit.
+    std::size_t max_clients = 1024;
     std::size_t max_proxies_per_client = 32;
     // A Login's pool_count is clamped to this (frps's max_pool_count).
     std::int64_t max_pool_count = 5;
@@ -123,10 +136,44 @@ struct ServerOptions {
     std::string tls_key_pem;
     // Refuse connections that do not start TLS (frps's tls_only).
     bool tls_only = false;
+    // Logins are accepted from this address only (its /64 for IPv6); others get a
+    // LoginResp error. Unset: from anywhere. A relay handed to one requester sets it.
+    std::optional<IpAddress> owner;
+    // Public ports clients may open (frps's allow_ports); empty: any port. A proxy asking
+    // for remote_port 0 gets a free port inside these ranges.
+    std::vector<PortRange> allow_ports;
+    // Ports never handed out, whatever allow_ports says (the host's own services).
+    std::vector<std::uint16_t> deny_ports;
+    // Bounds per client address (IPv4 /32, IPv6 /64), so that a flood from one address
+    // never locks out the others. Pending: connections (or yamux sessions) that have not
+    // yet carried a successful Login or NewWorkConn; beyond the cap new ones are closed
+    // at once. Sessions: yamux sessions open at once, logged in or not.
+    std::size_t max_pending_per_address = 32;
+    std::size_t max_sessions_per_address = 64;
+    // Streams of one yamux session still owing their first message (each holds a
+    // thread); at this many the session's further streams wait in its accept backlog
+    // (MuxConfig::accept_backlog; beyond it, reset).
+    std::size_t max_pending_streams_per_session = 16;
+    // Streams one yamux session may open per second (MuxConfig::max_opens_per_second):
+    // room for a busy tunnel's work connections, not for a flood of SYNs.
+    std::uint32_t max_stream_opens_per_second = 1000;
     // Optional event log (logins, proxies, refusals), one line per call.
     std::function<void(const std::string&)> log;
     // Where traffic is counted; default: a stats object of the server's own.
     std::shared_ptr<TrafficStats> stats;
+};
+
+// What a server is doing now, for whoever decides whether it is still in use.
+struct ServerActivity {
+    std::size_t clients = 0;            // logged-in controls
+    std::size_t proxies = 0;            // public ports open
+    std::size_t piped_connections = 0;  // user connections being piped now
+    // When a user connection last started or ended; unset: never.
+    std::optional<p2prc::detail::Clock::time_point> last_traffic;
+    std::size_t pending_connections = 0;  // connections and sessions not logged in yet
+    std::size_t mux_sessions = 0;
+    // Connections closed at once for the per-address caps, since start.
+    std::uint64_t refused_pending = 0, refused_sessions = 0;
 };
 
 // A registered proxy as the server sees it.
@@ -156,6 +203,33 @@ struct PooledWork {
 };
 
 class ServerCore;
+
+// A connection's place in its address's count of pending connections: given back once,
+// when the connection first carries a successful Login or NewWorkConn, or when it ends.
+class PendingSlot {
+  public:
+    PendingSlot(std::mutex& mu, std::map<std::string, std::size_t>& counts, std::string key)
+        : mu_(mu), counts_(counts), key_(std::move(key)) {}
+    ~PendingSlot() { release(); }
+    PendingSlot(const PendingSlot&) = delete;
+    PendingSlot& operator=(const PendingSlot&) = delete;
+
+    void release() noexcept {
+        if (released_.exchange(true)) return;
+        std::lock_guard<std::mutex> lk(mu_);
+        auto it = counts_.find(key_);
+        if (it != counts_.end() && --it->second == 0) counts_.erase(it);
+    }
+    bool released() const noexcept { return released_.load(); }
+    const std::string& key() const noexcept { return key_; }
+
+  private:
+    std::mutex& mu_;
+    std::map<std::string, std::size_t>& counts_;
+    std::string key_;
+    std::atomic<bool> released_{false};
+};
+using PendingPtr = std::shared_ptr<PendingSlot>;
 
 // One tcp proxy: its public listener and the thread accepting on it.
 struct ServerProxy {
@@ -347,15 +421,34 @@ class ServerCore {
             }
             if (!c) continue;
             std::shared_ptr<p2prc::detail::TcpConnection> conn(std::move(c));
-            if (!tasks_.spawn([this, conn] { handle_connection(conn); })) {
+            auto remote = conn->remote_endpoint();
+            auto pending = admit(remote ? address_group(remote->address) : std::string("?"));
+            if (!pending) {
+                conn->close();  // this address has enough connections still to log in
+                continue;
+            }
+            if (!tasks_.spawn([this, conn, pending] { handle_connection(conn, pending); })) {
                 opt_.stats->refused_connection();
                 conn->close();
             }
         }
     }
 
+    // A pending slot for one more connection from `key`, or nullptr at its cap.
+    PendingPtr admit(const std::string& key) {
+        std::lock_guard<std::mutex> lk(count_mu_);
+        auto& n = pending_[key];
+        if (n >= opt_.max_pending_per_address) {
+            ++refused_pending_;
+            return nullptr;
+        }
+        ++n;
+        return std::make_shared<PendingSlot>(count_mu_, pending_, key);
+    }
+
     // Sniffs the first byte: TLS (then sniffs again inside), yamux or a plain message.
-    void handle_connection(std::shared_ptr<p2prc::detail::TcpConnection> tcp) {
+    void handle_connection(std::shared_ptr<p2prc::detail::TcpConnection> tcp,
+                           const PendingPtr& pending) {
         StreamRegistry::Registration reg(live_, tcp);
         auto deadline = p2prc::detail::deadline_after(opt_.login_timeout);
         auto left = [&] {
@@ -384,9 +477,11 @@ class ServerCore {
             return;
         }
         if (first == 0x00) {
-            run_mux_session(s);
+            run_mux_session(s, pending, deadline);
         } else if (first >= 0 && (is_known_type(char(first)) || first == kV2Preface[0])) {
-            handle_logical(s, false);
+            // The same deadline as the first byte: a connection has login_timeout in all
+            // to say what it is for (frps: 10 s).
+            handle_logical(s, false, pending, left());
         } else {
             tcp->close();
         }
@@ -407,41 +502,103 @@ class ServerCore {
         }
     }
 
-    void run_mux_session(StreamPtr transport) {
+    // A yamux session: each stream the client opens is a logical connection. The session
+    // counts as pending (see ServerOptions) until one of its streams logs in or joins a
+    // pool, and must do so by `deadline`; its streams are bounded in rate and in how many
+    // may be waiting for their first message at once.
+    void run_mux_session(StreamPtr transport, const PendingPtr& pending,
+                         Clock::time_point deadline) {
+        const std::string key = pending->key();
+        {
+            std::lock_guard<std::mutex> lk(count_mu_);
+            auto& n = sessions_[key];
+            if (n >= opt_.max_sessions_per_address) {
+                ++refused_sessions_;
+                if (n == 0) sessions_.erase(key);
+                transport->close();
+                return;
+            }
+            ++n;
+        }
+        struct SessionCount {
+            ServerCore& core;
+            const std::string& key;
+            ~SessionCount() {
+                std::lock_guard<std::mutex> lk(core.count_mu_);
+                auto it = core.sessions_.find(key);
+                if (it != core.sessions_.end() && --it->second == 0) core.sessions_.erase(it);
+            }
+        } count{*this, key};
         MuxConfig cfg;
         cfg.keepalive_interval = opt_.mux_keepalive_interval;
         cfg.ping_timeout = opt_.mux_ping_timeout;
+        cfg.max_opens_per_second = opt_.max_stream_opens_per_second;
         MuxSession session(transport, MuxRole::server, cfg);
+        auto waiting = std::make_shared<std::atomic<std::size_t>>(0);
+        std::string why;
         while (!stopping_.load()) {
+            if (!pending->released() && Clock::now() >= deadline) {
+                why = "no login within " + std::to_string(opt_.login_timeout.count()) + " ms";
+                session.close();
+                break;
+            }
+            if (waiting->load() >= opt_.max_pending_streams_per_session) {
+                // Enough of its streams still owe their first message: the others wait
+                // (a burst of work connections is served a moment later, a flood of
+                // silent streams only holds this session up).
+                if (session.closed()) break;
+                std::this_thread::sleep_for(Millis(5));
+                continue;
+            }
             std::unique_ptr<MuxStream> s;
             try {
-                s = session.accept(Millis(500));
+                s = session.accept(Millis(250));
             } catch (const error&) {
                 break;  // the session ended (peer gone, keepalive failed, stop)
             }
             if (!s) continue;
             StreamPtr stream(std::move(s));
-            if (!tasks_.spawn([this, stream] { handle_logical(stream, true); })) stream->close();
+            waiting->fetch_add(1);
+            if (!tasks_.spawn([this, stream, pending, waiting] {
+                    handle_logical(stream, true, pending, opt_.login_timeout, waiting.get());
+                })) {
+                waiting->fetch_sub(1);
+                stream->close();
+            }
         }
-        log("yamux session " + transport->describe() + " ended: " + session.close_reason());
+        log("yamux session " + transport->describe() +
+            " ended: " + (why.empty() ? session.close_reason() : why));
         // ~MuxSession kills every stream of the session, controls included.
     }
 
     // The first message decides: Login (a control) or NewWorkConn (a pooled work conn).
-    void handle_logical(StreamPtr s, bool mux) {
+    // `waiting` (a session's count of streams owing their first message) is decremented
+    // once the first message is in.
+    void handle_logical(StreamPtr s, bool mux, const PendingPtr& pending, Millis first_message,
+                        std::atomic<std::size_t>* waiting = nullptr) {
         LogicalStart start;
+        std::string failed;
         try {
-            start = start_logical(s);
+            start = start_logical(s, first_message);
         } catch (const std::exception& e) {
-            log("connection " + s->describe() + " closed before its first message: " + e.what());
+            failed = e.what();
+            if (failed.empty()) failed = "error";
+        }
+        if (waiting) waiting->fetch_sub(1);
+        if (!failed.empty()) {
+            log("connection " + s->describe() + " closed before its first message: " + failed);
             s->close();
             return;
         }
         if (auto* login = std::get_if<Login>(&start.first)) {
-            run_control(start, std::move(*login), mux);
+            run_control(start, std::move(*login), mux, pending);
         } else if (auto* nwc = std::get_if<NewWorkConn>(&start.first)) {
             auto ctl = find_control(nwc->run_id);
-            if (!ctl || !ctl->park(start.stream, start.codec)) start.stream->close();
+            if (!ctl || !ctl->park(start.stream, start.codec)) {
+                start.stream->close();
+            } else {
+                pending->release();  // a work connection of a logged-in client
+            }
         } else {
             log("connection " + s->describe() + " closed: its first message is " +
                 name_of(start.first) + ", not Login or NewWorkConn");
@@ -450,10 +607,10 @@ class ServerCore {
     }
 
     // The preface (7 bytes: v2, else replayed to the v1 reader), a v2 ClientHello if one
-    // comes, and the first message, all within login_timeout (frps: 10 s). Throws with
+    // comes, and the first message, all within `timeout` (login_timeout, frps: 10 s). Throws with
     // the reason on anything malformed; a refused ClientHello is answered first.
-    LogicalStart start_logical(const StreamPtr& s) {
-        auto deadline = p2prc::detail::deadline_after(opt_.login_timeout);
+    LogicalStart start_logical(const StreamPtr& s, Millis timeout) {
+        auto deadline = p2prc::detail::deadline_after(timeout);
         auto left = [&] {
             auto l = std::chrono::duration_cast<Millis>(deadline - Clock::now());
             return l.count() > 0 ? l : Millis(0);
@@ -511,23 +668,26 @@ class ServerCore {
         return out;
     }
 
-    std::string check_login(const Login& login) {
+    std::string check_login(const Login& login, const std::string& from) {
         auto v = parse_version(login.version);
         if (v < std::array<long, 3>{0, 18, 0})
             return "Please upgrade your frpc version to at least 0.18.0";
         if (privilege_key(opt_.token, login.timestamp) != login.privilege_key)
             return "token in login doesn't match token from configuration";
+        if (opt_.owner && from != address_group(*opt_.owner))
+            return "this relay serves only the address that requested it, not " + from;
         return {};
     }
 
-    void run_control(const LogicalStart& start, Login login, bool mux) {
+    void run_control(const LogicalStart& start, Login login, bool mux,
+                     const PendingPtr& pending) {
         const StreamPtr& raw = start.stream;
         const Codec codec = start.codec;
         std::string run_id = login.run_id.empty() ? new_run_id() : login.run_id;
         // frps checks the negotiation before the token (its control needs the keys first).
         std::string why = codec.wire == WireProtocol::v2 && !start.crypto
                               ? "missing v2 crypto negotiation"
-                              : check_login(login);
+                              : check_login(login, pending->key());
         if (why.empty() && run_id.size() > 64) why = "run_id is too long (at most 64 characters)";
         std::shared_ptr<ServerControl> ctl;
         if (why.empty()) {
@@ -579,6 +739,7 @@ class ServerCore {
             linger_close(*raw);
             return;
         }
+        pending->release();  // logged in: no longer counts against its address
         log("client " + run_id + " logged in from " + raw->describe() +
             (mux ? " (tcp_mux" : " (no tcp_mux") + ", wire " + to_string(codec.wire) +
             (start.crypto ? std::string(" ") + to_string(start.crypto->algorithm) : "") + ")");
@@ -659,6 +820,7 @@ class ServerCore {
             return fail("exceed the max_ports_per_client");
         if (np.remote_port < 0 || np.remote_port > 65535) return fail("port not allowed");
         auto port = std::uint16_t(np.remote_port);
+        if (port != 0 && !port_allowed(port)) return fail("port not allowed");
         {
             std::lock_guard<std::mutex> lk(mu_);
             if (names_.count(np.proxy_name))
@@ -670,7 +832,7 @@ class ServerCore {
         p->spec = np;
         p->spec.proxy_type = type;
         try {
-            p->listener = std::make_unique<p2prc::detail::TcpListener>(Endpoint{proxy_bind_, port});
+            p->listener = bind_proxy(port);
         } catch (const error&) {
             std::lock_guard<std::mutex> lk(mu_);
             names_.erase(np.proxy_name);
@@ -697,6 +859,56 @@ class ServerCore {
             std::to_string(bound));
         resp.remote_addr = ":" + std::to_string(bound);
         return resp;
+    }
+
+    // Whether a client may open this public port (ServerOptions::allow_ports, deny_ports).
+    bool port_allowed(std::uint16_t port) const {
+        if (port == 0) return false;
+        for (auto d : opt_.deny_ports)
+            if (d == port) return false;
+        if (opt_.allow_ports.empty()) return true;
+        for (const auto& r : opt_.allow_ports)
+            if (r.contains(port)) return true;
+        return false;
+    }
+
+    // A listener on `port`, or for 0 on a free allowed port: the system's choice when it
+    // is allowed, else random picks inside the allowed ranges. Throws when none binds.
+    std::unique_ptr<p2prc::detail::TcpListener> bind_proxy(std::uint16_t port) {
+        using p2prc::detail::TcpListener;
+        if (port != 0) return std::make_unique<TcpListener>(Endpoint{proxy_bind_, port});
+        auto l = std::make_unique<TcpListener>(Endpoint{proxy_bind_, 0});
+        if (port_allowed(l->port())) return l;
+        l.reset();
+        std::uint64_t total = 0;
+        for (const auto& r : opt_.allow_ports) total += std::uint64_t(r.hi) - r.lo + 1;
+        if (total == 0) throw error(errc::io_error, "no available port");
+        for (int attempt = 0; attempt < 64; ++attempt) {
+            CipherIv rnd = random_iv();
+            std::uint64_t pick = 0;
+            for (int i = 0; i < 8; ++i) pick = (pick << 8) | rnd[i];
+            pick %= total;
+            std::uint16_t candidate = 0;
+            for (const auto& r : opt_.allow_ports) {
+                const std::uint64_t n = std::uint64_t(r.hi) - r.lo + 1;
+                if (pick < n) {
+                    candidate = std::uint16_t(r.lo + pick);
+                    break;
+                }
+                pick -= n;
+            }
+            if (!port_allowed(candidate)) continue;
+            {
+                std::lock_guard<std::mutex> lk(mu_);
+                if (ports_.count(candidate)) continue;
+            }
+            try {
+                return std::make_unique<TcpListener>(Endpoint{proxy_bind_, candidate});
+            } catch (const error&) {
+                // taken by someone else: another pick
+            }
+        }
+        throw error(errc::io_error, "no available port");
     }
 
     void release(const std::string& name, std::uint16_t port) {
@@ -757,6 +969,17 @@ class ServerCore {
             return;
         }
         StreamRegistry::Registration wreg(live_, work);
+        struct Traffic {
+            ServerCore& core;
+            explicit Traffic(ServerCore& c) : core(c) {
+                core.piped_.fetch_add(1);
+                core.touch();
+            }
+            ~Traffic() {
+                core.touch();
+                core.piped_.fetch_sub(1);
+            }
+        } traffic(*this);
         try {
             if (spec.use_encryption) work = std::make_shared<CryptoStream>(work, key_);
             if (spec.use_compression) work = std::make_shared<SnappyStream>(work);
@@ -795,6 +1018,28 @@ class ServerCore {
         return controls_.size();
     }
 
+    void touch() {
+        std::lock_guard<std::mutex> lk(count_mu_);
+        last_traffic_ = Clock::now();
+    }
+
+    ServerActivity activity() {
+        ServerActivity a;
+        {
+            std::lock_guard<std::mutex> lk(mu_);
+            a.clients = controls_.size();
+            a.proxies = ports_.size();
+        }
+        a.piped_connections = piped_.load();
+        std::lock_guard<std::mutex> lk(count_mu_);
+        a.last_traffic = last_traffic_;
+        for (auto& [k, n] : pending_) a.pending_connections += n;
+        for (auto& [k, n] : sessions_) a.mux_sessions += n;
+        a.refused_pending = refused_pending_;
+        a.refused_sessions = refused_sessions_;
+        return a;
+    }
+
     std::vector<ServerProxyInfo> proxies() {
         std::vector<std::shared_ptr<ServerControl>> all;
         {
@@ -820,6 +1065,12 @@ class ServerCore {
     std::set<std::uint16_t> ports_;
     StreamRegistry live_;
     TaskGroup tasks_;
+    // Per-address counts (see ServerOptions) and traffic, under count_mu_.
+    std::mutex count_mu_;
+    std::map<std::string, std::size_t> pending_, sessions_;
+    std::uint64_t refused_pending_ = 0, refused_sessions_ = 0;
+    std::optional<Clock::time_point> last_traffic_;
+    std::atomic<std::size_t> piped_{0};
 };
 
 inline void ServerControl::shutdown() {
@@ -849,10 +1100,13 @@ class Server {
   public:
     explicit Server(ServerOptions opt) {
         if (opt.max_clients == 0 || opt.max_connections < 4 || opt.max_pool_count < 0 ||
-            opt.login_timeout.count() <= 0 || opt.user_conn_timeout.count() <= 0 ||
-            opt.idle_timeout.count() <= 0 || opt.mux_ping_timeout.count() <= 0)
+            opt.max_pending_per_address == 0 || opt.max_sessions_per_address == 0 ||
+            opt.max_pending_streams_per_session == 0 || opt.login_timeout.count() <= 0 ||
+            opt.user_conn_timeout.count() <= 0 || opt.idle_timeout.count() <= 0 ||
+            opt.mux_ping_timeout.count() <= 0)
             throw error(errc::invalid_argument,
-                        "frp::Server: max_clients, timeouts must be > 0, max_connections >= 4, "
+                        "frp::Server: max_clients, the per-address caps, timeouts must be > 0, "
+                        "max_connections >= 4, "
                         "max_pool_count >= 0");
         if (!opt.stats) opt.stats = std::make_shared<TrafficStats>();
         stats_ = opt.stats;
@@ -874,6 +1128,7 @@ class Server {
     std::vector<ServerProxyInfo> proxies() { return core_->proxies(); }
     // What the relay carried so far.
     const TrafficStats& stats() const noexcept { return *stats_; }
+    ServerActivity activity() { return core_->activity(); }
 
     // Closes everything and joins every thread. Idempotent.
     void stop() {
