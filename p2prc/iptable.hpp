@@ -92,6 +92,9 @@ inline nlohmann::json parse_json_bounded(std::string_view text, std::size_t max_
         throw error(errc::parse_error, origin + ": invalid JSON at " +
                                            line_column(text, e.byte ? e.byte - 1 : 0) + " (byte " +
                                            std::to_string(e.byte) + "): " + e.what());
+    } catch (const nlohmann::json::exception& e) {
+        // Valid syntax the parser still refuses, e.g. a number beyond double (1e999).
+        throw error(errc::parse_error, origin + ": unusable JSON: " + e.what());
     }
 }
 

@@ -936,10 +936,13 @@ class WatchedPool : public httplib::TaskQueue {
                     const bool may = registry_.may_dispatch(it->id);
                     // A short request waits a moment for a main worker (idle kept-alive
                     // ones are let go meanwhile), then takes the short lane.
+                    // A short request already complete is no header sender: with a free
+                    // worker it goes there at once, whatever its address holds.
                     int lane = -1;  // -1: hold, 0: main, 1: short lane
-                    if (!busy && may) {
+                    const bool short_req = (!busy && may) ? false : short_request(it->fd);
+                    if (!busy && (may || short_req)) {
                         lane = 0;
-                    } else if (short_request(it->fd)) {
+                    } else if (short_req) {
                         if (now - it->ready >= short_after_) lane = 1;
                     } else if (may) {
                         lane = 0;

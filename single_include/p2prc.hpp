@@ -1368,6 +1368,9 @@ inline nlohmann::json parse_json_bounded(std::string_view text, std::size_t max_
         throw error(errc::parse_error, origin + ": invalid JSON at " +
                                            line_column(text, e.byte ? e.byte - 1 : 0) + " (byte " +
                                            std::to_string(e.byte) + "): " + e.what());
+    } catch (const nlohmann::json::exception& e) {
+        // Valid syntax the parser still refuses, e.g. a number beyond double (1e999).
+        throw error(errc::parse_error, origin + ": unusable JSON: " + e.what());
     }
 }
 
@@ -3944,10 +3947,13 @@ class WatchedPool : public httplib::TaskQueue {
                     const bool may = registry_.may_dispatch(it->id);
                     // A short request waits a moment for a main worker (idle kept-alive
                     // ones are let go meanwhile), then takes the short lane.
+                    // A short request already complete is no header sender: with a free
+                    // worker it goes there at once, whatever its address holds.
                     int lane = -1;  // -1: hold, 0: main, 1: short lane
-                    if (!busy && may) {
+                    const bool short_req = (!busy && may) ? false : short_request(it->fd);
+                    if (!busy && (may || short_req)) {
                         lane = 0;
-                    } else if (short_request(it->fd)) {
+                    } else if (short_req) {
                         if (now - it->ready >= short_after_) lane = 1;
                     } else if (may) {
                         lane = 0;
@@ -6384,6 +6390,10 @@ class TcpListener {
 #include <vector>
 
 namespace p2prc::frp {
+
+// The frp version we speak and announce (the wire format of frp 0.45.0). Both roles use it,
+// so it lives with the messages, not with either role.
+inline constexpr const char* kProtocolVersion = "0.45.0";
 
 // Largest body a reader accepts (golib's msg.MaxMsgLength). Exactly 10240 is allowed.
 inline constexpr std::int64_t kMaxBodyLength = 10240;
@@ -10490,9 +10500,6 @@ inline std::array<long, 3> parse_version(const std::string& v) {
 #include <vector>
 
 namespace p2prc::frp {
-
-// The frp version we speak and announce (the wire format of frp 0.45.0).
-inline constexpr const char* kProtocolVersion = "0.45.0";
 
 // What a relay carried, counted as it happens (read by Server::stats() and by the node's
 // /metrics). A stats object may be shared by several servers, and each count is also added

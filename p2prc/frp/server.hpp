@@ -59,9 +59,6 @@
 
 namespace p2prc::frp {
 
-// The frp version we speak and announce (the wire format of frp 0.45.0).
-inline constexpr const char* kProtocolVersion = "0.45.0";
-
 // What a relay carried, counted as it happens (read by Server::stats() and by the node's
 // /metrics). A stats object may be shared by several servers, and each count is also added
 // to `parent` when set, so a pool of relays keeps totals that outlive its relays.

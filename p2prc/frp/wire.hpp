@@ -44,6 +44,10 @@
 
 namespace p2prc::frp {
 
+// The frp version we speak and announce (the wire format of frp 0.45.0). Both roles use it,
+// so it lives with the messages, not with either role.
+inline constexpr const char* kProtocolVersion = "0.45.0";
+
 // Largest body a reader accepts (golib's msg.MaxMsgLength). Exactly 10240 is allowed.
 inline constexpr std::int64_t kMaxBodyLength = 10240;
 // Type byte + 8 length bytes.

@@ -175,6 +175,11 @@ TEST_CASE("a missing file is an empty table; a corrupt one is an error naming it
     }
     CHECK_THROWS_AS(IpTable::load(dir.file("empty.json")), p2prc::error);
     CHECK_THROWS_WITH_AS(IpTable::load(dir.path().string()), doctest::Contains("folder"), p2prc::error);
+    // Valid syntax the JSON parser still refuses (a number beyond double) is our error too,
+    // not the parser's own exception (found by the config fuzzer).
+    CHECK_THROWS_WITH_AS(IpTable::parse(R"({"ip_address":[{"latency": 33E336}]})"),
+                         doctest::Contains("unusable JSON"), p2prc::error);
+    CHECK_THROWS_AS(p2prc::Config::parse(R"({"port": 1E999})"), p2prc::error);
 }
 
 TEST_CASE("malformed input: each a clear error, none a crash") {
